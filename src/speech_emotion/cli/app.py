@@ -1,0 +1,26 @@
+"""`ser`: the command line of speech_emotion. It parses arguments and calls the library."""
+
+from __future__ import annotations
+
+import typer
+
+from speech_emotion.cli import data
+from speech_emotion.cli.console import setup_logging
+
+app = typer.Typer(
+    name="ser",
+    help="Speech emotion recognition on pretrained speech encoders: inspect corpora, split by speaker, train, evaluate, predict.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.add_typer(data.app, name="data")
+
+
+@app.callback()
+def _configure(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging.")) -> None:
+    setup_logging(verbose)
+
+
+def main() -> None:
+    app()
