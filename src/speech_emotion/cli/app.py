@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from speech_emotion.cli import data
+from speech_emotion.cli.predict import predict
+from speech_emotion.cli.train import evaluate, train
 from speech_emotion.cli.console import setup_logging
 
 app = typer.Typer(
@@ -15,6 +17,9 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(data.app, name="data")
+app.command()(train)
+app.command()(evaluate)
+app.command()(predict)
 
 
 @app.callback()

@@ -11,10 +11,12 @@ from typing import Iterator
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 err_console = Console(stderr=True)
+out_console = Console()
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -36,13 +38,17 @@ def print_json(obj) -> None:
 
 
 def fail(error: Exception | str, code: int = 1) -> typer.Exit:
-    """Print an error to stderr and return the Exit to raise."""
-    err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+    """Print an error to stderr and return the Exit to raise.
+
+    The message is escaped: paths, regexes and label lists often hold ``[...]``,
+    which Rich would otherwise read as markup and swallow.
+    """
+    err_console.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, markup=True, soft_wrap=True)
     return typer.Exit(code=code)
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int) -> Iterator:
+def progress_bar(description: str, total: int | None) -> Iterator:
     """A Rich progress bar on stderr; yields ``advance(n)``."""
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
     with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as progress:

@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import numpy as np
 import typer
+from rich.markup import escape
 
 from speech_emotion.cli.console import counts_table, err_console, fail, print_json, progress_bar
 from speech_emotion.data import CORPORA, check_leakage, load_dataset
@@ -89,7 +90,7 @@ def inspect(
     print_label_report(report)
     err_console.print(f"{len(dataset)} files, {len(result['speakers'])} speakers: {', '.join(result['speakers'])}")
     for problem in dataset.problems:
-        err_console.print(f"[yellow]problem:[/] {problem.path}: {problem.reason}", highlight=False)
+        err_console.print(f"[yellow]problem:[/] {escape(problem.path)}: {escape(problem.reason)}", highlight=False, soft_wrap=True)
     if as_json:
         print_json(result)
 
@@ -136,7 +137,7 @@ def split(
         err_console.print(table)
     if out:
         write_json(out, result)
-        err_console.print(f"split written to {out}")
+        err_console.print(f"split written to {escape(str(out))}")
     if as_json:
         print_json(result)
 

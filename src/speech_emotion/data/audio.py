@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -50,17 +51,21 @@ def load_audio(
         ``(signal, sampling_rate)``: a 1-D float32 array in [-1, 1] and the rate in Hz.
 
     Raises:
-        AudioError: the file is missing, unreadable, empty, shorter than
-            ``min_duration``, silent, or holds NaN/inf samples. The message names
-            the file and the reason.
+        AudioError: the file is missing, unreadable, empty, truncated (a WAV
+            holding fewer bytes than its header declares, an Ogg stream without
+            its end page), shorter than ``min_duration``, silent, or holds NaN/inf
+            samples. The message names the file and the reason.
     """
     path = Path(path)
     if not path.is_file():
         raise AudioError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty: the file is 0 bytes")
     try:
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types for bad files
         raise AudioError(path, f"cannot decode audio ({_short(error)}); is the file truncated or not audio?") from error
+    _check_complete(path)
     return check_signal(data, file_rate, path=path, sampling_rate=sampling_rate, min_duration=min_duration)
 
 
@@ -127,6 +132,44 @@ def audio_hash(signal: np.ndarray) -> str:
     """
     quantised = np.round(np.clip(signal, -1.0, 1.0) * 32767).astype("<i2")
     return hashlib.sha256(quantised.tobytes()).hexdigest()
+
+
+def _check_complete(path: Path) -> None:
+    """Refuse a WAV or Ogg file cut short, which libsndfile would quietly read in part.
+
+    A truncated FLAC fails to decode; a truncated WAV or Ogg decodes to the samples that
+    remain. WAV: the data chunk holds fewer bytes than its header declares (sizes 0 and
+    0xFFFFFFFF are placeholders left by streaming writers, not truncation). Ogg: the last
+    page lacks the end-of-stream flag.
+    """
+    with open(path, "rb") as stream:
+        header = stream.read(12)
+        file_size = path.stat().st_size
+        if header[:4] == b"OggS":
+            stream.seek(max(0, file_size - 65536))
+            tail = stream.read()
+            last = tail.rfind(b"OggS")
+            if last < 0 or last + 5 >= len(tail) or not tail[last + 5] & 0x04:
+                raise AudioError(
+                    path, "truncated: the Ogg stream ends without its end-of-stream page; re-export or re-copy the file"
+                )
+            return
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return
+        offset = 12
+        while offset + 8 <= file_size:
+            stream.seek(offset)
+            chunk_id, size = struct.unpack("<4sI", stream.read(8))
+            if chunk_id == b"data":
+                available = file_size - offset - 8
+                if size not in (0, 0xFFFFFFFF) and size > available:
+                    raise AudioError(
+                        path,
+                        f"truncated: the WAV header declares {size} bytes of samples, the file holds {available}; "
+                        "re-export or re-copy the file",
+                    )
+                return
+            offset += 8 + size + (size & 1)
 
 
 def _short(error: Exception) -> str:

@@ -153,6 +153,11 @@ def read_corpus(data: str | Path, *, corpus: str | None = None, speaker_pattern:
     if data.is_file():
         if corpus not in (None, "csv"):
             raise CorpusError(f"{data}: a file can only be read as --corpus csv, got --corpus {corpus}")
+        if data.suffix.lower() not in (".csv", ".tsv"):
+            raise CorpusError(
+                f"{data}: expected a corpus folder or a .csv/.tsv manifest with path,label,speaker columns, "
+                f"got a {data.suffix or 'suffix-less'} file; pass the folder that holds it"
+            )
         return read_table(data)
     if corpus == "csv":
         raise CorpusError(f"{data}: --corpus csv expects a .csv or .tsv file, got a folder")
@@ -235,15 +240,18 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
 def read_table(table: Path) -> Manifest:
     """A CSV/TSV with columns ``path,label,speaker`` (others become fields); paths relative to the table."""
     delimiter = "\t" if table.suffix.lower() == ".tsv" else ","
-    with open(table, newline="", encoding="utf-8-sig") as stream:
-        reader = csv.DictReader(stream, delimiter=delimiter)
-        missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
-        if missing:
-            raise CorpusError(
-                f"{table}: missing column(s) {', '.join(sorted(missing))}; expected a header "
-                f"with path,label,speaker (got {', '.join(reader.fieldnames or []) or 'no header'})"
-            )
-        rows = list(reader)
+    try:
+        with open(table, newline="", encoding="utf-8-sig") as stream:
+            reader = csv.DictReader(stream, delimiter=delimiter)
+            missing = {"path", "label", "speaker"} - set(reader.fieldnames or [])
+            if missing:
+                raise CorpusError(
+                    f"{table}: missing column(s) {', '.join(sorted(missing))}; expected a header "
+                    f"with path,label,speaker (got {', '.join(reader.fieldnames or []) or 'no header'})"
+                )
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise CorpusError(f"{table}: cannot read it as a UTF-8 {delimiter!r}-separated table ({error})") from error
     utterances, problems, synonyms = [], [], {}
     for line, row in enumerate(rows, start=2):
         path = (table.parent / row["path"]).resolve() if not os.path.isabs(row["path"]) else Path(row["path"])

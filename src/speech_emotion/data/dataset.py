@@ -54,6 +54,14 @@ class Dataset:
     def paths(self) -> list[str]:
         return self.manifest.paths
 
+    def subset(self, rows) -> "Dataset":
+        """The rows at ``rows`` (problems and label report kept)."""
+        rows = [int(i) for i in rows]
+        return Dataset(
+            self.manifest.subset(rows), self.schema, self.y[rows], [self.hashes[i] for i in rows],
+            [self.durations[i] for i in rows], self.problems, self.label_report,
+        )
+
 
 def load_dataset(
     data: str | Path,

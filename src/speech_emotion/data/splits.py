@@ -59,7 +59,11 @@ class Split:
 
     @classmethod
     def from_dict(cls, spec: dict, speakers: Sequence[str], paths: Sequence[str]) -> "Split":
-        """Rebuild a saved split over a manifest's rows (by speaker, or by file for random splits)."""
+        """Rebuild a saved split over a manifest's rows (by speaker, or by file for random splits).
+
+        Raises:
+            SplitError: an unknown part, a speaker or (random splits) a file not in the data.
+        """
         protocol = spec.get("protocol", SPEAKER_DISJOINT)
         parts = {}
         for name, part in spec["parts"].items():
@@ -71,6 +75,12 @@ class Split:
             else:
                 wanted = set(part["files"])
                 parts[name] = [i for i, p in enumerate(paths) if p in wanted]
+                missing = sorted(wanted - set(paths))
+                if missing:
+                    raise SplitError(
+                        f"split part {name!r} lists {len(missing)} file(s) not in the data, e.g. {', '.join(missing[:3])}; "
+                        "load the same corpus, from the same path, as when the split was made"
+                    )
         return cls.from_parts(parts, speakers, protocol=protocol, seed=spec.get("seed"))
 
 
@@ -263,14 +273,22 @@ def check_leakage(
     problems = []
     if speaker_overlap and not allow_speaker_overlap:
         listed = "; ".join(f"{o['speaker']} in {' and '.join(o['parts'])}" for o in speaker_overlap[:10])
-        problems.append(f"speakers in more than one part: {listed}")
+        more = f" (and {len(speaker_overlap) - 10} more)" if len(speaker_overlap) > 10 else ""
+        problems.append(f"speakers in more than one part: {listed}{more}")
     for overlap in content_overlap[:10]:
         listed = ", ".join(f"{f['path']} ({f['part']}, speaker {f['speaker']})" for f in overlap["files"])
         problems.append(f"identical audio in more than one part: {listed}")
+    if len(content_overlap) > 10:
+        problems.append(f"… and {len(content_overlap) - 10} more groups of identical audio")
     if problems:
-        hint = (
-            "Remove the duplicate files, or fix the speaker ids. To accept speakers shared across parts "
-            "(a random split, not speaker-independent), pass --allow-speaker-overlap."
-        )
+        hints = []
+        if content_overlap:
+            hints.append("Remove the duplicate files, or fix their speaker ids (identical audio is refused in every split).")
+        if speaker_overlap and not allow_speaker_overlap:
+            hints.append(
+                "To accept speakers shared across parts (a random split, not speaker-independent), "
+                "pass --allow-speaker-overlap."
+            )
+        hint = " ".join(hints)
         raise LeakageError("leakage between split parts:\n  " + "\n  ".join(problems) + "\n" + hint)
     return report
