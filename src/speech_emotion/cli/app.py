@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from speech_emotion.cli import data
+from speech_emotion.cli import cache, data
 from speech_emotion.cli.predict import predict
 from speech_emotion.cli.train import evaluate, train
 from speech_emotion.cli.console import setup_logging
@@ -17,6 +17,7 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(data.app, name="data")
+app.add_typer(cache.app, name="cache")
 app.command()(train)
 app.command()(evaluate)
 app.command()(predict)

@@ -56,6 +56,7 @@ def train(
     lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
     hidden: Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")] = TrainConfig.hidden,
     skip_bad: Annotated[bool, typer.Option(help="Leave out files that will not load; they are listed in RUN/skipped.json.")] = False,
+    warn_only: Annotated[bool, typer.Option(help="Per-epoch sanity alarms (perfect first epoch, zero loss) warn instead of stopping: for synthetic or trivially easy data.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -71,7 +72,7 @@ def train(
 
     if split and (test_speakers or val_speakers):
         raise fail("give --split or --test-speakers/--val-speakers, not both")
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed)
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, stop_on_alarm=not warn_only)
     try:
         results = run_training(
             data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,9 @@ EXAMPLE_FOLDER = "../shared/models/whisper-base-encoder"
 _VOLATILE_KEYS = frozenset(
     {"transformers_version", "_name_or_path", "_commit_hash", "dtype", "torch_dtype", "processor_class"}
 )
+
+# SSL model types whose outputs change when a clip is padded, even with an attention mask.
+_NO_PADDING_MODEL_TYPES = frozenset({"data2vec-audio"})
 
 # Parameters that a checkpoint may lack without changing what a frozen model computes.
 _IGNORABLE_MISSING = ("masked_spec_embed",)
@@ -84,7 +89,7 @@ class Encoder:
     family: str = ""
     sampling_rate: int = SAMPLING_RATE
     max_window_s: float = 30.0
-    default_batch_seconds: float = 60.0
+    default_batch_seconds: float = 30.0
     min_samples: int = 1
 
     reference: str
@@ -265,7 +270,7 @@ def _hash_state_dict(module: torch.nn.Module) -> str:
     for name in sorted(state):
         tensor = state[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
     return digest.hexdigest()
 
 
@@ -350,7 +355,7 @@ class WhisperEncoder(Encoder):
     """
 
     family = "whisper"
-    default_batch_seconds = 60.0
+    default_batch_seconds = 30.0
 
     def __init__(
         self,
@@ -396,7 +401,8 @@ class WhisperEncoder(Encoder):
         Equal to the first ``ceil(len(signal) / hop_length)`` frames of
         ``WhisperFeatureExtractor`` output for the same clip padded to 30 s: the clip is
         followed by zeros (not reflected) and the dynamic-range floor comes from the clip's
-        frames, exactly as in the padded computation.
+        frames, exactly as in the padded computation. (The one exception: the last frame of a
+        window of exactly 30 s, where the padded computation has no zeros left and reflects.)
 
         Args:
             signal: 1-D float32 array at 16 kHz, at most 30 s.
@@ -467,15 +473,19 @@ class SSLEncoder(Encoder):
 
     Each clip is normalised by the model's feature extractor on its own (so normalisation
     never sees padding). Models whose convolutional front end uses layer norm
-    (``feat_extract_norm == "layer"``, and data2vec-audio) batch clips of different lengths
-    with an attention mask; models with group norm (``"group"``, e.g. wav2vec2-base) normalise
-    over time, so padding would change every frame: they batch only clips of equal length.
+    (``feat_extract_norm == "layer"``, e.g. wav2vec2-large-lv60, hubert-large, wavlm-large)
+    batch clips of different lengths with an attention mask. Two kinds of model would change
+    their output when a clip is padded, mask or not, so they batch only clips of exactly equal
+    length (in practice, one clip at a time): group norm in the front end
+    (``feat_extract_norm == "group"``, e.g. wav2vec2-base, hubert-base) normalises over time,
+    padding included, and data2vec-audio's stacked positional convolutions carry padded frames
+    into the last valid ones. ``preprocessing["padding"]`` says which applies.
 
     Use :func:`load_encoder` to build one.
     """
 
     family = "ssl"
-    default_batch_seconds = 60.0
+    default_batch_seconds = 30.0
 
     def __init__(
         self,
@@ -496,6 +506,7 @@ class SSLEncoder(Encoder):
         self.n_layers = int(config.num_hidden_layers) + 1
         self.dim = 2 * self.hidden_size
         self._feat_extract_norm = str(getattr(config, "feat_extract_norm", "layer"))
+        self._model_type = str(config.model_type)
         self.min_samples = _min_samples(config)
         self.preprocessing = {
             "sampling_rate": SAMPLING_RATE,
@@ -508,7 +519,10 @@ class SSLEncoder(Encoder):
         }
 
     def _can_pad(self) -> bool:
-        return self._feat_extract_norm != "group"
+        # Group norm normalises the first convolution over time, padding included.
+        # data2vec-audio's positional embedding stacks several convolutions, so padded frames
+        # (zero only before the first) leak into the last valid frames.
+        return self._feat_extract_norm != "group" and self._model_type not in _NO_PADDING_MODEL_TYPES
 
     @torch.inference_mode()
     def _forward_segments(self, segments: list[np.ndarray]) -> list[np.ndarray]:
@@ -529,10 +543,21 @@ class SSLEncoder(Encoder):
             if not self._can_pad():  # _iter_frames never builds such a batch
                 raise RuntimeError("group-norm models must not be batched with padding")
             attention_mask = (torch.arange(max_len, device=self.device)[None, :] < lengths[:, None]).long()
-        outputs = self._model(batch, attention_mask=attention_mask, output_hidden_states=True)
+        with warnings.catch_warnings():
+            # WavLM passes a float attention bias and a bool padding mask to torch's attention.
+            warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
+            outputs = self._model(batch, attention_mask=attention_mask, output_hidden_states=True)
         stacked = torch.stack(outputs.hidden_states, dim=1).float().cpu().numpy()
-        n_frames = self._model._get_feat_extract_output_lengths(lengths).cpu()
+        n_frames = self._frame_lengths(lengths).cpu()
         return [stacked[i, :, : int(n_frames[i])] for i in range(len(values))]
+
+
+    def _frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
+        """Frames per input length; hidden states come before any adapter, so none is counted."""
+        lengths_of = self._model._get_feat_extract_output_lengths
+        if "add_adapter" in inspect.signature(lengths_of).parameters:
+            return lengths_of(lengths, add_adapter=False)
+        return lengths_of(lengths)
 
 
 def _min_samples(config: Any) -> int:
@@ -702,6 +727,23 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
         Traceback (most recent call last):
         ...
         FileNotFoundError: ./no/such/folder: no such folder; pass a local folder such as ...
+
+        A folder written by ``save_pretrained`` (here a tiny, randomly initialised wav2vec 2.0):
+
+        >>> import tempfile
+        >>> from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+        >>> folder = tempfile.mkdtemp()
+        >>> config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+        ...                         intermediate_size=32, conv_dim=(16, 16), conv_stride=(5, 4),
+        ...                         conv_kernel=(10, 8), num_conv_pos_embeddings=8,
+        ...                         num_conv_pos_embedding_groups=2)
+        >>> Wav2Vec2Model(config).save_pretrained(folder)
+        >>> _ = Wav2Vec2FeatureExtractor().save_pretrained(folder)
+        >>> encoder = load_encoder(folder)
+        >>> encoder.family, encoder.n_layers, encoder.dim  # embeddings + 2 layers; mean and std
+        ('ssl', 3, 32)
+        >>> [f.shape for f in encoder.features([np.zeros(16000), np.zeros(8000)])]
+        [(3, 32), (3, 32)]
     """
     if not isinstance(reference, (str, os.PathLike)):
         raise TypeError(f"reference: expected a str (folder, hub id or 'egemaps'), got {type(reference).__name__}")

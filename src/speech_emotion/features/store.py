@@ -1,0 +1,379 @@
+"""Content-addressed, label-free cache of per-utterance features.
+
+An entry is one numpy array, stored as ``.npy`` (no pickle), under a key that hashes the
+audio's content hash, the encoder's fingerprint, the preprocessing parameters and the store's
+format version (DESIGN invariant 2). Entries hold no labels: labels are applied at training
+time from the schema, so a changed label mapping can never meet stale cached labels, and a
+changed encoder or preprocessing makes a new key instead of a silent reuse.
+
+:func:`extract_features` ties a store to an encoder: cached items are read back, the others
+are computed in batches and written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from speech_emotion.features.encoders import Encoder
+
+logger = logging.getLogger(__name__)
+
+SignalSource = Union[np.ndarray, Callable[[], np.ndarray]]
+"""A 1-D float32 signal at 16 kHz, or a callable without arguments that loads one."""
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_SUFFIX = ".npy"
+_TMP_SUFFIX = ".tmp"
+_STALE_TMP_SECONDS = 3600.0
+
+
+class FeatureStore:
+    """A folder of feature arrays addressed by content.
+
+    Layout: ``root/<first two hex digits of the key>/<key>.npy``. Writes are atomic (a
+    temporary file in the same folder, then ``os.replace``), so several processes may fill
+    the same store at once; a reader sees either no entry or a complete one. Arrays keep the
+    dtype they were given (float32 for pooled features, float16 is fine for frame-level
+    hidden states). Nothing is pickled: entries are read with ``allow_pickle=False``.
+
+    Args:
+        root: Folder of the store. Default: ``$SER_CACHE`` if set, else
+            ``platformdirs.user_cache_dir("speech-emotion")/features``. Created on the
+            first write.
+
+    Attributes:
+        root: Folder of the store.
+        FORMAT_VERSION: Version of the entry format; part of every key, so a new version
+            never reads entries written by an old one.
+
+    Example:
+        >>> import tempfile
+        >>> store = FeatureStore(tempfile.mkdtemp())
+        >>> key = FeatureStore.key(audio_hash="ab" * 32, encoder_fingerprint="cd" * 32,
+        ...                        preprocessing={"sampling_rate": 16000, "pooling": "mean+std"})
+        >>> store.get(key) is None  # not computed yet
+        True
+        >>> store.put(key, np.ones((7, 1024), dtype=np.float32))
+        >>> store.get(key).shape, store.get(key).dtype
+        ((7, 1024), dtype('float32'))
+        >>> store.info()["n_entries"]
+        1
+        >>> store.clear()
+        1
+    """
+
+    FORMAT_VERSION: int = 1
+
+    def __init__(self, root: str | os.PathLike[str] | None = None):
+        if root is None:
+            env = os.environ.get("SER_CACHE")
+            if env:
+                root = env
+            else:
+                import platformdirs
+
+                root = Path(platformdirs.user_cache_dir("speech-emotion")) / "features"
+        self.root = Path(root).expanduser()
+
+    def __repr__(self) -> str:
+        return f"FeatureStore(root={str(self.root)!r})"
+
+    @staticmethod
+    def key(*, audio_hash: str, encoder_fingerprint: str, preprocessing: Mapping[str, Any]) -> str:
+        """The key of one entry: sha256 over all inputs and ``FORMAT_VERSION``.
+
+        Args:
+            audio_hash: Content hash of the decoded audio (never a path or a label).
+            encoder_fingerprint: ``Encoder.fingerprint``.
+            preprocessing: ``Encoder.preprocessing`` (JSON-able; key order does not matter).
+
+        Returns:
+            64 lowercase hex digits.
+
+        Raises:
+            ValueError: An argument is empty, or ``preprocessing`` is not JSON-able.
+
+        Example:
+            >>> a = FeatureStore.key(audio_hash="1" * 64, encoder_fingerprint="f" * 64,
+            ...                      preprocessing={"sampling_rate": 16000})
+            >>> b = FeatureStore.key(audio_hash="1" * 64, encoder_fingerprint="f" * 64,
+            ...                      preprocessing={"sampling_rate": 8000})
+            >>> len(a), a == b  # any change of input is a new key
+            (64, False)
+        """
+        for name, value in (("audio_hash", audio_hash), ("encoder_fingerprint", encoder_fingerprint)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{name}: expected a non-empty str, got {value!r}")
+        if not isinstance(preprocessing, Mapping):
+            raise ValueError(f"preprocessing: expected a dict, got {type(preprocessing).__name__}")
+        try:
+            payload = json.dumps(
+                {
+                    "format_version": FeatureStore.FORMAT_VERSION,
+                    "audio_hash": audio_hash,
+                    "encoder_fingerprint": encoder_fingerprint,
+                    "preprocessing": preprocessing,
+                },
+                sort_keys=True,
+                separators=(",", ":"),
+                allow_nan=False,
+            )
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"preprocessing: expected JSON-able values (str, numbers, bools, lists, dicts), got "
+                f"{preprocessing!r} ({exc})"
+            ) from exc
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+    def path(self, key: str) -> Path:
+        """File that holds (or would hold) the entry ``key``.
+
+        Raises:
+            ValueError: ``key`` is not 64 lowercase hex digits.
+        """
+        if not isinstance(key, str) or not _KEY.match(key):
+            raise ValueError(f"key: expected 64 lowercase hex digits from FeatureStore.key(), got {key!r}")
+        return self.root / key[:2] / f"{key}{_SUFFIX}"
+
+    def __contains__(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def get(self, key: str) -> np.ndarray | None:
+        """Read one entry.
+
+        Args:
+            key: From :meth:`key`.
+
+        Returns:
+            The stored array, or None when there is no entry. An unreadable entry (a file
+            cut short by a crash or a full disk) is logged and treated as missing, so it is
+            recomputed and overwritten.
+
+        Raises:
+            ValueError: ``key`` is malformed.
+        """
+        path = self.path(key)
+        try:
+            with open(path, "rb") as file:
+                return np.load(file, allow_pickle=False)
+        except FileNotFoundError:
+            return None
+        except (ValueError, EOFError, OSError) as exc:
+            logger.warning("%s: unreadable feature-store entry (%s); it will be recomputed", path, exc)
+            return None
+
+    def put(self, key: str, array: np.ndarray) -> None:
+        """Write one entry atomically; an existing entry with this key is replaced.
+
+        Args:
+            key: From :meth:`key`.
+            array: Numeric numpy array; its dtype and shape are kept.
+
+        Raises:
+            ValueError: ``key`` is malformed or ``array`` is not a numeric array.
+        """
+        path = self.path(key)
+        array = np.asarray(array)
+        if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind not in "biuf":
+            raise ValueError(
+                f"array: expected a numeric array (float32, float16, ...), got dtype {array.dtype}; "
+                "the store holds plain numbers only"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=_TMP_SUFFIX)
+        try:
+            with os.fdopen(fd, "wb") as file:
+                np.save(file, array, allow_pickle=False)
+            os.chmod(tmp_name, 0o644)
+            os.replace(tmp_name, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp_name)
+            raise
+
+    def get_many(self, keys: Iterable[str]) -> list[np.ndarray | None]:
+        """:meth:`get` for several keys, in order."""
+        return [self.get(key) for key in keys]
+
+    def put_many(self, items: Mapping[str, np.ndarray] | Iterable[tuple[str, np.ndarray]]) -> None:
+        """:meth:`put` for several ``key -> array`` items."""
+        pairs = items.items() if isinstance(items, Mapping) else items
+        for key, array in pairs:
+            self.put(key, array)
+
+    def _entries(self) -> Iterable[os.DirEntry[str]]:
+        if not self.root.is_dir():
+            return
+        for shard in os.scandir(self.root):
+            if shard.is_dir(follow_symlinks=False) and len(shard.name) == 2:
+                yield from os.scandir(shard.path)
+
+    def info(self) -> dict[str, Any]:
+        """Size of the store.
+
+        Returns:
+            ``{"root": str, "n_entries": int, "bytes": int}``; temporary files of writes in
+            progress are not counted.
+        """
+        n_entries = 0
+        n_bytes = 0
+        for entry in self._entries():
+            if entry.name.endswith(_SUFFIX) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    n_bytes += entry.stat(follow_symlinks=False).st_size
+                    n_entries += 1
+        return {"root": str(self.root), "n_entries": n_entries, "bytes": n_bytes}
+
+    def clear(self) -> int:
+        """Delete every entry (and temporary files older than an hour, left by killed writers).
+
+        Returns:
+            Number of entries removed.
+        """
+        n_removed = 0
+        now = time.time()
+        for entry in list(self._entries()):
+            with contextlib.suppress(FileNotFoundError):
+                if entry.name.endswith(_SUFFIX):
+                    os.unlink(entry.path)
+                    n_removed += 1
+                elif entry.name.endswith(_TMP_SUFFIX) and now - entry.stat().st_mtime > _STALE_TMP_SECONDS:
+                    os.unlink(entry.path)
+        if self.root.is_dir():
+            for shard in os.scandir(self.root):
+                if shard.is_dir(follow_symlinks=False) and len(shard.name) == 2:
+                    with contextlib.suppress(OSError):
+                        os.rmdir(shard.path)  # only succeeds when empty
+        return n_removed
+
+
+def extract_features(
+    encoder: Encoder,
+    signals: Sequence[SignalSource],
+    audio_hashes: Sequence[str],
+    store: FeatureStore | None,
+    *,
+    progress: Callable[[int], None] | None = None,
+    batch_seconds: float | None = None,
+    chunk_size: int = 64,
+) -> np.ndarray:
+    """Features of many utterances, read from the store where cached, computed otherwise.
+
+    Items whose key (audio hash, encoder fingerprint, preprocessing, format version) is in
+    the store are read back without touching their signal, so a warm cache never decodes
+    audio when ``signals`` holds loaders. The other items are loaded ``chunk_size`` at a time,
+    encoded with ``encoder.features`` (sorted and batched there) and written to the store
+    chunk by chunk, so an interrupted run keeps what it finished. Items with the same key
+    (identical audio) are computed once.
+
+    Args:
+        encoder: An :class:`~speech_emotion.features.encoders.Encoder` (anything with
+            ``fingerprint``, ``preprocessing``, ``n_layers``, ``dim`` and ``features``).
+        signals: Per item, a 1-D float32 array at 16 kHz or a callable without arguments
+            that returns one (called only when the item is not cached).
+        audio_hashes: Per item, the content hash of its audio.
+        store: Where to read and write entries; None computes everything and stores nothing.
+        progress: Called with the number of items finished, as they finish (cached items
+            first, in one call).
+        batch_seconds: Padded audio seconds per forward pass; default: the encoder's.
+        chunk_size: Signals loaded and encoded per store write.
+
+    Returns:
+        float32 array of shape ``(n_items, encoder.n_layers, encoder.dim)``, in input order.
+
+    Raises:
+        ValueError: ``signals`` and ``audio_hashes`` differ in length, ``chunk_size`` is not
+            positive, or the encoder rejects a signal.
+
+    Example:
+        >>> import tempfile
+        >>> class MeanEncoder:  # any object with these attributes works as an encoder
+        ...     fingerprint, preprocessing, n_layers, dim = "demo", {"pooling": "mean"}, 1, 1
+        ...     def features(self, signals, *, batch_seconds=None, progress=None):
+        ...         return [np.full((1, 1), s.mean(), dtype=np.float32) for s in signals]
+        >>> store = FeatureStore(tempfile.mkdtemp())
+        >>> loads = []
+        >>> def loader(value):
+        ...     def load():
+        ...         loads.append(value)
+        ...         return np.full(16000, value, dtype=np.float32)
+        ...     return load
+        >>> signals = [loader(0.25), loader(0.5)]
+        >>> extract_features(MeanEncoder(), signals, ["a" * 64, "b" * 64], store).ravel()
+        array([0.25, 0.5 ], dtype=float32)
+        >>> extract_features(MeanEncoder(), signals, ["a" * 64, "b" * 64], store).ravel()
+        array([0.25, 0.5 ], dtype=float32)
+        >>> loads  # the second call read the store and decoded nothing
+        [0.25, 0.5]
+    """
+    n_items = len(signals)
+    if len(audio_hashes) != n_items:
+        raise ValueError(
+            f"Expected one audio hash per signal, got {len(audio_hashes)} audio hashes for {n_items} signals"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}")
+    shape = (int(encoder.n_layers), int(encoder.dim))
+    output = np.empty((n_items, *shape), dtype=np.float32)
+
+    indices_by_key: dict[str, list[int]] = {}
+    for i, audio_hash in enumerate(audio_hashes):
+        key = FeatureStore.key(
+            audio_hash=audio_hash, encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing
+        )
+        indices_by_key.setdefault(key, []).append(i)
+
+    missing: list[str] = []
+    n_cached = 0
+    for key, indices in indices_by_key.items():
+        array = store.get(key) if store is not None else None
+        if array is not None and array.shape != shape:
+            logger.warning(
+                "%s: cached features have shape %s, expected %s; recomputing",
+                store.path(key) if store is not None else key,
+                array.shape,
+                shape,
+            )
+            array = None
+        if array is None:
+            missing.append(key)
+        else:
+            output[indices] = array
+            n_cached += len(indices)
+    if progress is not None and n_cached:
+        progress(n_cached)
+
+    for start in range(0, len(missing), chunk_size):
+        keys = missing[start : start + chunk_size]
+        loaded = []
+        for key in keys:
+            source = signals[indices_by_key[key][0]]
+            loaded.append(source() if callable(source) else source)
+        results = encoder.features(loaded, batch_seconds=batch_seconds, progress=progress)
+        if len(results) != len(keys):
+            raise ValueError(f"{encoder!r}: returned {len(results)} feature arrays for {len(keys)} signals")
+        n_duplicates = 0
+        for key, result in zip(keys, results):
+            result = np.asarray(result, dtype=np.float32)
+            if result.shape != shape:
+                raise ValueError(f"{encoder!r}: expected features of shape {shape}, got {result.shape}")
+            output[indices_by_key[key]] = result
+            n_duplicates += len(indices_by_key[key]) - 1
+            if store is not None:
+                store.put(key, result)
+        if progress is not None and n_duplicates:
+            progress(n_duplicates)
+    return output

@@ -1,0 +1,77 @@
+"""Bundles refuse to load when they disagree with themselves, and never hold pickles."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from speech_emotion.errors import BundleError
+from speech_emotion.model.bundle import load_bundle, save_bundle
+from speech_emotion.model.head import EmotionHead, HeadConfig
+
+CLASSES = ["neutral", "happy", "sad"]
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    head = EmotionHead(HeadConfig(n_layers=2, dim=4, n_classes=3, hidden=8))
+    save_bundle(tmp_path, head, {"classes": CLASSES, "schema": {"classes": CLASSES}})
+    return tmp_path
+
+
+def edit(folder, change):
+    meta = json.loads((folder / "model.json").read_text())
+    change(meta)
+    (folder / "model.json").write_text(json.dumps(meta))
+
+
+def test_roundtrip(bundle):
+    loaded = load_bundle(bundle)
+    assert loaded.classes == CLASSES and loaded.head.n_outputs == 3
+    assert not list(bundle.glob("*.pt")) and not list(bundle.glob("*.pkl"))
+
+
+def test_refuses_foreign_format(bundle):
+    edit(bundle, lambda m: m.update(format="something-else"))
+    with pytest.raises(BundleError, match="not a speech-emotion bundle"):
+        load_bundle(bundle)
+
+
+def test_refuses_newer_version(bundle):
+    edit(bundle, lambda m: m.update(version=99))
+    with pytest.raises(BundleError, match="newer"):
+        load_bundle(bundle)
+
+
+def test_refuses_classes_that_disagree_with_head(bundle):
+    def drop_class(meta):
+        meta["classes"] = CLASSES[:2]
+        meta["schema"] = {"classes": CLASSES[:2]}
+
+    edit(bundle, drop_class)
+    with pytest.raises(BundleError, match="Cannot assign 2 labels to a head with 3 outputs"):
+        load_bundle(bundle)
+
+
+def test_refuses_classes_that_disagree_with_schema(bundle):
+    edit(bundle, lambda m: m.update(classes=["neutral", "sad", "happy"]))
+    with pytest.raises(BundleError, match="disagree with the schema"):
+        load_bundle(bundle)
+
+
+def test_refuses_weights_of_another_shape(bundle):
+    edit(bundle, lambda m: m["head"].update(dim=5))
+    with pytest.raises(BundleError, match="do not fit"):
+        load_bundle(bundle)
+
+
+def test_refuses_missing_weights(bundle):
+    (bundle / "model.safetensors").unlink()
+    with pytest.raises(BundleError, match="missing"):
+        load_bundle(bundle)
+
+
+def test_refuses_a_folder_without_bundle(tmp_path):
+    with pytest.raises(BundleError, match="no model.json"):
+        load_bundle(tmp_path)
