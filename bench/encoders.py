@@ -3,7 +3,7 @@
 Usage (from the repository root)::
 
     HF_HUB_OFFLINE=1 python bench/encoders.py [--encoder FOLDER] [--n-clips 100]
-        [--batch-seconds 15 30 60] [--threads N] [--repeats 3] [--stock]
+        [--batch-seconds 15 30 60] [--threads N] [--repeats 5] [--stock]
 
 Clips are read from ``$SER_SHARED/data/ravdess-speech-16k`` (default ``../shared``), spread
 over all actors, downmixed to mono. Prints a table of clips per second and checks that the
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-seconds", type=float, nargs="+", default=[15.0, 30.0, 60.0, 120.0])
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--stock", action="store_true", help="also time transformers' 30 s-padded encoder")
     args = parser.parse_args()
     if args.threads:
@@ -98,7 +98,10 @@ def main() -> None:
 def stock_seconds_per_clip(folder: str, clips: list[np.ndarray]) -> float:
     """Seconds per clip of transformers' own Whisper encoder, each clip padded to 30 s."""
     from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.set_verbosity_error()  # the classifier head is missing on purpose
+    hf_logging.disable_progress_bar()
     extractor = WhisperFeatureExtractor.from_pretrained(folder)
     model = WhisperForAudioClassification.from_pretrained(folder).encoder.eval()
     start = time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from speech_emotion.cli import cache, data
+from speech_emotion.cli.export import export
 from speech_emotion.cli.predict import predict
 from speech_emotion.cli.train import evaluate, train
 from speech_emotion.cli.console import setup_logging
@@ -21,6 +22,7 @@ app.add_typer(cache.app, name="cache")
 app.command()(train)
 app.command()(evaluate)
 app.command()(predict)
+app.command()(export)
 
 
 @app.callback()

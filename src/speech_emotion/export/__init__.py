@@ -1,0 +1,1 @@
+"""Exports of trained models: ONNX Runtime (``onnx``) and Hugging Face ``pipeline`` folders (``huggingface``)."""
