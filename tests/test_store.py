@@ -260,10 +260,18 @@ def test_extract_features_checks_lengths():
         extract_features(CountingEncoder(), [np.ones(10)] * 2, ["0" * 64], None)
 
 
+def test_extract_features_names_the_bad_item():
+    signals = [np.ones(10, np.float32), lambda: np.ones((10, 2), np.float32)]
+    with pytest.raises(ValueError, match=r"signals\[1\] \(audio hash 1{64}\): expected a 1-D array"):
+        extract_features(CountingEncoder(), signals, ["0" * 64, "1" * 64], None)
+
+
 def test_extract_features_recomputes_a_wrong_shape(tmp_path):
     store = FeatureStore(tmp_path)
     encoder = CountingEncoder()
-    key = FeatureStore.key(audio_hash="0" * 64, encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing)
+    key = FeatureStore.key(
+        audio_hash="0" * 64, encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing
+    )
     store.put(key, np.zeros((3, 3), np.float32))
     result = extract_features(encoder, [np.ones(10, np.float32)], ["0" * 64], store)
     assert encoder.n_computed == 1 and result[0, 0, 0] == 1.0

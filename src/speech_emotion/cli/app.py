@@ -7,7 +7,7 @@ import typer
 from speech_emotion.cli import cache, data
 from speech_emotion.cli.export import export
 from speech_emotion.cli.predict import predict
-from speech_emotion.cli.train import evaluate, train
+from speech_emotion.cli.train import cv, evaluate, train
 from speech_emotion.cli.console import setup_logging
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app.add_typer(data.app, name="data")
 app.add_typer(cache.app, name="cache")
 app.command()(train)
 app.command()(evaluate)
+app.command()(cv)
 app.command()(predict)
 app.command()(export)
 

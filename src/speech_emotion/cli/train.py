@@ -27,6 +27,20 @@ EncoderOpt = Annotated[
 ]
 
 
+SeedOpt = Annotated[int, typer.Option(help="Seed for speaker draws, initialisation and shuffling.")]
+EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
+PatienceOpt = Annotated[int, typer.Option(help="Stop after this many epochs without a better validation UAR.")]
+LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
+HiddenOpt = Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")]
+SpeakerNormOpt = Annotated[
+    bool,
+    typer.Option(help="Standardise features per speaker with that speaker's own unlabelled clips. Figures are labelled "
+                      "speaker-norm; the model then needs several clips per speaker and cannot label single clips."),
+]
+SkipBadOpt = Annotated[bool, typer.Option(help="Leave out files that will not load; they are listed in the report.")]
+WarnOnlyOpt = Annotated[bool, typer.Option(help="Per-epoch sanity alarms (perfect first epoch, zero loss) warn instead of stopping: for synthetic or trivially easy data.")]
+
+
 def metrics_table(title: str, results: dict) -> Table:
     """Accuracy / UAR / macro-F1 / n for each part present in ``results``."""
     table = Table(title=title, title_justify="left")
@@ -50,13 +64,14 @@ def train(
     val_speakers: Annotated[Optional[str], typer.Option(help="Validation speakers for early stopping. Default: a seeded sixth of the speakers.")] = None,
     split: Annotated[Optional[Path], typer.Option("--split", help="A split saved by `ser data split --out`.", exists=True, dir_okay=False)] = None,
     allow_speaker_overlap: Annotated[bool, typer.Option(help="Accept a split whose parts share speakers (NOT speaker-independent; recorded).")] = False,
-    seed: Annotated[int, typer.Option(help="Seed for the validation draw, initialisation and shuffling.")] = 0,
-    epochs: Annotated[int, typer.Option(help="Maximum epochs.")] = TrainConfig.max_epochs,
-    patience: Annotated[int, typer.Option(help="Stop after this many epochs without a better validation UAR.")] = TrainConfig.patience,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = TrainConfig.lr,
-    hidden: Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")] = TrainConfig.hidden,
-    skip_bad: Annotated[bool, typer.Option(help="Leave out files that will not load; they are listed in RUN/skipped.json.")] = False,
-    warn_only: Annotated[bool, typer.Option(help="Per-epoch sanity alarms (perfect first epoch, zero loss) warn instead of stopping: for synthetic or trivially easy data.")] = False,
+    seed: SeedOpt = 0,
+    epochs: EpochsOpt = TrainConfig.max_epochs,
+    patience: PatienceOpt = TrainConfig.patience,
+    lr: LrOpt = TrainConfig.lr,
+    hidden: HiddenOpt = TrainConfig.hidden,
+    speaker_norm: SpeakerNormOpt = False,
+    skip_bad: SkipBadOpt = False,
+    warn_only: WarnOnlyOpt = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -72,7 +87,7 @@ def train(
 
     if split and (test_speakers or val_speakers):
         raise fail("give --split or --test-speakers/--val-speakers, not both")
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, stop_on_alarm=not warn_only)
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
     try:
         results = run_training(
             data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
@@ -99,7 +114,8 @@ def evaluate(
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
     skip_unknown: Annotated[bool, typer.Option(help="Leave out labels the model's schema does not map (listed).")] = False,
-    skip_bad: Annotated[bool, typer.Option(help="Leave out files that will not load (listed).")] = False,
+    speaker_norm: Annotated[bool, typer.Option(help="Assert the model standardises per speaker (applied automatically when it was trained so).")] = False,
+    skip_bad: SkipBadOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Score a trained model on labelled data it has not seen.
@@ -109,6 +125,15 @@ def evaluate(
     """
     from speech_emotion.inference.evaluate import evaluate as run_evaluation
 
+    if speaker_norm:
+        from speech_emotion.model.bundle import load_bundle
+
+        try:
+            trained_with = load_bundle(model).meta.get("speaker_norm", False)
+        except USER_ERRORS as error:
+            raise fail(error) from None
+        if not trained_with:
+            raise fail(f"{model} was trained without --speaker-norm; per-speaker standardisation would not match its training. Drop --speaker-norm")
     try:
         result = run_evaluation(model, data, corpus=corpus, speaker_pattern=speaker_pattern, skip_unknown=skip_unknown, skip_bad=skip_bad, progress=progress_bar)
     except USER_ERRORS as error:
@@ -121,9 +146,58 @@ def evaluate(
         )
     for label, n in result["skipped_labels"].items():
         err_console.print(f"skipped label {label!r}: {n} files")
+    if result["speaker_norm"]:
+        err_console.print("features standardised per speaker (speaker-norm): not a per-utterance figure")
     if result["n"]:
         err_console.print(metrics_table(f"Held-out speakers {', '.join(result['speakers'])}", {"held-out": result}))
     else:
         err_console.print("[bold red]no held-out files left to score[/]")
     if as_json:
         print_json(result)
+
+
+def cv(
+    data: DataArg,
+    encoder: EncoderOpt,
+    folds: Annotated[int, typer.Option(help="K folds of whole speakers; each speaker is tested once.")] = 6,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for cv.json and config.json.")] = None,
+    labels: LabelsOpt = None,
+    corpus: CorpusOpt = None,
+    speaker_pattern: SpeakerPatternOpt = None,
+    seed: SeedOpt = 0,
+    epochs: EpochsOpt = TrainConfig.max_epochs,
+    patience: PatienceOpt = TrainConfig.patience,
+    lr: LrOpt = TrainConfig.lr,
+    hidden: HiddenOpt = TrainConfig.hidden,
+    speaker_norm: SpeakerNormOpt = False,
+    skip_bad: SkipBadOpt = False,
+    warn_only: WarnOnlyOpt = False,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Leave-speakers-out cross-validation: the development protocol.
+
+    Features are encoded once (feature store); each fold trains on its own speakers,
+    early-stops on disjoint validation speakers and is scored on unseen test speakers.
+
+    Example: ser cv ../shared/data/ravdess-speech-16k --folds 6 --encoder ../shared/models/whisper-base-encoder --labels ravdess-8
+    """
+    from speech_emotion.training.cv import cross_validate
+
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
+    try:
+        summary = cross_validate(data, encoder=encoder, folds=folds, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
+                                 config=config, skip_bad=skip_bad, force=force, progress=progress_bar)
+    except USER_ERRORS as error:
+        raise fail(error) from None
+    table = Table(title=f"Cross-validation: {summary['protocol']}", title_justify="left")
+    for column in ("fold", "test speakers", "val speakers", "n", "accuracy", "UAR", "macro-F1"):
+        table.add_column(column, justify="right" if column in ("n", "accuracy", "UAR", "macro-F1") else "left")
+    for f in summary["folds"]:
+        table.add_row(str(f["fold"]), ",".join(f["test_speakers"]), ",".join(f["val_speakers"]), str(f["n"]),
+                      f"{f['accuracy']:.1%}", f"{f['uar']:.1%}", f"{f['macro_f1']:.1%}")
+    mean, std = summary["mean"], summary["std"]
+    table.add_row("mean ± std", "", "", "", *(f"{mean[m]:.1%} ± {std[m]:.1%}" for m in ("accuracy", "uar", "macro_f1")))
+    err_console.print(table)
+    if as_json:
+        print_json(summary)

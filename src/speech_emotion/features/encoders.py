@@ -29,7 +29,7 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +133,10 @@ class Encoder:
         Raises:
             ValueError: A signal is not 1-D, is empty, too short or not finite.
         """
-        checked = [_check_signal(signal, index=i, min_samples=self.min_samples) for i, signal in enumerate(signals)]
+        checked = [
+            _check_signal(signal, name=f"signals[{i}]", min_samples=self.min_samples)
+            for i, signal in enumerate(signals)
+        ]
         pooled: list[np.ndarray | None] = [None] * len(checked)
         for index, frames in self._iter_frames(checked, batch_seconds=batch_seconds, progress=progress):
             pooled[index] = _pool(frames)
@@ -152,7 +155,7 @@ class Encoder:
         Raises:
             ValueError: The signal is not 1-D, is empty, too short or not finite.
         """
-        checked = _check_signal(signal, index=0, min_samples=self.min_samples)
+        checked = _check_signal(signal, name="signal", min_samples=self.min_samples)
         ((_, frames),) = list(self._iter_frames([checked], batch_seconds=None, progress=None))
         return frames
 
@@ -184,7 +187,7 @@ class Encoder:
 
         budget = (self.default_batch_seconds if batch_seconds is None else batch_seconds) * self.sampling_rate
         if budget <= 0:
-            raise ValueError(f"batch_seconds must be positive, got {batch_seconds}")
+            raise ValueError(f"batch_seconds: expected a positive number of seconds, got {batch_seconds}")
         order = sorted(range(len(segments)), key=lambda s: (len(segments[s][2]), s))
         pending: dict[int, dict[int, np.ndarray]] = {}
         batch: list[int] = []
@@ -205,7 +208,7 @@ class Encoder:
                 pending.setdefault(index, {})[window] = out
                 if len(pending[index]) == n_windows[index]:
                     parts = pending.pop(index)
-                    frames = parts[0] if len(parts) == 1 else np.concatenate([parts[w] for w in range(len(parts))], axis=1)
+                    frames = np.concatenate([parts[w] for w in sorted(parts)], axis=1)
                     n_done += 1
                     yield index, frames
             batch = []
@@ -213,31 +216,31 @@ class Encoder:
                 progress(n_done)
 
 
-def _check_signal(signal: Any, *, index: int, min_samples: int) -> np.ndarray:
+def _check_signal(signal: Any, *, name: str, min_samples: int) -> np.ndarray:
     """Return ``signal`` as a contiguous 1-D float32 array, or raise a ValueError."""
     if isinstance(signal, torch.Tensor):
         signal = signal.detach().cpu().numpy()
     array = np.asarray(signal)
     if array.ndim != 1:
         raise ValueError(
-            f"signals[{index}]: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; "
+            f"{name}: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; "
             "downmix to mono first"
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(
-            f"signals[{index}]: expected float samples in [-1, 1], got dtype {array.dtype}; "
+            f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}; "
             "convert integer PCM with signal / 32768"
         )
     if array.shape[0] < max(1, min_samples):
         raise ValueError(
-            f"signals[{index}]: expected at least {max(1, min_samples)} samples "
+            f"{name}: expected at least {max(1, min_samples)} samples "
             f"({max(1, min_samples) / SAMPLING_RATE:.3f} s at {SAMPLING_RATE} Hz), got {array.shape[0]}; "
             "drop or pad clips this short"
         )
     array = np.ascontiguousarray(array, dtype=np.float32)
     n_bad = int(array.size - np.count_nonzero(np.isfinite(array)))
     if n_bad:
-        raise ValueError(f"signals[{index}]: expected finite samples, got {n_bad} NaN or infinite values")
+        raise ValueError(f"{name}: expected finite samples, got {n_bad} NaN or infinite values")
     return array
 
 
@@ -263,11 +266,18 @@ def _hash_json(data: Any) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def _hash_state_dict(module: torch.nn.Module) -> str:
-    """sha256 over the names, dtypes, shapes and bytes of a module's state dict."""
+def _hash_state_dict(module: torch.nn.Module, *, skip: Iterable[str] = ()) -> str:
+    """sha256 over the names, dtypes, shapes and bytes of a module's state dict.
+
+    ``skip`` names tensors left out: those the checkpoint lacked, which hold fresh random
+    values on every load and would otherwise change the hash each time.
+    """
     digest = hashlib.sha256()
     state = module.state_dict()
+    skipped = set(skip)
     for name in sorted(state):
+        if name in skipped:
+            continue
         tensor = state[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
@@ -295,7 +305,7 @@ def _read_json(source: str, filename: str) -> dict[str, Any] | None:
 
 
 def _model_fingerprint(
-    *, family: str, source: str, config: Any, extractor: Any, module: torch.nn.Module
+    *, family: str, source: str, config: Any, extractor: Any, module: torch.nn.Module, skip: Iterable[str] = ()
 ) -> str:
     raw_config = _read_json(source, "config.json")
     if raw_config is None:
@@ -310,7 +320,7 @@ def _model_fingerprint(
             "model_type": config.model_type,
             "config": _clean_json(raw_config),
             "feature_extractor": _clean_json(raw_extractor),
-            "weights": _hash_state_dict(module),
+            "weights": _hash_state_dict(module, skip=skip),
         }
     )
 
@@ -380,7 +390,8 @@ class WhisperEncoder(Encoder):
         self._n_positions = int(model.embed_positions.weight.shape[0])
         strides = model.conv1.stride[0] * model.conv2.stride[0]
         self.max_window_s = min(30.0, self._n_positions * strides * self._hop_length / SAMPLING_RATE)
-        self._mel_filters = torch.as_tensor(np.asarray(feature_extractor.mel_filters), dtype=torch.float32, device=device)
+        mel_filters = np.asarray(feature_extractor.mel_filters)
+        self._mel_filters = torch.as_tensor(mel_filters, dtype=torch.float32, device=device)
         self._window = torch.hann_window(self._n_fft, device=device)
         self.preprocessing = {
             "sampling_rate": SAMPLING_RATE,
@@ -650,7 +661,10 @@ class EgemapsEncoder(Encoder):
         Raises:
             ValueError: A signal is not 1-D, not finite, or shorter than 960 samples.
         """
-        checked = [_check_signal(signal, index=i, min_samples=self.min_samples) for i, signal in enumerate(signals)]
+        checked = [
+            _check_signal(signal, name=f"signals[{i}]", min_samples=self.min_samples)
+            for i, signal in enumerate(signals)
+        ]
         results = []
         for i, signal in enumerate(checked):
             values = np.asarray(self._smile.process_signal(signal, SAMPLING_RATE).to_numpy(), dtype=np.float64)
@@ -779,11 +793,12 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
         with _quiet_transformers():
             config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError, KeyError) as exc:
-        where = "a local model folder" if path.exists() else "an existing folder nor a Hugging Face model available offline"
-        raise ValueError(
-            f"{reference}: is neither {where} that transformers can read "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); {_remedy()}"
-        ) from exc
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        if path.exists():
+            problem = f"expected a model folder that transformers can read, got an error ({detail})"
+        else:
+            problem = f"not an existing folder, and not a Hugging Face model available offline ({detail})"
+        raise ValueError(f"{reference}: {problem}; {_remedy()}") from exc
 
     model_type = getattr(config, "model_type", None)
     if model_type == "whisper":
@@ -843,12 +858,16 @@ def _load_whisper(reference: str, source: str, config: Any, device: torch.device
                 source, dtype=torch.float32, output_loading_info=True
             )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{reference}: could not load Whisper weights ({type(exc).__name__}: {exc}); {_remedy()}") from exc
+        raise ValueError(
+            f"{reference}: could not load Whisper weights ({type(exc).__name__}: {exc}); {_remedy()}"
+        ) from exc
     _check_missing(reference, info.get("missing_keys", []), "encoder.")
     encoder = model.encoder.to(device).eval()
     encoder.requires_grad_(False)
     del model
-    fingerprint = _model_fingerprint(family="whisper", source=source, config=config, extractor=extractor, module=encoder)
+    fingerprint = _model_fingerprint(
+        family="whisper", source=source, config=config, extractor=extractor, module=encoder
+    )
     return WhisperEncoder(
         reference=reference, model=encoder, feature_extractor=extractor, fingerprint=fingerprint, device=device
     )
@@ -862,9 +881,16 @@ def _load_ssl(reference: str, source: str, config: Any, device: torch.device) ->
         with _quiet_transformers():
             model, info = AutoModel.from_pretrained(source, dtype=torch.float32, output_loading_info=True)
     except (OSError, ValueError, RuntimeError) as exc:
-        raise ValueError(f"{reference}: could not load model weights ({type(exc).__name__}: {exc}); {_remedy()}") from exc
-    _check_missing(reference, info.get("missing_keys", []), "")
+        raise ValueError(
+            f"{reference}: could not load model weights ({type(exc).__name__}: {exc}); {_remedy()}"
+        ) from exc
+    missing = list(info.get("missing_keys", []))
+    _check_missing(reference, missing, "")
     model = model.to(device).eval()
     model.requires_grad_(False)
-    fingerprint = _model_fingerprint(family="ssl", source=source, config=config, extractor=extractor, module=model)
-    return SSLEncoder(reference=reference, model=model, feature_extractor=extractor, fingerprint=fingerprint, device=device)
+    fingerprint = _model_fingerprint(
+        family="ssl", source=source, config=config, extractor=extractor, module=model, skip=missing
+    )
+    return SSLEncoder(
+        reference=reference, model=model, feature_extractor=extractor, fingerprint=fingerprint, device=device
+    )

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from speech_emotion.features.encoders import _check_signal
+
 if TYPE_CHECKING:
     from speech_emotion.features.encoders import Encoder
 
@@ -360,8 +362,15 @@ def extract_features(
         keys = missing[start : start + chunk_size]
         loaded = []
         for key in keys:
-            source = signals[indices_by_key[key][0]]
-            loaded.append(source() if callable(source) else source)
+            index = indices_by_key[key][0]
+            source = signals[index]
+            loaded.append(
+                _check_signal(
+                    source() if callable(source) else source,
+                    name=f"signals[{index}] (audio hash {audio_hashes[index]})",
+                    min_samples=getattr(encoder, "min_samples", 1),
+                )
+            )
         results = encoder.features(loaded, batch_seconds=batch_seconds, progress=progress)
         if len(results) != len(keys):
             raise ValueError(f"{encoder!r}: returned {len(results)} feature arrays for {len(keys)} signals")

@@ -18,6 +18,7 @@ from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import canonical_label
 from speech_emotion.inference.predictor import Predictor
 from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.training.speaker_norm import speaker_normalise
 from speech_emotion.training.run import Progress, encode_dataset, no_progress
 
 log = logging.getLogger(__name__)
@@ -79,9 +80,13 @@ def evaluate(
     if len(clean):
         subset = dataset.subset(clean)
         features = encode_dataset(subset, predictor.encoder, store=store, progress=progress)
+        if predictor.bundle.meta.get("speaker_norm"):
+            # Each evaluated speaker is standardised by their own clips, as in training.
+            features = speaker_normalise(features, subset.speakers)
         predictions = predictor.predict_features(features).argmax(axis=1)
         result = classification_metrics(subset.y, predictions, predictor.classes)
     result["speakers"] = sorted({dataset.speakers[i] for i in clean})
+    result["speaker_norm"] = bool(predictor.bundle.meta.get("speaker_norm"))
     result["contaminated"] = {
         "n": len(contaminated),
         "files": [dataset.paths[i] for i in contaminated],

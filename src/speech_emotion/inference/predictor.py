@@ -91,6 +91,11 @@ class Predictor:
 
     def _forward(self, signals: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities, shape (n, K), for decoded signals."""
+        if self.bundle.meta.get("speaker_norm"):
+            raise ValueError(
+                f"{self.bundle.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
+                "single clips; score it with `ser evaluate` on several clips per speaker, or train without --speaker-norm"
+            )
         features = np.stack(self.encoder.features(list(signals)))
         return self.predict_features(features)
 

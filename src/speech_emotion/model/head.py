@@ -27,6 +27,12 @@ class HeadConfig:
         n_classes: K, the number of schema classes.
         hidden: width of the hidden layer; 0 makes the head linear after layer weighting.
         dropout: dropout on the weighted features and the hidden layer.
+        hf_compatible: the form a stock transformers ``*ForSequenceClassification`` /
+            ``*ForAudioClassification`` head computes exactly (weighted layer sum, projector,
+            mean pooling, classifier), so ``ser export --format hf`` can copy it: only the
+            per-layer MEAN half of the pooled statistics is used (no std), standardised with
+            one per-dimension scale shared by all layers times one factor per layer.
+            Needs ``hidden=0``.
     """
 
     n_layers: int
@@ -34,6 +40,13 @@ class HeadConfig:
     n_classes: int
     hidden: int = 256
     dropout: float = 0.2
+    hf_compatible: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hf_compatible and self.hidden:
+            raise ValueError(f"hf_compatible=True needs a linear head (hidden=0), got hidden={self.hidden}; a stock transformers head has no hidden layer")
+        if self.hf_compatible and self.dim % 2:
+            raise ValueError(f"hf_compatible=True needs mean+std features (even dim), got dim={self.dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -61,12 +74,13 @@ class EmotionHead(nn.Module):
         self.register_buffer("feature_mean", torch.zeros(config.n_layers, config.dim))
         self.register_buffer("feature_scale", torch.ones(config.n_layers, config.dim))
         self.dropout = nn.Dropout(config.dropout)
+        n_inputs = config.dim // 2 if config.hf_compatible else config.dim  # hf_compatible: mean half only
         if config.hidden:
             self.classifier = nn.Sequential(
-                nn.Linear(config.dim, config.hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes)
+                nn.Linear(n_inputs, config.hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes)
             )
         else:
-            self.classifier = nn.Linear(config.dim, config.n_classes)
+            self.classifier = nn.Linear(n_inputs, config.n_classes)
 
     @property
     def n_outputs(self) -> int:
@@ -74,9 +88,20 @@ class EmotionHead(nn.Module):
         return last.out_features
 
     def fit_scaler(self, features: torch.Tensor) -> None:
-        """Set the standardisation from training features of shape (n, n_layers, dim)."""
+        """Set the standardisation from training features of shape (n, n_layers, dim).
+
+        Per layer and dimension; with ``hf_compatible`` the scale is ``layer_factor[l] * shared[d]``
+        (RMS of layer ``l``, then the std of each dimension over all layers), which a shared
+        projector after the weighted layer sum can represent.
+        """
         self.feature_mean.copy_(features.mean(dim=0))
-        self.feature_scale.copy_(features.std(dim=0).clamp_min(1e-5))
+        if not self.config.hf_compatible:
+            self.feature_scale.copy_(features.std(dim=0).clamp_min(1e-5))
+            return
+        centred = features - self.feature_mean
+        layer_factor = centred.pow(2).mean(dim=(0, 2)).sqrt().clamp_min(1e-5)
+        shared = (centred / layer_factor[None, :, None]).pow(2).mean(dim=(0, 1)).sqrt().clamp_min(1e-5)
+        self.feature_scale.copy_(layer_factor[:, None] * shared[None, :])
 
     def layer_weights(self) -> torch.Tensor:
         """Softmax weight of each encoder layer (sums to 1)."""
@@ -90,5 +115,7 @@ class EmotionHead(nn.Module):
                 "was the model trained with another encoder?"
             )
         standard = (features - self.feature_mean) / self.feature_scale
+        if self.config.hf_compatible:
+            standard = standard[..., : self.config.dim // 2]
         mixed = torch.einsum("nld,l->nd", standard, self.layer_weights())
         return self.classifier(self.dropout(mixed))

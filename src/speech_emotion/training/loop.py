@@ -40,7 +40,13 @@ class TrainConfig:
     max_epochs: int = 100
     patience: int = 15
     seed: int = 0
+    speaker_norm: bool = False  # standardise features per speaker (needs the speaker's other clips at inference)
+    hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0)
     stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
+
+    def __post_init__(self) -> None:
+        if self.hf_compatible and self.hidden:
+            raise ValueError(f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +98,7 @@ def fit_head(
     classes = classes or [str(i) for i in range(n_classes)]
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout))
+    head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout, hf_compatible=config.hf_compatible))
     parts = {"train": y_train} | ({"val": y_val} if y_val is not None else {})
     alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
     for part, y in parts.items():
@@ -155,9 +161,13 @@ def fit_head(
     return FitResult(head, history, best_epoch, weights.tolist(), alarms)
 
 
-def predict_proba(head: EmotionHead, X: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities, shape (n, K), from features of shape (n, n_layers, dim)."""
+def predict_logits(head: EmotionHead, X: np.ndarray) -> np.ndarray:
+    """Logits, shape (n, K), from features of shape (n, n_layers, dim)."""
     head.eval()
     with torch.inference_mode():
-        logits = head(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32)))
-        return torch.softmax(logits / temperature, dim=1).numpy()
+        return head(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))).numpy()
+
+
+def predict_proba(head: EmotionHead, X: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities, shape (n, K), with softmax temperature ``temperature``."""
+    return torch.softmax(torch.from_numpy(predict_logits(head, X)) / temperature, dim=1).numpy()

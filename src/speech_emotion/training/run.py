@@ -31,8 +31,10 @@ from speech_emotion.data.dataset import Dataset, load_dataset
 from speech_emotion.data.splits import Split, check_leakage, speaker_disjoint_split
 from speech_emotion.errors import SplitError
 from speech_emotion.model.bundle import save_bundle
-from speech_emotion.training.loop import TrainConfig, fit_head, predict_proba
+from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
+from speech_emotion.training.loop import FitResult, TrainConfig, fit_head, predict_logits
 from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.training.speaker_norm import speaker_normalise
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +100,40 @@ def data_fingerprint(dataset: Dataset) -> str:
     for h, y in sorted(zip(dataset.hashes, dataset.y.tolist())):
         digest.update(f"{h}:{y};".encode())
     return digest.hexdigest()
+
+
+def fit_and_score(
+    X: np.ndarray, y: np.ndarray, split: Split, classes: list[str], config: TrainConfig, *, on_epoch: Callable[[dict], None] | None = None
+) -> tuple[FitResult, dict]:
+    """Fit a head on ``split``'s train part (early-stopped on val), calibrate on val, score val and test.
+
+    Returns:
+        The fit, and a results dict with per-part metrics, calibration (temperature fitted on
+        validation speakers; ECE before/after), class and layer weights, sanity alarms.
+    """
+    train_rows, val_rows = split.parts["train"], split.parts["val"]
+    fit = fit_head(X[train_rows], y[train_rows], X[val_rows], y[val_rows], n_classes=len(classes), config=config, classes=classes, on_epoch=on_epoch)
+    temperature = fit_temperature(predict_logits(fit.head, X[val_rows]), y[val_rows])
+    results = {
+        "classes": classes,
+        "protocol": split.protocol + (" + speaker-norm" if config.speaker_norm else ""),
+        "n": {name: int(len(rows)) for name, rows in split.parts.items()},
+        "speakers": split.speakers,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "class_weights": dict(zip(classes, fit.class_weights)),
+        "layer_weights": fit.head.layer_weights().detach().numpy().round(4).tolist(),
+        "alarms": [a.to_dict() for a in fit.alarms],
+        "calibration": {"temperature": temperature, "fitted_on": "val"},
+    }
+    for name in ("val", "test"):
+        if name in split.parts:
+            rows = split.parts[name]
+            logits = predict_logits(fit.head, X[rows])
+            results[name] = classification_metrics(y[rows], logits.argmax(axis=1), classes)
+            results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(logits), y[rows])
+            results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(logits / temperature), y[rows])
+    return fit, results
 
 
 def train(
@@ -175,6 +211,8 @@ def train(
     X = encode_dataset(dataset, loaded, store=store, progress=progress)
     encoded = time.perf_counter()
 
+    if config.speaker_norm:
+        X = speaker_normalise(X, dataset.speakers)
     metrics_file = out / "metrics.jsonl"
 
     def record_epoch(record: dict) -> None:
@@ -182,30 +220,9 @@ def train(
         if on_epoch:
             on_epoch(record)
 
-    train_rows, val_rows = split.parts["train"], split.parts["val"]
-    classes = list(dataset.schema.classes)
     with progress("training head", config.max_epochs) as advance:
-        fit = fit_head(
-            X[train_rows], dataset.y[train_rows], X[val_rows], dataset.y[val_rows],
-            n_classes=dataset.schema.n_classes, config=config, classes=classes,
-            on_epoch=lambda record: (record_epoch(record), advance(1)),
-        )
-    results = {
-        "classes": classes,
-        "protocol": split.protocol,
-        "n": {name: int(len(rows)) for name, rows in split.parts.items()},
-        "speakers": split.speakers,
-        "best_epoch": fit.best_epoch,
-        "epochs_run": len(fit.history),
-        "class_weights": dict(zip(classes, fit.class_weights)),
-        "layer_weights": fit.head.layer_weights().detach().numpy().round(4).tolist(),
-        "alarms": [a.to_dict() for a in fit.alarms],
-    }
-    for name in ("val", "test"):
-        if name in split.parts:
-            rows = split.parts[name]
-            predictions = predict_proba(fit.head, X[rows]).argmax(axis=1)
-            results[name] = classification_metrics(dataset.y[rows], predictions, classes)
+        fit, results = fit_and_score(X, dataset.y, split, list(dataset.schema.classes), config, on_epoch=lambda r: (record_epoch(r), advance(1)))
+    classes = results["classes"]
 
     meta = {
         "classes": classes,
@@ -220,6 +237,8 @@ def train(
         },
         "preprocessing": loaded.preprocessing,
         "train": config.to_dict(),
+        "speaker_norm": config.speaker_norm,
+        "calibration": results["calibration"],
         "metrics": {name: {k: results[name][k] for k in ("accuracy", "uar", "macro_f1", "n")} for name in ("val", "test") if name in results},
         "data": {
             "fingerprint": data_fingerprint(dataset),
