@@ -144,7 +144,10 @@ def test_ssl_padding_policy(tmp_path):
 
 def test_ssl_long_input_is_windowed(wav2vec2_folder):
     encoder = load_encoder(wav2vec2_folder)
+    fingerprint = encoder.fingerprint
     encoder.max_window_s = 0.25  # 4000 samples per window, to keep the test small
+    assert encoder.preprocessing["max_window_s"] == 0.25
+    assert encoder.fingerprint != fingerprint  # other features: other store keys
     frames = encoder.frames(noise(10000))
     assert frames.shape[0] == 3
     # 3 windows of 3334, 3334 and 3332 samples

@@ -7,7 +7,8 @@ import typer
 from speech_emotion.cli import cache, data
 from speech_emotion.cli.export import export
 from speech_emotion.cli.predict import predict
-from speech_emotion.cli.train import cv, evaluate, train
+from speech_emotion.cli.serve import serve
+from speech_emotion.cli.train import cv, evaluate, report, train
 from speech_emotion.cli.console import setup_logging
 
 app = typer.Typer(
@@ -22,8 +23,10 @@ app.add_typer(cache.app, name="cache")
 app.command()(train)
 app.command()(evaluate)
 app.command()(cv)
+app.command()(report)
 app.command()(predict)
 app.command()(export)
+app.command()(serve)
 
 
 @app.callback()

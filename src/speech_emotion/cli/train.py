@@ -103,7 +103,7 @@ def train(
     err_console.print(f"speakers: " + "; ".join(f"{part} {','.join(s)}" for part, s in results["speakers"].items()))
     err_console.print(f"class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in results["class_weights"].items()))
     err_console.print(metrics_table(f"Results (best epoch {results['best_epoch']}, {results['protocol']})", results))
-    err_console.print(f"model written to {out / 'model'}")
+    err_console.print(f"model written to {out / 'model'}; report: {out / 'report.html'}")
     if as_json:
         print_json(results)
 
@@ -201,3 +201,14 @@ def cv(
     err_console.print(table)
     if as_json:
         print_json(summary)
+
+
+def report(run: Annotated[Path, typer.Argument(help="Run folder made by `ser train`.", exists=True, file_okay=False)]) -> None:
+    """(Re)build RUN/report.html and its plots from the run folder's files."""
+    from speech_emotion.reports import build_report
+
+    try:
+        path = build_report(run)
+    except (OSError, ValueError, KeyError) as error:
+        raise fail(error) from None
+    err_console.print(f"report written to {path}")

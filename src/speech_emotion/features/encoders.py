@@ -73,14 +73,16 @@ class Encoder:
     Attributes:
         reference: The reference the encoder was loaded from, as given.
         family: ``"whisper"``, ``"ssl"`` or ``"egemaps"``.
-        fingerprint: sha256 hex digest of what the encoder computes (family, config, weights).
+        fingerprint: sha256 hex digest of what the encoder computes: family, model config,
+            feature-extractor config and weights (never the folder's path), and
+            ``preprocessing``. A folder copied elsewhere keeps its fingerprint.
         n_layers: Number of layers in the output (hidden states including the embedding
             output for transformer models; 1 for eGeMAPS).
         dim: Feature width per layer (``2 * hidden_size`` for mean and std; 88 for eGeMAPS).
         hidden_size: Width of one frame's hidden state (0 for eGeMAPS).
         sampling_rate: Sampling rate in Hz of the input signals (16000).
-        preprocessing: JSON-able description of what is done to the input; part of the
-            feature-store key.
+        preprocessing: JSON-able description of what is done to the input (computed from
+            the current settings, e.g. ``max_window_s``); part of the feature-store key.
         min_samples: Shortest signal, in samples, that gives at least one frame.
         default_batch_seconds: Padded audio seconds per forward pass when ``features`` is
             called without ``batch_seconds``.
@@ -93,12 +95,19 @@ class Encoder:
     min_samples: int = 1
 
     reference: str
-    fingerprint: str
     n_layers: int
     dim: int
     hidden_size: int = 0
-    preprocessing: dict[str, Any]
     device: torch.device
+    _model_hash: str  # sha256 of family, configs and weights, set by the loader
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    @property
+    def fingerprint(self) -> str:
+        return _hash_json({"model": self._model_hash, "preprocessing": self.preprocessing})
 
     def __repr__(self) -> str:
         return (
@@ -304,7 +313,7 @@ def _read_json(source: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _model_fingerprint(
+def _model_hash(
     *, family: str, source: str, config: Any, extractor: Any, module: torch.nn.Module, skip: Iterable[str] = ()
 ) -> str:
     raw_config = _read_json(source, "config.json")
@@ -373,11 +382,11 @@ class WhisperEncoder(Encoder):
         reference: str,
         model: torch.nn.Module,
         feature_extractor: Any,
-        fingerprint: str,
+        model_hash: str,
         device: torch.device,
     ):
         self.reference = reference
-        self.fingerprint = fingerprint
+        self._model_hash = model_hash
         self.device = device
         self._model = model
         config = model.config
@@ -393,13 +402,17 @@ class WhisperEncoder(Encoder):
         mel_filters = np.asarray(feature_extractor.mel_filters)
         self._mel_filters = torch.as_tensor(mel_filters, dtype=torch.float32, device=device)
         self._window = torch.hann_window(self._n_fft, device=device)
-        self.preprocessing = {
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {
             "sampling_rate": SAMPLING_RATE,
             "input": "log-mel",
             "n_fft": self._n_fft,
             "hop_length": self._hop_length,
             "n_mels": self._n_mels,
-            "padding": "none",
+            "pad_to_30s": False,
+            "padding": "masked",
             "max_window_s": self.max_window_s,
             "pooling": "mean+std",
             "std_ddof": 0,
@@ -504,11 +517,11 @@ class SSLEncoder(Encoder):
         reference: str,
         model: torch.nn.Module,
         feature_extractor: Any,
-        fingerprint: str,
+        model_hash: str,
         device: torch.device,
     ):
         self.reference = reference
-        self.fingerprint = fingerprint
+        self._model_hash = model_hash
         self.device = device
         self._model = model
         self._extractor = feature_extractor
@@ -519,9 +532,12 @@ class SSLEncoder(Encoder):
         self._feat_extract_norm = str(getattr(config, "feat_extract_norm", "layer"))
         self._model_type = str(config.model_type)
         self.min_samples = _min_samples(config)
-        self.preprocessing = {
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {
             "sampling_rate": SAMPLING_RATE,
-            "do_normalize": bool(getattr(feature_extractor, "do_normalize", False)),
+            "do_normalize": bool(getattr(self._extractor, "do_normalize", False)),
             "padding": "masked" if self._can_pad() else "none",
             "max_window_s": self.max_window_s,
             "pooling": "mean+std",
@@ -621,14 +637,7 @@ class EgemapsEncoder(Encoder):
                 f"opensmile {opensmile.__version__}: expected {self.dim} eGeMAPSv02 functionals, "
                 f"got {len(self.feature_names)}; install opensmile>=2.5"
             )
-        self.preprocessing = {
-            "sampling_rate": SAMPLING_RATE,
-            "feature_set": "eGeMAPSv02",
-            "feature_level": "Functionals",
-            "non_finite": "zero",
-            "implementation": "egemaps/1",
-        }
-        self.fingerprint = _hash_json(
+        self._model_hash = _hash_json(
             {
                 "family": self.family,
                 "reference": "egemaps",
@@ -637,6 +646,16 @@ class EgemapsEncoder(Encoder):
                 "feature_names": self.feature_names,
             }
         )
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "sampling_rate": SAMPLING_RATE,
+            "feature_set": "eGeMAPSv02",
+            "feature_level": "Functionals",
+            "non_finite": "zero",
+            "implementation": "egemaps/1",
+        }
 
     def _forward_segments(self, segments: list[np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -865,11 +884,9 @@ def _load_whisper(reference: str, source: str, config: Any, device: torch.device
     encoder = model.encoder.to(device).eval()
     encoder.requires_grad_(False)
     del model
-    fingerprint = _model_fingerprint(
-        family="whisper", source=source, config=config, extractor=extractor, module=encoder
-    )
+    model_hash = _model_hash(family="whisper", source=source, config=config, extractor=extractor, module=encoder)
     return WhisperEncoder(
-        reference=reference, model=encoder, feature_extractor=extractor, fingerprint=fingerprint, device=device
+        reference=reference, model=encoder, feature_extractor=extractor, model_hash=model_hash, device=device
     )
 
 
@@ -888,9 +905,9 @@ def _load_ssl(reference: str, source: str, config: Any, device: torch.device) ->
     _check_missing(reference, missing, "")
     model = model.to(device).eval()
     model.requires_grad_(False)
-    fingerprint = _model_fingerprint(
+    model_hash = _model_hash(
         family="ssl", source=source, config=config, extractor=extractor, module=model, skip=missing
     )
     return SSLEncoder(
-        reference=reference, model=model, feature_extractor=extractor, fingerprint=fingerprint, device=device
+        reference=reference, model=model, feature_extractor=extractor, model_hash=model_hash, device=device
     )

@@ -331,11 +331,10 @@ def extract_features(
     shape = (int(encoder.n_layers), int(encoder.dim))
     output = np.empty((n_items, *shape), dtype=np.float32)
 
+    fingerprint, preprocessing = encoder.fingerprint, encoder.preprocessing
     indices_by_key: dict[str, list[int]] = {}
     for i, audio_hash in enumerate(audio_hashes):
-        key = FeatureStore.key(
-            audio_hash=audio_hash, encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing
-        )
+        key = FeatureStore.key(audio_hash=audio_hash, encoder_fingerprint=fingerprint, preprocessing=preprocessing)
         indices_by_key.setdefault(key, []).append(i)
 
     missing: list[str] = []

@@ -14,6 +14,8 @@ Run folder layout (every file written atomically)::
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import hashlib
 import logging
 import shutil
@@ -25,7 +27,7 @@ from typing import Callable, ContextManager
 import numpy as np
 
 from speech_emotion import __version__
-from speech_emotion.atomic import append_line, write_json
+from speech_emotion.atomic import append_line, write_json, write_text
 from speech_emotion.data.audio import load_audio
 from speech_emotion.data.dataset import Dataset, load_dataset
 from speech_emotion.data.splits import Split, check_leakage, speaker_disjoint_split
@@ -134,6 +136,19 @@ def fit_and_score(
             results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(logits), y[rows])
             results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(logits / temperature), y[rows])
     return fit, results
+
+
+def write_predictions(path: Path, dataset: Dataset, split: Split, logits: np.ndarray, classes: list[str]) -> None:
+    """Per validation/test row: part, path, speaker, sex, true and predicted class, logits (for reports)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["part", "path", "speaker", "sex", "true", "predicted"] + [f"logit_{c}" for c in classes])
+    for part in ("val", "test"):
+        for row in split.parts.get(part, []):
+            utterance = dataset.manifest[row]
+            writer.writerow([part, utterance.path, utterance.speaker, utterance.fields.get("sex", ""), classes[dataset.y[row]],
+                             classes[int(logits[row].argmax())]] + [f"{v:.6g}" for v in logits[row]])
+    write_text(path, buffer.getvalue())
 
 
 def train(
@@ -249,6 +264,10 @@ def train(
         },
     }
     save_bundle(out / "model", fit.head, meta)
+    write_predictions(out / "predictions.csv", dataset, split, predict_logits(fit.head, X), classes)
     results["timing"] = {"encode_s": round(encoded - started, 2), "total_s": round(time.perf_counter() - started, 2)}
     write_json(out / "results.json", results)
+    from speech_emotion.reports import build_report
+
+    build_report(out)
     return results

@@ -1,0 +1,5 @@
+"""Run reports: report.html with plots, built from a run folder's files."""
+
+from speech_emotion.reports.run_report import build_report
+
+__all__ = ["build_report"]
