@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from speech_emotion.cli import cache, data
+from speech_emotion.cli import remote
 from speech_emotion.cli.export import export
 from speech_emotion.cli.predict import predict
 from speech_emotion.cli.serve import serve
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.add_typer(data.app, name="data")
 app.add_typer(cache.app, name="cache")
+app.add_typer(remote.app, name="remote")
 app.command()(train)
 app.command()(evaluate)
 app.command()(cv)

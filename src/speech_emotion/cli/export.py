@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from speech_emotion.cli.console import err_console, fail
+from speech_emotion.cli.console import err_console, fail, progress_bar
 
 FORMATS = ("onnx", "hf")
 
@@ -18,12 +18,15 @@ def export(
     out: Annotated[Path, typer.Option("--out", help="Folder to write.")],
     quantize: Annotated[Optional[str], typer.Option(help="onnx only: 'int8' for dynamic int8 quantization (default fp32).")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    data: Annotated[Optional[Path], typer.Option(help="hf only: the run's training corpus, if it moved since `ser train` (Whisper refits on it; the export is scored on its test speakers).", exists=True)] = None,
 ) -> None:
     """Export a trained model for deployment or sharing."""
     if format not in FORMATS:
         raise fail(f"--format {format!r} is not supported; expected one of: {', '.join(FORMATS)}")
     if quantize is not None and (format != "onnx" or quantize != "int8"):
         raise fail(f"--quantize {quantize!r}: only 'int8', and only with --format onnx")
+    if data is not None and format != "hf":
+        raise fail("--data is for --format hf only")
     if out.exists() and any(out.iterdir()) and not force:
         raise fail(f"{out} exists and is not empty; choose another --out, or pass --force to replace it")
     try:
@@ -34,7 +37,7 @@ def export(
         else:
             from speech_emotion.export.huggingface import export_huggingface
 
-            summary = export_huggingface(model, out)
+            summary = export_huggingface(model, out, data=data, progress=progress_bar)
     except (ValueError, OSError) as error:
         raise fail(error) from None
     err_console.print(f"exported {format} model to {out}")

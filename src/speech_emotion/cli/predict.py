@@ -1,11 +1,15 @@
-"""`ser predict`: label audio files with a trained model."""
+"""`ser predict`: label audio files, or the speech of long recordings window by window, with a trained model."""
 
 from __future__ import annotations
 
+import csv
+import enum
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from speech_emotion.cli.console import err_console, fail, out_console, print_json, progress_bar
@@ -16,6 +20,12 @@ from speech_emotion.errors import AudioError, BundleError
 BATCH_FILES = 32
 
 
+class Format(str, enum.Enum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+
+
 def expand_inputs(inputs: list[Path]) -> list[Path]:
     """Files as given, folders expanded to their audio files in sorted order."""
     expanded = []
@@ -24,27 +34,47 @@ def expand_inputs(inputs: list[Path]) -> list[Path]:
     return expanded
 
 
-def predict(
-    model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (expanded in sorted order).")],
-    as_json: Annotated[bool, typer.Option("--json", help="One compact JSON line per file on stdout, in input order.")] = False,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Below this top probability, mark the result uncertain (label null) instead of forcing a label.", min=0.0, max=1.0)] = None,
-    encoder: Annotated[Optional[str], typer.Option(help="Where the model's encoder is now, if it moved.")] = None,
-    allow_encoder_mismatch: Annotated[bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")] = False,
-) -> None:
-    """Predict the emotion of each audio file.
+class _Writer:
+    """Rows to stdout as they come: JSON lines, CSV (header first), or a Rich table at the end."""
 
-    An unreadable file gives an error line ({path, error}) and the others go on.
-    """
-    from speech_emotion.inference.predictor import Predictor
+    def __init__(self, fmt: Format, classes: list[str], *, timeline: bool) -> None:
+        self.fmt, self.classes, self.timeline = fmt, classes, timeline
+        self.n_rows = self.n_errors = 0
+        self.table = Table("file", *(["start", "end"] if timeline else []), "label", "p", title_justify="left")
+        if fmt is Format.csv:
+            self.csv = csv.writer(sys.stdout, lineterminator="\n")
+            times = ["start", "end"] if timeline else []
+            self.csv.writerow(["path", *times, "label", *(f"p_{c}" for c in classes), "error"])
+            sys.stdout.flush()
 
-    try:
-        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
-    except (BundleError, OSError, ValueError) as error:
-        raise fail(error) from None
-    files = expand_inputs(inputs)
-    table = Table("file", "label", "p", title_justify="left")
-    n_errors = 0
+    def row(self, row: dict) -> None:
+        self.n_rows += 1
+        self.n_errors += "error" in row
+        if self.fmt is Format.json:
+            print_json(row)
+        elif self.fmt is Format.csv:
+            times = [row.get("start", ""), row.get("end", "")] if self.timeline else []
+            if "error" in row:
+                self.csv.writerow([row["path"], *times, "", *([""] * len(self.classes)), row["error"]])
+            else:
+                p = row["probabilities"]
+                self.csv.writerow([row["path"], *times, row["label"] or "", *(f"{p[c]:.6f}" for c in self.classes), ""])
+            sys.stdout.flush()
+        else:
+            times = [f"{row['start']:.3f}", f"{row['end']:.3f}"] if self.timeline and "start" in row else [""] * (2 * self.timeline)
+            if "error" in row:
+                self.table.add_row(escape(row["path"]), *times, f"[red]error: {escape(row['error'])}[/]", "")
+            else:
+                p = max(row["probabilities"].values())
+                self.table.add_row(escape(row["path"]), *times, row["label"] or "[yellow]uncertain[/]", f"{p:.2f}")
+
+    def close(self) -> None:
+        if self.fmt is Format.table:
+            out_console.print(self.table)
+
+
+def _predict_files(predictor, files: list[Path], writer: _Writer, min_confidence: Optional[float]) -> None:
+    """One row per file, decoded and predicted in batches of BATCH_FILES, in input order."""
     with progress_bar("predicting", len(files)) as advance:
         for start in range(0, len(files), BATCH_FILES):
             batch = files[start : start + BATCH_FILES]
@@ -59,17 +89,83 @@ def predict(
             for row in rows:
                 if "error" not in row:
                     row.update(next(results))
-                else:
-                    n_errors += 1
-                if as_json:
-                    print_json(row)
-                elif "error" in row:
-                    table.add_row(row["path"], f"[red]error: {row['error']}[/]", "")
-                else:
-                    p = max(row["probabilities"].values())
-                    table.add_row(row["path"], row["label"] or "[yellow]uncertain[/]", f"{p:.2f}")
+                writer.row(row)
             advance(len(batch))
-    if not as_json:
-        out_console.print(table)
-    if n_errors:
-        err_console.print(f"[yellow]{n_errors} file(s) could not be read[/]")
+
+
+def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window: float, hop: Optional[float], vad: bool, min_confidence: Optional[float]) -> int:
+    """Segments of every file in time order; returns how many files had no speech."""
+    from speech_emotion.inference.timeline import audio_duration, predict_timeline
+
+    durations = []
+    for path in files:
+        try:
+            durations.append(audio_duration(path))
+        except AudioError:
+            durations.append(0.0)  # its error row comes when it is read
+    n_silent = 0
+    with progress_bar("timeline (seconds of audio)", round(sum(durations))) as advance:
+        for path, duration in zip(files, durations):
+            n_segments = 0
+            done = 0.0
+
+            def step(seconds: float) -> None:
+                nonlocal done
+                done += seconds
+                advance(seconds)
+
+            try:
+                for segment in predict_timeline(predictor, path, window=window, hop=hop, vad=vad, progress=step, min_confidence=min_confidence):
+                    writer.row({"path": str(path)} | segment)
+                    n_segments += 1
+            except AudioError as error:
+                writer.row({"path": str(path), "error": error.reason})
+            else:
+                n_silent += n_segments == 0
+            advance(max(0.0, duration - done))
+    return n_silent
+
+
+def predict(
+    model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
+    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (expanded in sorted order).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one compact JSON line per file (per segment with --timeline) on stdout, in input order.")] = False,
+    fmt: Annotated[Optional[Format], typer.Option("--format", help="table (for people), json (JSON lines) or csv (header, then one row per file or segment; an 'error' column for unreadable files).", case_sensitive=False)] = None,
+    timeline: Annotated[bool, typer.Option("--timeline", help="Long recordings: skip silence with a voice-activity detector and label each window of speech (start, end in seconds).")] = False,
+    window: Annotated[float, typer.Option(help="--timeline: window length in seconds; windows are cut inside speech regions.", min=0.5)] = 4.0,
+    hop: Annotated[Optional[float], typer.Option(help="--timeline: seconds between window starts (default: --window, no overlap).", min=0.01)] = None,
+    vad: Annotated[bool, typer.Option("--vad/--no-vad", help="--timeline: skip non-speech with Silero VAD; --no-vad windows the whole recording.")] = True,
+    min_confidence: Annotated[Optional[float], typer.Option(help="Below this top probability, mark the result uncertain (label null) instead of forcing a label.", min=0.0, max=1.0)] = None,
+    encoder: Annotated[Optional[str], typer.Option(help="Where the model's encoder is now, if it moved.")] = None,
+    allow_encoder_mismatch: Annotated[bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")] = False,
+) -> None:
+    """Predict the emotion of each audio file, or with --timeline of each window of speech in long recordings.
+
+    Output streams as files (or segments) are done, in input order. An unreadable file gives
+    an error row ({path, error}) and the others go on.
+    """
+    from speech_emotion.inference.predictor import Predictor
+
+    if as_json and fmt not in (None, Format.json):
+        raise fail(f"--json means --format json, but --format {fmt.value} was given; pass one of them")
+    fmt = Format.json if as_json else (fmt or Format.table)
+    if not timeline and (window != 4.0 or hop is not None or not vad):
+        raise fail("--window, --hop and --no-vad apply to --timeline only; add --timeline")
+    try:
+        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
+    except (BundleError, OSError, ValueError) as error:
+        raise fail(error) from None
+    files = expand_inputs(inputs)
+    writer = _Writer(fmt, list(predictor.classes), timeline=timeline)
+    if timeline:
+        try:
+            n_silent = _predict_timelines(predictor, files, writer, window=window, hop=hop, vad=vad, min_confidence=min_confidence)
+        except ImportError as error:  # silero-vad missing or of another release
+            raise fail(error) from None
+        if n_silent:
+            err_console.print(f"[yellow]{n_silent} file(s) held no speech (no segments)[/]")
+    else:
+        _predict_files(predictor, files, writer, min_confidence)
+    writer.close()
+    if writer.n_errors:
+        err_console.print(f"[yellow]{writer.n_errors} file(s) could not be read[/]")

@@ -72,6 +72,7 @@ def train(
     speaker_norm: SpeakerNormOpt = False,
     skip_bad: SkipBadOpt = False,
     warn_only: WarnOnlyOpt = False,
+    hf_compatible: Annotated[bool, typer.Option(help="A linear head on mean features (with --hidden 0) that `ser export --format hf` copies exactly into a stock transformers class.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -87,7 +88,9 @@ def train(
 
     if split and (test_speakers or val_speakers):
         raise fail("give --split or --test-speakers/--val-speakers, not both")
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
+    if hf_compatible and hidden:
+        raise fail(f"--hf-compatible needs a linear head: add --hidden 0 (got --hidden {hidden})")
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, hf_compatible=hf_compatible, stop_on_alarm=not warn_only)
     try:
         results = run_training(
             data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,

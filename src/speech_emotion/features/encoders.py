@@ -73,9 +73,10 @@ class Encoder:
     Attributes:
         reference: The reference the encoder was loaded from, as given.
         family: ``"whisper"``, ``"ssl"`` or ``"egemaps"``.
-        fingerprint: sha256 hex digest of what the encoder computes: family, model config,
-            feature-extractor config and weights (never the folder's path), and
-            ``preprocessing``. A folder copied elsewhere keeps its fingerprint.
+        fingerprint: sha256 hex digest of the model: family, ``model_type``, config and
+            feature-extractor config (less volatile keys such as ``transformers_version``) and
+            the weights; never the folder's path, so a copied folder keeps its fingerprint.
+            ``preprocessing`` is separate; the feature store keys on both.
         n_layers: Number of layers in the output (hidden states including the embedding
             output for transformer models; 1 for eGeMAPS).
         dim: Feature width per layer (``2 * hidden_size`` for mean and std; 88 for eGeMAPS).
@@ -99,15 +100,11 @@ class Encoder:
     dim: int
     hidden_size: int = 0
     device: torch.device
-    _model_hash: str  # sha256 of family, configs and weights, set by the loader
+    fingerprint: str
 
     @property
     def preprocessing(self) -> dict[str, Any]:
         raise NotImplementedError
-
-    @property
-    def fingerprint(self) -> str:
-        return _hash_json({"model": self._model_hash, "preprocessing": self.preprocessing})
 
     def __repr__(self) -> str:
         return (
@@ -313,7 +310,7 @@ def _read_json(source: str, filename: str) -> dict[str, Any] | None:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
-def _model_hash(
+def _model_fingerprint(
     *, family: str, source: str, config: Any, extractor: Any, module: torch.nn.Module, skip: Iterable[str] = ()
 ) -> str:
     raw_config = _read_json(source, "config.json")
@@ -382,11 +379,11 @@ class WhisperEncoder(Encoder):
         reference: str,
         model: torch.nn.Module,
         feature_extractor: Any,
-        model_hash: str,
+        fingerprint: str,
         device: torch.device,
     ):
         self.reference = reference
-        self._model_hash = model_hash
+        self.fingerprint = fingerprint
         self.device = device
         self._model = model
         config = model.config
@@ -411,8 +408,8 @@ class WhisperEncoder(Encoder):
             "n_fft": self._n_fft,
             "hop_length": self._hop_length,
             "n_mels": self._n_mels,
-            "pad_to_30s": False,
-            "padding": "masked",
+            # no padding to a fixed length; padding inside a batch is masked out
+            "padding": "none",
             "max_window_s": self.max_window_s,
             "pooling": "mean+std",
             "std_ddof": 0,
@@ -517,11 +514,11 @@ class SSLEncoder(Encoder):
         reference: str,
         model: torch.nn.Module,
         feature_extractor: Any,
-        model_hash: str,
+        fingerprint: str,
         device: torch.device,
     ):
         self.reference = reference
-        self._model_hash = model_hash
+        self.fingerprint = fingerprint
         self.device = device
         self._model = model
         self._extractor = feature_extractor
@@ -637,7 +634,7 @@ class EgemapsEncoder(Encoder):
                 f"opensmile {opensmile.__version__}: expected {self.dim} eGeMAPSv02 functionals, "
                 f"got {len(self.feature_names)}; install opensmile>=2.5"
             )
-        self._model_hash = _hash_json(
+        self.fingerprint = _hash_json(
             {
                 "family": self.family,
                 "reference": "egemaps",
@@ -884,9 +881,11 @@ def _load_whisper(reference: str, source: str, config: Any, device: torch.device
     encoder = model.encoder.to(device).eval()
     encoder.requires_grad_(False)
     del model
-    model_hash = _model_hash(family="whisper", source=source, config=config, extractor=extractor, module=encoder)
+    fingerprint = _model_fingerprint(
+        family="whisper", source=source, config=config, extractor=extractor, module=encoder
+    )
     return WhisperEncoder(
-        reference=reference, model=encoder, feature_extractor=extractor, model_hash=model_hash, device=device
+        reference=reference, model=encoder, feature_extractor=extractor, fingerprint=fingerprint, device=device
     )
 
 
@@ -905,9 +904,9 @@ def _load_ssl(reference: str, source: str, config: Any, device: torch.device) ->
     _check_missing(reference, missing, "")
     model = model.to(device).eval()
     model.requires_grad_(False)
-    model_hash = _model_hash(
+    fingerprint = _model_fingerprint(
         family="ssl", source=source, config=config, extractor=extractor, module=model, skip=missing
     )
     return SSLEncoder(
-        reference=reference, model=model, feature_extractor=extractor, model_hash=model_hash, device=device
+        reference=reference, model=model, feature_extractor=extractor, fingerprint=fingerprint, device=device
     )

@@ -65,7 +65,7 @@ class Predictor:
                 f"{bundle.path}: cannot load the encoder this model was trained on:\n  " + "\n  ".join(errors)
                 + "\npass encoder=... (--encoder) pointing to a copy of it"
             )
-        if loaded.fingerprint != recorded["fingerprint"]:
+        if loaded.fingerprint != recorded["fingerprint"] or loaded.preprocessing != bundle.meta.get("preprocessing", loaded.preprocessing):
             message = (
                 f"{bundle.path}: encoder {loaded.reference!r} has fingerprint {loaded.fingerprint[:12]}…, but the model was "
                 f"trained on {recorded['reference']!r} with fingerprint {recorded['fingerprint'][:12]}… (other weights, "

@@ -132,13 +132,14 @@ def create_app(
         timeline: Annotated[bool, Query(description="Also predict over sliding windows (for long audio).")] = False,
         window: Annotated[float | None, Query(gt=0, description="Timeline window in seconds (default: the timeline's).")] = None,
         hop: Annotated[float | None, Query(gt=0, description="Timeline hop in seconds (default: the timeline's).")] = None,
+        vad: Annotated[bool, Query(description="Timeline: cut windows inside detected speech only (false: over the whole clip).")] = True,
     ) -> dict:
         """Predict the emotion of one clip."""
         data, filename = await _read_upload(request, file)
         tokens = limiter()
         if tokens.available_tokens == 0 and tokens.statistics().tasks_waiting >= limits.max_queue:
             raise UploadError(503, "busy", f"{tokens.statistics().tasks_waiting} requests are already waiting (max_queue={limits.max_queue}); retry shortly")
-        timeline_args = {k: v for k, v in {"window": window, "hop": hop}.items() if v is not None} if timeline else None
+        timeline_args = {k: v for k, v in {"window": window, "hop": hop, "vad": vad}.items() if v is not None} if timeline else None
         result = await anyio.to_thread.run_sync(_infer, predictor, limits, data, filename, timeline_args, limiter=tokens)
         result["model"] = model_name
         return result
@@ -207,8 +208,10 @@ def _infer(predictor, limits: ServeLimits, data: bytes, filename: str, timeline_
             predict_timeline = _timeline_function()
             try:
                 segments = [Segment(**segment).model_dump() for segment in predict_timeline(predictor, path, **timeline_args)]
+            except ImportError as error:  # an optional dependency of the timeline (the VAD) is missing
+                raise UploadError(501, "not_implemented", f"timeline=1 is not available on this server: {error}") from None
             except AudioError as error:
-                raise UploadError(422, "unreadable_audio", f"{filename}: {error.reason}") from None
+                raise UploadError(422, "unreadable_audio", f"{filename}: {error.reason.replace(str(path), filename)}") from None
             except ValueError as error:
                 raise UploadError(422, "invalid_request", f"timeline: {str(error).replace(str(path), filename)}") from None
             result["segments"] = segments
@@ -276,8 +279,9 @@ def _add_error_handlers(app: FastAPI) -> None:
             detail = f"no route {request.url.path}; the API is POST /predict, GET /health, GET /model (see /docs)"
         elif error.status_code == 405:
             detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods each route takes"
-        elif error.status_code == 400 and detail == "There was an error parsing the body":
-            detail = "malformed multipart body; send multipart/form-data with the audio in field 'file', or the raw file as the body"
+        elif error.status_code == 400:
+            detail = "malformed request body" if detail == "There was an error parsing the body" else detail.rstrip(".")
+            detail += "; send multipart/form-data with the audio in field 'file', or the raw file as the body"
         return _error_response(error.status_code, _STATUS_CODES.get(error.status_code, "http_error"), detail)
 
     @app.exception_handler(RequestValidationError)
@@ -293,7 +297,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
-        log.exception("%s %s failed", request.method, request.url.path)
+        # Starlette re-raises after this answer is sent, so the server logs the traceback.
         return _error_response(500, "internal", f"{type(error).__name__}: the server failed on this request; it keeps serving others")
 
 

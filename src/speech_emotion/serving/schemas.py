@@ -34,7 +34,7 @@ class ErrorBody(BaseModel):
 class EncoderInfo(BaseModel):
     """The frozen encoder the model was trained on."""
 
-    reference: str
+    reference: str | None = None
     family: str | None = None
     fingerprint: str | None = None
     n_layers: int | None = None
