@@ -179,6 +179,15 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         assert (remote_dir / "data").is_dir() and (remote_dir / "project" / "pyproject.toml").is_file()
         assert not (remote_dir / "project" / "tests").exists()
 
+        # A second launch sends nothing the host already has (its bad `ser train` option makes a failed job, checked at the end).
+        result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/bad",
+                     *common, *env, "--json", "--", "--no-such-option")
+        assert result.exit_code == 0, result.stderr
+        again = json.loads(result.stdout)
+        # (the project source may differ: people edit it meanwhile)
+        assert again["synced"]["data"]["n_transferred"] == again["synced"]["encoder"]["n_transferred"] == 0, again["synced"]
+        assert "24 files (" in result.stderr and "0 sent (0 B), 24 already there" in result.stderr
+
         # The launching ssh session is over; the job runs on in its own session until it ends.
         host = sshd.alias_host()
         states = []
@@ -190,6 +199,7 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
             assert time.monotonic() - started < 150, f"training did not end: {state}"
             time.sleep(1)
         assert state["state"] == "finished", state["log_tail"]
+        assert states[0] == "running"  # the launching ssh session had ended by then
         assert state["exit_code"] == 0 and state["epochs"] == 6 and state["last_epoch"]["epoch"] == 6
         assert state["results"]["test"]["n"] == 6 and 0 <= state["results"]["test"]["uar"] <= 1
 
@@ -240,14 +250,7 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/demo", *common)
         assert result.exit_code == 1 and "exists and is not empty" in result.stderr and "syncing" not in result.stderr
 
-        # A second launch sends nothing the host already has; a bad `ser train` option makes a failed job.
-        result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/bad",
-                     *common, *env, "--json", "--", "--no-such-option")
-        assert result.exit_code == 0, result.stderr
-        again = json.loads(result.stdout)
-        # (the project source may differ: people edit it meanwhile)
-        assert again["synced"]["data"]["n_transferred"] == again["synced"]["encoder"]["n_transferred"] == 0, again["synced"]
-        assert "24 files (" in result.stderr and "0 sent (0 B), 24 already there" in result.stderr
+        # The failed job: exit code and the end of its log.
         while (state := status(host, "runs/bad", remote_dir=str(remote_dir)))["state"] in ("running", "starting"):
             assert time.monotonic() - started < 170
             time.sleep(1)
@@ -264,7 +267,7 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
 
 def test_install_step_pip_installs_synced_source_into_a_fresh_python(sshd, tmp_path):
     """--install always: `python -m pip install` of the synced project, offline, into a venv on the host."""
-    from speech_emotion.remote.job import describe_python, ensure_package, probe_python, project_root
+    from speech_emotion.remote.job import PROJECT_FILTERS, ensure_package, probe_python, project_root
     from speech_emotion.remote.ssh import rsync
 
     venv = tmp_path / "venv"
@@ -273,17 +276,18 @@ def test_install_step_pip_installs_synced_source_into_a_fresh_python(sshd, tmp_p
     host = sshd.alias_host()
     remote_dir = tmp_path / "remote"
     (remote_dir / "project").mkdir(parents=True)
-    from speech_emotion.remote.job import PROJECT_FILTERS
-
     rsync(host, f"{project_root()}/", host.remote_path(f"{remote_dir}/project/"), delete=True, filters=PROJECT_FILTERS)
-    env = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0"}  # offline: build with this Python's setuptools
+    # Offline: no index, build with the setuptools at hand, dependencies already there (system site-packages).
+    env = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_DEPS": "1"}
     before = probe_python(host, remote_dir=str(remote_dir), python=python, env=env)
     lines = []
     package = ensure_package(host, before, python=python, remote_dir=str(remote_dir), root=project_root(), install="always", env=env, report=lines.append)
     assert package["action"] == "installed" and package["same_source"]
     assert package["location"].startswith(str(venv)), package  # the venv's own copy, not the editable checkout
     assert any("pip install" in line for line in lines)
-    assert probe_python(host, remote_dir=str(remote_dir), python=python, env={})["fingerprint"] == describe_python()["fingerprint"]
+    # ensure_package compared the installed source's fingerprint with this one; the venv now imports its own copy.
+    after = probe_python(host, remote_dir=str(remote_dir), python=python, env={})
+    assert after["location"] == package["location"] and before["location"] != after["location"]
 
 
 def test_connection_and_python_errors_are_clear(sshd, tmp_path):

@@ -418,3 +418,18 @@ def test_cli_serve_refuses_bad_options(run_dir, tmp_path):
     result = runner.invoke(cli, ["serve", str(tmp_path)])  # exists, but no model in it
     assert result.exit_code == 1
     assert "no model.json" in result.stderr
+
+
+def test_warm_up_fails_early_for_a_model_that_cannot_label_single_clips():
+    from speech_emotion.serving.app import warm_up
+
+    class SpeakerNormalised(SlowPredictor):
+        def predict(self, signals, *, min_confidence=None):
+            raise ValueError("this model standardises features per speaker (--speaker-norm) and cannot label single clips")
+
+    with pytest.raises(ValueError, match="--speaker-norm"):
+        warm_up(SpeakerNormalised())
+    slow = SlowPredictor()
+    slow.release.set()
+    warm_up(slow)
+    assert slow.max_running == 1

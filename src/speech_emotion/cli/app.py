@@ -7,6 +7,7 @@ import typer
 from speech_emotion.cli import cache, data
 from speech_emotion.cli import remote
 from speech_emotion.cli.export import export
+from speech_emotion.cli.monitor import monitor
 from speech_emotion.cli.predict import predict
 from speech_emotion.cli.serve import serve
 from speech_emotion.cli.train import cv, evaluate, report, train
@@ -26,6 +27,7 @@ app.command()(train)
 app.command()(evaluate)
 app.command()(cv)
 app.command()(report)
+app.command()(monitor)
 app.command()(predict)
 app.command()(export)
 app.command()(serve)

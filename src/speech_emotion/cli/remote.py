@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 
 from speech_emotion.cli.console import err_console, fail, print_json
-from speech_emotion.remote.job import DEFAULT_REMOTE_DIR, INSTALL_MODES
+from speech_emotion.remote.job import DEFAULT_REMOTE_DIR, INSTALL_MODES, format_epoch
 from speech_emotion.remote.ssh import Host, RemoteError
 
 app = typer.Typer(
@@ -57,6 +57,16 @@ def host_flags(host: Host, remote_dir: str) -> str:
     if remote_dir != DEFAULT_REMOTE_DIR:
         flags += ["--remote-dir", remote_dir]
     return shlex.join(flags)
+
+
+def ssh_line(host: Host, command: str) -> str:
+    """A plain ``ssh`` command line reaching the host as ``host`` does, to copy into a terminal."""
+    args = ["ssh"] + (["-F", str(host.config)] if host.config is not None else [])
+    args += ["-p", str(host.port)] if host.port is not None else []
+    args += ["-i", str(host.identity)] if host.identity is not None else []
+    for option in host.options:
+        args += ["-o", option]
+    return shlex.join(args + [host.target]) + " " + shlex.quote(command)
 
 
 def report(line: str) -> None:
@@ -140,25 +150,11 @@ def launch(
         f"  ser remote status {escape(flags)} {escape(run)}\n"
         f"  ser remote monitor {escape(flags)} {escape(run)}\n"
         f"  ser remote fetch {escape(flags)} {escape(run)}\n"
-        f"  ssh {escape(target.target)} tail -f {escape(shlex.quote(result['log']))}",
+        f"  {escape(ssh_line(target, 'tail -f ' + shlex.quote(result['log'])))}",
         highlight=False, soft_wrap=True,
     )
     if as_json:
         print_json(result)
-
-
-def format_epoch(record: dict) -> str:
-    """One metrics.jsonl record as ``epoch 3  train_loss 0.412  val_accuracy 83.3% …``."""
-    parts = [f"epoch {record.get('epoch')}"]
-    for key, value in record.items():
-        if key == "epoch" or value in (None, [], {}):
-            continue
-        if isinstance(value, float):
-            value = f"{value:.1%}" if ("accuracy" in key or "uar" in key or "f1" in key) else f"{value:.4f}"
-        elif isinstance(value, list):
-            value = ",".join(map(str, value))
-        parts.append(f"{key} {value}")
-    return "  ".join(parts)
 
 
 def print_status(state: dict) -> None:

@@ -54,9 +54,10 @@ def metrics_table(title: str, results: dict) -> Table:
 
 
 def train(
-    data: DataArg,
-    encoder: EncoderOpt,
-    out: Annotated[Path, typer.Option("--out", help="Run folder to create (config, reports, metrics, model/).")],
+    ctx: typer.Context,
+    data: Annotated[Optional[Path], typer.Argument(help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns (not with --resume).", exists=True, show_default=False)] = None,
+    encoder: Annotated[Optional[str], typer.Option("--encoder", help=EncoderOpt.__metadata__[0].help, show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create (config, reports, metrics, checkpoints/, model/).", show_default=False)] = None,
     labels: LabelsOpt = None,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
@@ -75,17 +76,38 @@ def train(
     hf_compatible: Annotated[bool, typer.Option(help="A linear head on mean features (with --hidden 0) that `ser export --format hf` copies exactly into a stock transformers class.")] = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or failed run from RUN/config.json and its newest checkpoint (give nothing else): "
+                                                   "same final weights as an uninterrupted run.", exists=True, file_okay=False, show_default=False)] = None,
+    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log params, per-epoch metrics, reports and the bundle to MLflow there "
+                                                        "(default: $MLFLOW_TRACKING_URI; needs `pip install 'speech-emotion[all]'`).", show_default=False)] = None,
 ) -> None:
     """Train an emotion classifier on a frozen pretrained encoder.
 
     Features of every layer are computed once and cached (label-free) in the feature
     store; the head learns layer weights and an MLP, class-weighted, early-stopped on the
     validation speakers' UAR. Splits are speaker-disjoint and checked for leakage.
+    The run folder's status.json, metrics.jsonl and checkpoints/ let `ser monitor RUN`
+    follow it and `ser train --resume RUN` continue it after a kill.
 
     Example: ser train ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder --labels ravdess-8 --test-speakers 16-18 --out runs/base
     """
+    from speech_emotion.training.run import resume as resume_training
     from speech_emotion.training.run import train as run_training
 
+    if resume is not None:
+        given = [f"--{name.replace('_', '-')}" if name != "data" else "DATA" for name in ctx.params
+                 if name not in ("resume", "tracking_uri", "as_json") and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+        if given:
+            raise fail(f"--resume takes every setting from {resume / 'config.json'}; drop {', '.join(given)}")
+        try:
+            results = resume_training(resume, tracking_uri=tracking_uri, progress=progress_bar)
+        except USER_ERRORS + (ImportError,) as error:
+            raise fail(error) from None
+        _print_results(resume, results, as_json)
+        return
+    missing = [name for name, value in (("DATA", data), ("--encoder", encoder), ("--out", out)) if value is None]
+    if missing:
+        raise fail(f"missing {', '.join(missing)}: `ser train DATA --encoder ENCODER --out RUN` (or `ser train --resume RUN` to continue a run)")
     if split and (test_speakers or val_speakers):
         raise fail("give --split or --test-speakers/--val-speakers, not both")
     if hf_compatible and hidden:
@@ -98,10 +120,14 @@ def train(
             val_speakers=parse_speakers(val_speakers) if val_speakers else None,
             split_file=json.loads(split.read_text()) if split else None,
             allow_speaker_overlap=allow_speaker_overlap, config=config, skip_bad=skip_bad, force=force,
-            progress=progress_bar,
+            progress=progress_bar, tracking_uri=tracking_uri,
         )
-    except USER_ERRORS as error:
+    except USER_ERRORS + (ImportError,) as error:
         raise fail(error) from None
+    _print_results(out, results, as_json)
+
+
+def _print_results(out: Path, results: dict, as_json: bool) -> None:
     print_label_report(json.loads((out / "labels.json").read_text()))
     err_console.print(f"speakers: " + "; ".join(f"{part} {','.join(s)}" for part, s in results["speakers"].items()))
     err_console.print(f"class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in results["class_weights"].items()))

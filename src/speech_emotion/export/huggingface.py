@@ -84,6 +84,22 @@ def no_progress(description: str, total: int | None):
     yield lambda n=1: None
 
 
+@contextlib.contextmanager
+def _quiet_transformers():
+    """Silence transformers' own progress bars and load reports (the CLI shows its own)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 # ---------------------------------------------------------------------------------------------
 # The head: an EmotionHead as stock weights
 # ---------------------------------------------------------------------------------------------
@@ -115,6 +131,11 @@ def hf_head_weights(head: EmotionHead, *, temperature: float = 1.0) -> dict[str,
     config = head.config
     if config.hidden:
         raise BundleError(f"the head has a hidden layer (hidden={config.hidden}) and a stock transformers head is linear; {RETRAIN_HINT}")
+    if getattr(config, "mixing", "softmax") != "softmax":
+        raise BundleError(
+            f"the head concatenates the encoder layers (mixing={config.mixing!r}) and a stock transformers head sums them "
+            f"with softmax weights; {RETRAIN_HINT}"
+        )
     if not config.hf_compatible:
         raise BundleError(
             "the head reads mean+std pooled features with a separate standardisation per layer; a stock transformers head "
@@ -375,7 +396,7 @@ def export_huggingface(
 
     started = time.perf_counter()
     model, out = Path(model), Path(out)
-    predictor = Predictor.from_pretrained(model, encoder=encoder)
+    predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
     bundle = predictor.bundle
     family = bundle.meta["encoder"]["family"]
     if family not in ("ssl", "whisper"):
@@ -397,7 +418,12 @@ def export_huggingface(
                 )
             log.warning("%s: no run folder beside the bundle; the export is checked on synthetic signals only", bundle.path)
         else:
-            run = _RunData(run_folder, bundle, data, progress)
+            try:
+                run = _RunData(run_folder, bundle, data, progress)
+            except FileNotFoundError:
+                if family == "whisper" or data is not None:
+                    raise
+                log.warning("%s: the run's corpus is not where config.json says; the export is checked on synthetic signals only (pass data=... / --data to score it on the test speakers)", run_folder)
 
     classes = bundle.classes
     hf_model = _stock_model(predictor.encoder, classes)
@@ -424,10 +450,11 @@ def export_huggingface(
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        hf_model.save_pretrained(staging)
-        extractor.save_pretrained(staging)
-        if evaluate:
-            info["check"] = _check_export(staging, predictor, run, store, progress, exact=family == "ssl")
+        with _quiet_transformers():
+            hf_model.save_pretrained(staging)
+            extractor.save_pretrained(staging)
+            if evaluate:
+                info["check"] = _check_export(staging, predictor, run, store, progress, exact=family == "ssl")
         info["export_s"] = round(time.perf_counter() - started, 1)
         write_json(staging / EXPORT_INFO, info)
         (staging / CARD).write_text(model_card(info, bundle.meta, run), encoding="utf-8")
@@ -455,8 +482,9 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
     # The run's hyper-parameters (seed, lr, epochs, patience, alarms), as a linear hf_compatible head.
     recorded = {k: v for k, v in (predictor.bundle.meta.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__}
     recorded.update(hidden=0, hf_compatible=True)
-    if "speaker_norm" in recorded:
-        recorded["speaker_norm"] = False
+    for key, plain in (("speaker_norm", False), ("mixing", "softmax")):
+        if key in recorded:
+            recorded[key] = plain
     config = TrainConfig(**recorded)
     classes = predictor.classes
     with progress("fitting the exported head", config.max_epochs) as advance:

@@ -3,78 +3,98 @@
 ``Predictor.from_pretrained(MODEL)(path_or_array, sampling_rate=...)`` returns
 ``{"label": ..., "probabilities": {label: p}}`` with the bundle's class names. The same
 object serves ``ser predict``, ``ser evaluate`` and the REST service.
+
+``MODEL`` is a run folder made by ``ser train`` (PyTorch backend: encoder + head in torch),
+or a folder made by ``ser export --format onnx`` (ONNX Runtime backend: neither torch nor
+transformers is imported). Both give the same dictionaries. This module imports neither.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from speech_emotion.data.audio import SAMPLING_RATE, check_signal, load_audio
-from speech_emotion.errors import BundleError
-from speech_emotion.model.bundle import Bundle, load_bundle
-from speech_emotion.training.loop import predict_proba
+from speech_emotion.errors import AudioError
+from speech_emotion.inference.backends import OnnxBackend, TorchBackend, is_onnx_export
 
 log = logging.getLogger(__name__)
 
+BACKENDS = ("auto", "torch", "onnx")
+"""Values of ``backend=`` in :meth:`Predictor.from_pretrained`."""
+
+BATCH_FILES = 32
+"""Files decoded and predicted together by :meth:`Predictor.predict_files` by default."""
+
 
 class Predictor:
-    """Encoder + head of a bundle, run as ``preprocess → _forward → postprocess``.
+    """Encoder + head of a model, run as ``preprocess → _forward → postprocess``.
 
     Args:
-        bundle: a loaded bundle.
-        encoder: the frozen encoder the bundle was trained on.
+        backend: a :class:`~speech_emotion.inference.backends.TorchBackend` or
+            :class:`~speech_emotion.inference.backends.OnnxBackend`.
+
+    Attributes:
+        bundle: the model's metadata (``meta``, ``path``, ``classes``, ``schema``, ``temperature``).
+        encoder: ``features(signals)`` → pooled per-layer features (used by ``ser evaluate``).
+        classes: class names in index order.
+        backend_name: ``"torch"`` or ``"onnx"``.
     """
 
-    def __init__(self, bundle: Bundle, encoder):
-        self.bundle = bundle
-        self.encoder = encoder
-        self.classes = bundle.classes
+    def __init__(self, backend: TorchBackend | OnnxBackend):
+        self.backend = backend
+        self.bundle = backend.bundle
+        self.encoder = backend.encoder
+        self.classes = self.bundle.classes
+        self.backend_name = backend.name
 
     @classmethod
-    def from_pretrained(cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False) -> "Predictor":
-        """Load a run folder or bundle folder and the encoder it names.
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        encoder: str | None = None,
+        allow_encoder_mismatch: bool = False,
+        backend: str = "auto",
+    ) -> "Predictor":
+        """Load a run folder, a bundle folder, or an ONNX export.
 
         Args:
-            model: a run folder made by ``ser train``, or its ``model/`` folder.
+            model: a run folder made by ``ser train``, its ``model/`` folder, or a folder
+                made by ``ser export --format onnx``.
             encoder: where to find the encoder when it has moved (a folder or hub id);
                 by default the path recorded at training, then the reference as given.
+                Not for ONNX exports, which carry their encoder.
             allow_encoder_mismatch: load even when the encoder's fingerprint differs from
                 the one the head was trained on (predictions are then unreliable).
+            backend: ``"auto"`` (ONNX Runtime for an ONNX export, PyTorch otherwise),
+                ``"torch"`` or ``"onnx"`` to insist on one.
 
         Raises:
-            BundleError: bundle invalid, encoder not found, or fingerprint mismatch.
-        """
-        from speech_emotion.features.encoders import load_encoder
+            BundleError: bundle invalid, encoder not found, fingerprint mismatch, or an ONNX
+                file that differs from the one recorded in ``model.json``.
+            ValueError: an unknown ``backend``, or one that does not fit the folder.
 
-        bundle = load_bundle(model)
-        recorded = bundle.meta["encoder"]
-        candidates = [encoder] if encoder else [c for c in (recorded.get("path"), recorded["reference"]) if c]
-        errors = []
-        for candidate in candidates:
-            try:
-                loaded = load_encoder(candidate)
-                break
-            except (OSError, ValueError) as error:
-                errors.append(f"{candidate}: {error}")
-        else:
-            raise BundleError(
-                f"{bundle.path}: cannot load the encoder this model was trained on:\n  " + "\n  ".join(errors)
-                + "\npass encoder=... (--encoder) pointing to a copy of it"
-            )
-        if loaded.fingerprint != recorded["fingerprint"] or loaded.preprocessing != bundle.meta.get("preprocessing", loaded.preprocessing):
-            message = (
-                f"{bundle.path}: encoder {loaded.reference!r} has fingerprint {loaded.fingerprint[:12]}…, but the model was "
-                f"trained on {recorded['reference']!r} with fingerprint {recorded['fingerprint'][:12]}… (other weights, "
-                "config or preprocessing)"
-            )
-            if not allow_encoder_mismatch:
-                raise BundleError(message + "; pass the original encoder, or allow_encoder_mismatch=True (--allow-encoder-mismatch) to force it")
-            log.warning(message + "; continuing because the mismatch was allowed")
-        return cls(bundle, loaded)
+        Example:
+            >>> Predictor.from_pretrained("./no/such/run")
+            Traceback (most recent call last):
+            ...
+            speech_emotion.errors.BundleError: no/such/run: no model.json here or in no/such/run/model; pass a run folder made by `ser train` or its model/ folder
+        """
+        if backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
+        onnx = is_onnx_export(model)
+        if backend == "onnx" and not onnx:
+            raise ValueError(f"{model}: backend='onnx' needs a folder made by `ser export --format onnx`; export this model first")
+        if backend == "torch" and onnx:
+            raise ValueError(f"{model}: an ONNX export runs with backend='onnx' only; pass the run folder it was exported from for PyTorch")
+        loader = OnnxBackend.load if onnx else TorchBackend.load
+        return cls(loader(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch))
 
     def preprocess(self, inputs: str | Path | np.ndarray, sampling_rate: int | None = None) -> np.ndarray:
         """A file path or an array → mono float32 signal at 16 kHz.
@@ -96,12 +116,14 @@ class Predictor:
                 f"{self.bundle.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
                 "single clips; score it with `ser evaluate` on several clips per speaker, or train without --speaker-norm"
             )
+        if not len(signals):
+            return np.zeros((0, len(self.classes)), dtype=np.float32)
         features = np.stack(self.encoder.features(list(signals)))
         return self.predict_features(features)
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Probabilities, shape (n, K), from pooled encoder features (n, n_layers, dim)."""
-        return predict_proba(self.bundle.head, features, temperature=self.bundle.temperature)
+        return self.backend.predict_features(features)
 
     def postprocess(self, probabilities: np.ndarray, min_confidence: float | None = None) -> dict:
         """``{"label", "probabilities"}`` for one row; ``label`` is ``None`` and ``uncertain`` true below ``min_confidence``."""
@@ -118,5 +140,78 @@ class Predictor:
         return self.postprocess(self._forward([self.preprocess(inputs, sampling_rate)])[0], min_confidence)
 
     def predict(self, signals: Sequence[np.ndarray], *, min_confidence: float | None = None) -> list[dict]:
-        """Predict many decoded 16 kHz signals at once (batched by length inside the encoder)."""
+        """Predict many decoded 16 kHz signals at once (sorted and batched by length inside the encoder)."""
         return [self.postprocess(p, min_confidence) for p in self._forward(signals)]
+
+    def predict_files(
+        self,
+        paths: Iterable[str | Path],
+        *,
+        batch_size: int = BATCH_FILES,
+        min_confidence: float | None = None,
+    ) -> Iterator[dict]:
+        """Predict audio files in batches, decoding the next batch while this one is computed.
+
+        Args:
+            paths: audio files in any format :func:`~speech_emotion.data.audio.load_audio`
+                reads (any rate and channel count); consumed lazily, one batch ahead.
+            batch_size: files decoded and predicted together (the encoder sorts each batch
+                by length).
+            min_confidence: below this top probability ``label`` is ``None`` and
+                ``uncertain`` true.
+
+        Yields:
+            One dict per path, in input order: ``{"path", "label", "probabilities"}``, or
+            ``{"path", "error"}`` for a file that will not load (the others go on).
+
+        Raises:
+            ValueError: ``batch_size`` below 1.
+
+        Example:
+            >>> import numpy as np, soundfile as sf, tempfile, os
+            >>> class Constant(Predictor):  # a stand-in model: every clip is 'neutral'
+            ...     classes = ["neutral"]
+            ...     def __init__(self): pass
+            ...     def _forward(self, signals): return np.ones((len(signals), 1))
+            >>> folder = tempfile.mkdtemp()
+            >>> sf.write(os.path.join(folder, "a.wav"), np.full(8000, 0.1), 16000)
+            >>> rows = Constant().predict_files([os.path.join(folder, n) for n in ("a.wav", "gone.wav")])
+            >>> [(os.path.basename(r["path"]), r.get("label"), r.get("error")) for r in rows]
+            [('a.wav', 'neutral', None), ('gone.wav', None, 'file not found')]
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+        batches = _batches(paths, batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ser-decode") as pool:
+            first = next(batches, None)
+            pending = pool.submit(_decode_batch, first) if first is not None else None
+            while pending is not None:
+                decoded = pending.result()
+                following = next(batches, None)
+                pending = pool.submit(_decode_batch, following) if following is not None else None
+                signals = [signal for _, signal, _ in decoded if signal is not None]
+                results = iter(self.predict(signals, min_confidence=min_confidence) if signals else [])
+                for path, signal, error in decoded:
+                    yield {"path": path, "error": error} if signal is None else {"path": path, **next(results)}
+
+
+def _batches(paths: Iterable[str | Path], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for path in paths:
+        batch.append(str(path))
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _decode_batch(paths: list[str]) -> list[tuple[str, np.ndarray | None, str | None]]:
+    """``(path, signal, None)`` or ``(path, None, reason)`` per file."""
+    decoded = []
+    for path in paths:
+        try:
+            decoded.append((path, load_audio(path)[0], None))
+        except AudioError as error:
+            decoded.append((path, None, error.reason))
+    return decoded

@@ -16,6 +16,8 @@ from torch import nn
 
 from speech_emotion.errors import BundleError
 
+MIXINGS = ("softmax", "concat")
+
 
 @dataclass(frozen=True)
 class HeadConfig:
@@ -33,6 +35,8 @@ class HeadConfig:
             per-layer MEAN half of the pooled statistics is used (no std), standardised with
             one per-dimension scale shared by all layers times one factor per layer.
             Needs ``hidden=0``.
+        mixing: ``"softmax"`` mixes layers with learned softmax weights (a weighted sum);
+            ``"concat"`` feeds every standardised layer to the classifier side by side.
     """
 
     n_layers: int
@@ -41,8 +45,13 @@ class HeadConfig:
     hidden: int = 256
     dropout: float = 0.2
     hf_compatible: bool = False
+    mixing: str = "softmax"
 
     def __post_init__(self) -> None:
+        if self.mixing not in MIXINGS:
+            raise BundleError(f"head mixing {self.mixing!r} is not one of {', '.join(MIXINGS)}")
+        if self.hf_compatible and self.mixing != "softmax":
+            raise ValueError("hf_compatible=True needs mixing='softmax': a stock transformers head sums layers with weights")
         if self.hf_compatible and self.hidden:
             raise ValueError(f"hf_compatible=True needs a linear head (hidden=0), got hidden={self.hidden}; a stock transformers head has no hidden layer")
         if self.hf_compatible and self.dim % 2:
@@ -75,6 +84,8 @@ class EmotionHead(nn.Module):
         self.register_buffer("feature_scale", torch.ones(config.n_layers, config.dim))
         self.dropout = nn.Dropout(config.dropout)
         n_inputs = config.dim // 2 if config.hf_compatible else config.dim  # hf_compatible: mean half only
+        if config.mixing == "concat":
+            n_inputs *= config.n_layers
         if config.hidden:
             self.classifier = nn.Sequential(
                 nn.Linear(n_inputs, config.hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes)
@@ -117,5 +128,8 @@ class EmotionHead(nn.Module):
         standard = (features - self.feature_mean) / self.feature_scale
         if self.config.hf_compatible:
             standard = standard[..., : self.config.dim // 2]
-        mixed = torch.einsum("nld,l->nd", standard, self.layer_weights())
+        if self.config.mixing == "concat":
+            mixed = standard.flatten(start_dim=1)
+        else:
+            mixed = torch.einsum("nld,l->nd", standard, self.layer_weights())
         return self.classifier(self.dropout(mixed))

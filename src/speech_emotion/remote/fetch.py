@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import shlex
@@ -139,6 +140,12 @@ def fetch(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    encoder = json.loads((to / "model" / "model.json").read_text()).get("encoder", {})
+    if encoder.get("path") and not Path(encoder["path"]).exists():
+        report(
+            f"the model names its encoder as on the host ({encoder['path']}); here pass a copy of it: "
+            f"`ser predict {to} … --encoder LOCAL_FOLDER` or Predictor.from_pretrained(..., encoder=LOCAL_FOLDER) (its fingerprint is checked)"
+        )
     return {
         "host": str(host),
         "run": remote.run,

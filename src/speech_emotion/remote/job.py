@@ -42,12 +42,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REMOTE_DIR = "ser-remote"
 INSTALL_MODES = ("auto", "always", "never")
-STATES = ("starting", "running", "finished", "failed", "died", "unknown")
 
 SER = 'import sys; sys.argv[0] = "ser"; from speech_emotion.cli.app import main; main()'
 """``python -c SER ARGS`` runs the `ser` command with that Python, whatever PATH holds."""
 
-MONITOR_MODULE = "speech_emotion.cli.monitor"
+MONITOR_FILE = "cli/monitor.py"
 """Where `ser monitor` lives; when the host's package lacks it, monitor follows metrics.jsonl."""
 
 Report = Callable[[str], None]
@@ -339,24 +338,24 @@ def launch(
     data = Path(data).resolve()
     if not data.exists():
         raise FileNotFoundError(f"--data {data}: no such folder")
+    if split is not None and not Path(split).expanduser().is_file():
+        raise FileNotFoundError(f"--split {split}: no such file")
     remote = RemoteRun(remote_dir, str(out))
     q = shlex.quote
 
     # 1. probe
     report(f"checking {host}: {python}, rsync, {remote.dir}/{remote.run}")
+    non_empty = f"[ -n \"$(ls -A -- {q(remote.run)} 2>/dev/null | head -n 1)\" ]"
     probe = host.run(
         f"mkdir -p -- {q(remote.dir)} && cd -- {q(remote.dir)} && mkdir -p project data encoders inputs || exit 90\n"
-        f"echo @@dir; pwd\necho @@rsync; command -v rsync\n"
-        f"echo @@python\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1\necho \"@@python_rc\n$?\"\n" + state_script(remote),
+        f"echo @@dir; pwd\necho @@rsync; command -v rsync\n" + state_script(remote)
+        + ("" if force else f"if {non_empty}; then exit 0; fi\n")  # refused below: no need to start Python
+        + f"echo @@python\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1\necho \"@@python_rc\n$?\"\n",
         check=False,
     )
     if probe.returncode == 90:
         raise RemoteError(f"cannot create or enter {remote.dir} on {host}: {last_lines(probe.stderr)}; choose another --remote-dir")
     sections = parse_sections(probe.stdout)
-    if not sections.get("rsync"):
-        raise RemoteError(f"rsync is not installed on {host}; install it there (Debian/Ubuntu: sudo apt-get install rsync)")
-    remote_python = decode_python(host, python, sections.get("python", ""), int(sections.get("python_rc") or 1))
-    absolute_dir = sections["dir"]
     try:
         previous = read_state(host, remote, sections)
     except RemoteError:
@@ -365,6 +364,10 @@ def launch(
         raise RemoteError(f"{host}:{remote.from_home} is already {previous['state']} (pid {previous['pid']}); follow it with `ser remote monitor`, or choose another --out")
     if sections.get("run_entries") and not force:
         raise RemoteError(f"{host}:{remote.from_home} exists and is not empty; choose another --out, or pass --force to replace it")
+    if not sections.get("rsync"):
+        raise RemoteError(f"rsync is not installed on {host}; install it there (Debian/Ubuntu: sudo apt-get install rsync)")
+    remote_python = decode_python(host, python, sections.get("python", ""), int(sections.get("python_rc") or 1))
+    absolute_dir = sections["dir"]
     report(f"  python {remote_python['python']} at {remote_python['executable']}")
 
     # 2. sync
@@ -372,7 +375,7 @@ def launch(
     root = project_root()
 
     def sync(name: str, source: str, destination: str, **kwargs) -> None:
-        report(f"syncing {name} → {host}:{destination}")
+        report(f"syncing {name} → {host}:{posixpath.join(remote.dir, destination)}")
         stats = rsync(host, source, host.remote_path(posixpath.join(remote.dir, destination)), **kwargs)
         synced[name] = stats
         report(f"  {stats}")
@@ -398,8 +401,6 @@ def launch(
             target = posixpath.join("inputs", f"{hashlib.sha256(str(local).encode()).hexdigest()[:8]}-{local.name}")
             sync(option.lstrip("-"), str(local), target)
             inputs[option] = target
-        elif option == "--split":
-            raise FileNotFoundError(f"--split {value}: no such file")
         else:
             inputs[option] = str(value)  # a built-in schema name or inline JSON
 
@@ -518,18 +519,48 @@ def start(host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str],
     return pid
 
 
+def format_epoch(record: dict) -> str:
+    """One metrics.jsonl record as a line for people (self-contained: it also runs on the host).
+
+    >>> format_epoch({"epoch": 3, "train_loss": 0.41234, "val_uar": 0.5, "alarms": []})
+    'epoch 3  train_loss 0.4123  val_uar 50.0%'
+    """
+    parts = [f"epoch {record.get('epoch')}"]
+    for key, value in record.items():
+        if key == "epoch" or value is None or value == [] or value == {}:
+            continue
+        if isinstance(value, float):
+            value = f"{value:.1%}" if any(word in key for word in ("accuracy", "uar", "f1")) else f"{value:.4f}"
+        elif isinstance(value, list):
+            value = ",".join(map(str, value))
+        parts.append(f"{key} {value}")
+    return "  ".join(parts)
+
+
+FORMAT_LINES = inspect.getsource(format_epoch) + (
+    "\nimport json, sys\nfor line in sys.stdin:\n"
+    "    try:\n        print(format_epoch(json.loads(line)), flush=True)\n"
+    "    except ValueError:\n        print(line, end='', flush=True)\n"
+)
+"""``tail metrics.jsonl | python -c FORMAT_LINES``: per-epoch lines without importing speech_emotion."""
+
+
 def monitor_script(run: RemoteRun, python: str) -> str:
     """sh for :func:`monitor`: `ser monitor RUN` if the host has it, else follow metrics.jsonl."""
     q = shlex.quote
     metrics, pid_file, exit_file = q(run.run + "/metrics.jsonl"), q(run.job + "/pid"), q(run.job + "/exit_code")
-    find_monitor = f"import importlib.util, sys; sys.exit(importlib.util.find_spec({MONITOR_MODULE!r}) is None)"
+    find_monitor = (  # a file check: importing speech_emotion just to look would take seconds
+        "import importlib.util, pathlib, sys; spec = importlib.util.find_spec('speech_emotion'); "
+        f"sys.exit(not (spec and any((pathlib.Path(p) / {MONITOR_FILE!r}).is_file() for p in spec.submodule_search_locations or ())))"
+    )
+    formatter = f"{q(python)} -u -c {q(FORMAT_LINES)}"
     return (
         f"cd -- {q(run.dir)} || exit 1\n"
         f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor {q(run.run)}; fi\n"
         f"echo \"(ser monitor is not available on this host: following {run.run}/metrics.jsonl)\" >&2\n"
         f"pid=$(cat -- {pid_file} 2>/dev/null)\n"
-        f"if [ -f {exit_file} ] || [ -z \"$pid\" ] || ! kill -0 \"$pid\" 2>/dev/null; then exec cat -- {metrics}; fi\n"
-        f"exec tail -n +1 -F --pid=\"$pid\" -- {metrics} 2>/dev/null\n"
+        f"if [ -f {exit_file} ] || [ -z \"$pid\" ] || ! kill -0 \"$pid\" 2>/dev/null; then cat -- {metrics} | {formatter}; exit; fi\n"
+        f"tail -n +1 -F --pid=\"$pid\" -- {metrics} 2>/dev/null | {formatter}\n"
     )
 
 

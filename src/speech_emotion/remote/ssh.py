@@ -158,7 +158,9 @@ class SyncStats:
 
 
 def format_bytes(n: int) -> str:
-    """>>> format_bytes(0), format_bytes(2_500_000)
+    """Bytes for people.
+
+    >>> format_bytes(0), format_bytes(2_500_000)
     ('0 B', '2.5 MB')
     """
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):

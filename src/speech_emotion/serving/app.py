@@ -33,6 +33,7 @@ from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
+import numpy as np
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -310,15 +311,31 @@ def _static_text(name: str) -> str:
     return (importlib.resources.files("speech_emotion.serving") / "static" / name).read_text(encoding="utf-8")
 
 
+def warm_up(predictor) -> None:
+    """One prediction on a second of quiet noise before serving.
+
+    The first request then costs what every other does, and a model that cannot label
+    single clips (one trained with ``--speaker-norm``) fails here, with the predictor's
+    message, instead of on every request.
+
+    Raises:
+        ValueError: the model cannot predict single clips.
+    """
+    signal = 0.01 * np.random.default_rng(0).standard_normal(SAMPLING_RATE).astype(np.float32)
+    predictor.predict([signal])
+
+
 def create_app_from_env() -> FastAPI:
     """App factory for uvicorn worker processes: settings come from ``$SER_SERVE_CONFIG`` (JSON)."""
     config = json.loads(os.environ[CONFIG_ENV])
-    return create_app(
+    app = create_app(
         config["model"],
         limits=ServeLimits(**config["limits"]),
         encoder=config.get("encoder"),
         allow_encoder_mismatch=config.get("allow_encoder_mismatch", False),
     )
+    warm_up(app.state.predictor)
+    return app
 
 
 def run_server(
@@ -339,6 +356,7 @@ def run_server(
 
     Raises:
         BundleError: the model or its encoder cannot be loaded.
+        ValueError: the model cannot label single clips (see :func:`warm_up`).
     """
     import uvicorn
 
@@ -350,9 +368,17 @@ def run_server(
         os.environ[CONFIG_ENV] = json.dumps({
             "model": str(model), "limits": limits.to_dict(), "encoder": encoder, "allow_encoder_mismatch": allow_encoder_mismatch,
         })
-        uvicorn.run("speech_emotion.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level)
+        import inspect
+
+        # Each worker loads the model before it answers uvicorn's health check (5 s by default in
+        # the uvicorn versions that have one): give it time, or workers are killed and restarted forever.
+        slow_start = {"timeout_worker_healthcheck": 600} if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters else {}
+        uvicorn.run(
+            "speech_emotion.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level, **slow_start,
+        )
         return
     app = create_app(model, limits=limits, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
+    warm_up(app.state.predictor)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 

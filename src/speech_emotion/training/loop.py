@@ -41,6 +41,7 @@ class TrainConfig:
     patience: int = 15
     seed: int = 0
     speaker_norm: bool = False  # standardise features per speaker (needs the speaker's other clips at inference)
+    mixing: str = "softmax"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
     hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0)
     stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
 
@@ -50,6 +51,30 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class TrainingState:
+    """Everything :func:`fit_head` needs to go on after ``epoch`` exactly as if it had never stopped.
+
+    Saved after every epoch (see :mod:`speech_emotion.training.checkpoint`): the head's and the
+    optimizer's tensors, the best epoch's weights, the random number generators, and the
+    bookkeeping of early stopping. ``stopped`` is true when training ended at ``epoch``
+    (patience ran out), so a resumed run goes straight to scoring.
+    """
+
+    epoch: int
+    history: list[dict]
+    best_score: float
+    best_epoch: int
+    stale: int
+    stopped: bool
+    alarms: list[dict]
+    model: dict[str, torch.Tensor]
+    best_model: dict[str, torch.Tensor] | None
+    optimizer: dict
+    torch_rng: torch.Tensor
+    generator_rng: torch.Tensor
 
 
 @dataclass
@@ -79,6 +104,8 @@ def fit_head(
     config: TrainConfig = TrainConfig(),
     classes: list[str] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    resume: TrainingState | None = None,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> FitResult:
     """Train a head; keep the weights of the epoch with the best validation UAR.
 
@@ -91,6 +118,9 @@ def fit_head(
         config: hyper-parameters and seed (same seed, same data → same weights).
         classes: class names for messages.
         on_epoch: called with each epoch's metrics dict.
+        resume: state saved after an epoch by ``on_checkpoint``; training goes on from the
+            next epoch and ends with the same weights as a run that was never interrupted.
+        on_checkpoint: called after each epoch (after ``on_epoch``) with the state to save.
 
     Raises:
         SanityError: a check of severity ``error`` fired (see :mod:`speech_emotion.training.sanity`).
@@ -98,7 +128,7 @@ def fit_head(
     classes = classes or [str(i) for i in range(n_classes)]
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout, hf_compatible=config.hf_compatible))
+    head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout, hf_compatible=config.hf_compatible, mixing=config.mixing))
     parts = {"train": y_train} | ({"val": y_val} if y_val is not None else {})
     alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
     for part, y in parts.items():
@@ -113,8 +143,19 @@ def fit_head(
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
 
-    history, best_state, best_uar, best_epoch, stale = [], None, -1.0, 0, 0
-    for epoch in range(1, config.max_epochs + 1):
+    history, best_state, best_uar, best_epoch, stale, stopped, first = [], None, -1.0, 0, 0, False, 1
+    if resume is not None:
+        head.load_state_dict(resume.model)
+        optimizer.load_state_dict({"state": resume.optimizer["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+        history, best_uar, best_epoch, stale, stopped = list(resume.history), resume.best_score, resume.best_epoch, resume.stale, resume.stopped
+        best_state = resume.best_model
+        alarms = [Alarm(**a) for a in resume.alarms]  # the checks above ran again and gave the same
+        torch.set_rng_state(resume.torch_rng)
+        generator.set_state(resume.generator_rng)
+        first = resume.epoch + 1
+    for epoch in range(first, config.max_epochs + 1):
+        if stopped:
+            break
         head.train()
         order = torch.randperm(len(X), generator=generator)
         total = 0.0
@@ -149,8 +190,13 @@ def fit_head(
             best_state = copy.deepcopy(head.state_dict())
         else:
             stale += 1
-            if Xv is not None and stale >= config.patience:
-                break
+            stopped = Xv is not None and stale >= config.patience
+        if on_checkpoint:
+            on_checkpoint(TrainingState(
+                epoch=epoch, history=history, best_score=best_uar, best_epoch=best_epoch, stale=stale, stopped=stopped,
+                alarms=[a.to_dict() for a in alarms], model=head.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
+                torch_rng=torch.get_rng_state(), generator_rng=generator.get_state(),
+            ))
     head.load_state_dict(best_state)
     head.eval()
     if Xv is not None:

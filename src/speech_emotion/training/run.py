@@ -6,9 +6,17 @@ Run folder layout (every file written atomically)::
     RUN/labels.json      label report: counts before/after mapping, encoded values, K
     RUN/split.json       parts, speakers, per-class counts, leakage report
     RUN/skipped.json     files left out and why (only with --skip-bad)
-    RUN/metrics.jsonl    one line per epoch
+    RUN/metrics.jsonl    one line per epoch (cut back to the checkpoint's epoch on resume)
+    RUN/status.json      stage, progress, epoch, pid, updated: what `ser monitor` shows
+    RUN/checkpoints/     the newest epoch's checkpoint (safetensors + JSON), for `ser train --resume`
+    RUN/tracking.json    the MLflow run id (only with a tracking URI)
     RUN/results.json     final metrics, class weights, sanity alarms, timings
     RUN/model/           model.safetensors + model.json (the bundle)
+
+A run killed at any point (``kill -9``) goes on with :func:`resume` (``ser train --resume RUN``):
+audio is decoded again, encoded features come back from the feature store, and training
+restarts after the newest checkpoint with the saved optimizer and random states, so the final
+weights are bit-identical to those of a run that was never interrupted.
 """
 
 from __future__ import annotations
@@ -17,7 +25,9 @@ import contextlib
 import csv
 import io
 import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from functools import partial
@@ -33,8 +43,10 @@ from speech_emotion.data.dataset import Dataset, load_dataset
 from speech_emotion.data.splits import Split, check_leakage, speaker_disjoint_split
 from speech_emotion.errors import SplitError
 from speech_emotion.model.bundle import save_bundle
+from speech_emotion.monitor.status import RUNNING_STAGES, RunStatus, process_state, read_status
 from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
-from speech_emotion.training.loop import FitResult, TrainConfig, fit_head, predict_logits
+from speech_emotion.training.checkpoint import load_checkpoint, read_metrics, save_checkpoint, truncate_metrics
+from speech_emotion.training.loop import FitResult, TrainConfig, TrainingState, fit_head, predict_logits
 from speech_emotion.training.metrics import classification_metrics
 from speech_emotion.training.speaker_norm import speaker_normalise
 
@@ -44,6 +56,14 @@ Progress = Callable[[str, int | None], ContextManager[Callable[[int], None]]]
 """``progress(description, total)`` → context yielding ``advance(n)``; the CLI passes Rich bars."""
 
 VAL_FRACTION = 1 / 6
+
+PAUSE_ENV = "SER_TEST_PAUSE"
+"""Test hook for the kill/resume tests: ``STAGE:N`` makes the run stop and wait (``PAUSE_SECONDS``)
+at a known point so a test can ``kill -9`` it there: ``decoding:N`` / ``encoding:N`` once N files
+are decoded / encoded (before the encoded chunk is written to the feature store), ``training:N``
+right after epoch N's line is appended to metrics.jsonl (before its checkpoint is written).
+``status.json`` shows ``"paused": "STAGE:N"`` while it waits."""
+PAUSE_SECONDS = 600.0
 
 
 @contextlib.contextmanager
@@ -105,7 +125,8 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def fit_and_score(
-    X: np.ndarray, y: np.ndarray, split: Split, classes: list[str], config: TrainConfig, *, on_epoch: Callable[[dict], None] | None = None
+    X: np.ndarray, y: np.ndarray, split: Split, classes: list[str], config: TrainConfig, *, on_epoch: Callable[[dict], None] | None = None,
+    resume: TrainingState | None = None, on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> tuple[FitResult, dict]:
     """Fit a head on ``split``'s train part (early-stopped on val), calibrate on val, score val and test.
 
@@ -114,7 +135,8 @@ def fit_and_score(
         validation speakers; ECE before/after), class and layer weights, sanity alarms.
     """
     train_rows, val_rows = split.parts["train"], split.parts["val"]
-    fit = fit_head(X[train_rows], y[train_rows], X[val_rows], y[val_rows], n_classes=len(classes), config=config, classes=classes, on_epoch=on_epoch)
+    fit = fit_head(X[train_rows], y[train_rows], X[val_rows], y[val_rows], n_classes=len(classes), config=config, classes=classes, on_epoch=on_epoch,
+                   resume=resume, on_checkpoint=on_checkpoint)
     temperature = fit_temperature(predict_logits(fit.head, X[val_rows]), y[val_rows])
     results = {
         "classes": classes,
@@ -151,6 +173,56 @@ def write_predictions(path: Path, dataset: Dataset, split: Split, logits: np.nda
     write_text(path, buffer.getvalue())
 
 
+def run_config(
+    data: str | Path,
+    *,
+    encoder: str,
+    labels=None,
+    corpus: str | None = None,
+    speaker_pattern: str | None = None,
+    test_speakers: list[str] | None = None,
+    val_speakers: list[str] | None = None,
+    split_file: dict | None = None,
+    allow_speaker_overlap: bool = False,
+    config: TrainConfig = TrainConfig(),
+    skip_bad: bool = False,
+    tracking_uri: str | None = None,
+) -> dict:
+    """The resolved configuration written to ``RUN/config.json``: all :func:`resume` needs.
+
+    Paths are made absolute (``labels_file``, ``encoder_path`` beside the values as given), a
+    saved split is kept whole, and the head's :class:`TrainConfig` is under ``train``.
+
+    >>> cfg = run_config("corpus", encoder="egemaps", labels="ravdess-7", config=TrainConfig(seed=3))
+    >>> cfg["labels"], cfg["encoder_path"], cfg["train"]["seed"], Path(cfg["data"]).is_absolute()
+    ('ravdess-7', None, 3, True)
+    """
+    from speech_emotion.data.labels import LabelSchema
+
+    if isinstance(labels, LabelSchema):
+        labels = labels.to_dict()
+    elif isinstance(labels, Path):
+        labels = str(labels)
+    labels_file = str(Path(labels).resolve()) if isinstance(labels, str) and not labels.lstrip().startswith("{") and Path(labels).is_file() else None
+    return {
+        "speech_emotion": __version__,
+        "data": str(Path(data).resolve()),
+        "corpus": corpus,
+        "labels": labels,
+        "labels_file": labels_file,
+        "speaker_pattern": speaker_pattern,
+        "encoder": encoder,
+        "encoder_path": str(Path(encoder).resolve()) if Path(encoder).exists() else None,
+        "test_speakers": test_speakers,
+        "val_speakers": val_speakers,
+        "split_file": split_file,
+        "allow_speaker_overlap": allow_speaker_overlap,
+        "skip_bad": skip_bad,
+        "train": config.to_dict(),
+        "tracking_uri": tracking_uri,
+    }
+
+
 def train(
     data: str | Path,
     *,
@@ -169,6 +241,7 @@ def train(
     store=None,
     progress: Progress = no_progress,
     on_epoch: Callable[[dict], None] | None = None,
+    tracking_uri: str | None = None,
 ) -> dict:
     """Train a head on frozen-encoder features and write the run folder.
 
@@ -183,60 +256,227 @@ def train(
         allow_speaker_overlap: accept a split whose parts share speakers (recorded).
         config: head hyper-parameters and seed.
         skip_bad: leave out files that will not load, listing them in ``skipped.json``.
+        tracking_uri: log the run to MLflow there (default: ``$MLFLOW_TRACKING_URI``; neither: no tracking).
 
     Returns:
         The contents of ``results.json``.
 
     Raises:
-        FileExistsError, CorpusError, LabelError, SplitError, LeakageError, SanityError.
+        FileExistsError, CorpusError, LabelError, SplitError, LeakageError, SanityError,
+        TrackingError, ImportError (a tracking URI without MLflow installed).
     """
+    from speech_emotion.tracking import tracking_uri as resolve_uri
+
+    out = Path(out)
+    prepare_run_folder(out, force)
+    resolved = run_config(data, encoder=encoder, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern, test_speakers=test_speakers,
+                          val_speakers=val_speakers, split_file=split_file, allow_speaker_overlap=allow_speaker_overlap, config=config,
+                          skip_bad=skip_bad, tracking_uri=resolve_uri(tracking_uri))
+    write_json(out / "config.json", resolved)
+    return _execute(out, resolved, resumed=0, store=store, progress=progress, on_epoch=on_epoch)
+
+
+def resume(
+    run: str | Path,
+    *,
+    store=None,
+    progress: Progress = no_progress,
+    on_epoch: Callable[[dict], None] | None = None,
+    tracking_uri: str | None = None,
+) -> dict:
+    """Continue a run that was killed or failed, from ``RUN/config.json`` and its newest checkpoint.
+
+    Decoding runs again, features come back from the feature store (those encoded before the
+    kill) and training continues after the newest checkpoint's epoch: the final weights are
+    bit-identical to those of an uninterrupted run. ``metrics.jsonl`` is cut back to that epoch
+    first, so no epoch is recorded twice.
+
+    Args:
+        run: the run folder made by :func:`train`.
+        tracking_uri: MLflow URI; default: the one the run was started with, else
+            ``$MLFLOW_TRACKING_URI``. The MLflow run of ``RUN/tracking.json`` is continued.
+
+    Returns:
+        The contents of ``results.json``.
+
+    Raises:
+        FileNotFoundError: ``run`` has no ``config.json``.
+        FileExistsError: the run finished already, or its process is still running.
+        ValueError: the checkpoint does not match the corpus, labels, encoder or config any more.
+    """
+    from speech_emotion.tracking import tracking_uri as resolve_uri
+
+    run = Path(run)
+    try:
+        resolved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{run / 'config.json'}: not found; {run} is not a run folder made by `ser train`, or it was killed before "
+                                "it started: start it again with `ser train ... --out`") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{run / 'config.json'}: not valid JSON ({error}); start the run again") from None
+    if "train" not in resolved or "encoder" not in resolved:
+        raise ValueError(f"{run / 'config.json'}: no 'train' and 'encoder' settings; only runs made by `ser train` can be resumed")
+    status = read_status(run) or {}
+    if status.get("stage") == "finished":
+        raise FileExistsError(f"{run} finished already ({run / 'results.json'}); nothing to resume. Train a new run with another --out")
+    if status.get("stage") in RUNNING_STAGES and process_state(status) == "alive":
+        raise FileExistsError(f"{run} is still running (pid {status.get('pid')}, stage {status.get('stage')}); follow it with `ser monitor {run}`, "
+                              f"or stop it (kill {status.get('pid')}) before resuming")
+    uri = resolve_uri(tracking_uri) or resolved.get("tracking_uri")
+    if uri != resolved.get("tracking_uri"):
+        resolved["tracking_uri"] = uri
+        write_json(run / "config.json", resolved)
+    log.info("resuming %s (resumed %d time(s) before)", run, status.get("resumed", 0))
+    return _execute(run, resolved, resumed=int(status.get("resumed", 0)) + 1, store=store, progress=progress, on_epoch=on_epoch)
+
+
+def _pause_at() -> tuple[str, int] | None:
+    spec = os.environ.get(PAUSE_ENV, "")
+    stage, _, n = spec.partition(":")
+    if not spec:
+        return None
+    if stage not in RUNNING_STAGES or not n.isdigit():
+        raise ValueError(f"{PAUSE_ENV}={spec!r}: expected STAGE:N with STAGE one of {', '.join(RUNNING_STAGES)} (a test hook; unset it)")
+    return stage, int(n)
+
+
+def _pause(status: RunStatus, where: str) -> None:
+    log.warning("%s=%s: pausing here for %.0f s (a test hook: kill the run now)", PAUSE_ENV, where, PAUSE_SECONDS)
+    status.update(paused=where)
+    time.sleep(PAUSE_SECONDS)
+    status.update(paused=None)
+
+
+def _with_status(progress: Progress, status: RunStatus, pause: tuple[str, int] | None) -> Progress:
+    """``progress`` that also counts into ``status.json`` (and honours the pause hook)."""
+
+    @contextlib.contextmanager
+    def wrapped(description: str, total: int | None):
+        paused = False
+
+        def advance(n: int = 1) -> None:
+            nonlocal paused
+            step(n)
+            status.advance(n)
+            stage = status.data["stage"]
+            if pause and not paused and pause[0] == stage and status.data["progress"]["n"] >= pause[1]:
+                paused = True
+                _pause(status, f"{stage}:{pause[1]}")
+
+        with progress(description, total) as step:
+            yield advance
+
+    return wrapped
+
+
+def _checkpoint_meta(config: TrainConfig, dataset: Dataset, encoder, split: Split) -> dict:
+    """What a checkpoint must still match to be resumed from (as JSON would give it back)."""
+    return json.loads(json.dumps({
+        "train": config.to_dict(),
+        "data_fingerprint": data_fingerprint(dataset),
+        "encoder_fingerprint": encoder.fingerprint,
+        "split": {name: len(rows) for name, rows in split.parts.items()},
+    }))
+
+
+def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progress, on_epoch: Callable[[dict], None] | None) -> dict:
+    """Run (or resume) the run described by ``resolved`` in ``out``; keeps ``status.json`` current."""
+    status = RunStatus(out, resumed=resumed)
+    tracker = None
+    try:
+        if resolved.get("tracking_uri"):
+            from speech_emotion.tracking import MlflowTracker
+
+            tracker = MlflowTracker(resolved["tracking_uri"], out)
+            tracker.start(resolved)
+        results = _run(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch)
+        if tracker is not None:
+            tracker.finish(results)
+    except BaseException as error:
+        status.fail("interrupted (Ctrl-C)" if isinstance(error, KeyboardInterrupt) else error)
+        if tracker is not None:
+            tracker.fail()
+        raise
+    status.finish()
+    return results
+
+
+def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progress: Progress, on_epoch: Callable[[dict], None] | None) -> dict:
     from speech_emotion.features.encoders import load_encoder
 
     started = time.perf_counter()
-    out = Path(out)
-    prepare_run_folder(out, force)
-    resolved = {
-        "speech_emotion": __version__,
-        "data": str(Path(data).resolve()),
-        "corpus": corpus,
-        "labels": labels if not isinstance(labels, Path) else str(labels),
-        "speaker_pattern": speaker_pattern,
-        "encoder": encoder,
-        "test_speakers": test_speakers,
-        "val_speakers": val_speakers,
-        "allow_speaker_overlap": allow_speaker_overlap,
-        "skip_bad": skip_bad,
-        "train": config.to_dict(),
-    }
-    write_json(out / "config.json", resolved)
+    config = TrainConfig(**resolved["train"])
+    encoder = resolved["encoder"]
+    labels = resolved.get("labels_file") or resolved.get("labels")
+    corpus, speaker_pattern, skip_bad = resolved.get("corpus"), resolved.get("speaker_pattern"), bool(resolved.get("skip_bad"))
+    tracked = _with_status(progress, status, _pause_at())
 
-    with progress("decoding audio", None) as advance:
-        dataset = load_dataset(data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
+    status.stage("decoding")
+    with tracked("decoding audio", None) as advance:
+        dataset = load_dataset(resolved["data"], corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
     write_json(out / "labels.json", dataset.label_report)
     if dataset.problems:
         write_json(out / "skipped.json", [p.to_dict() for p in dataset.problems])
-    split = make_split(dataset, test_speakers=test_speakers, val_speakers=val_speakers, split_file=split_file, seed=config.seed)
-    leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=allow_speaker_overlap)
+    split = make_split(dataset, test_speakers=resolved.get("test_speakers"), val_speakers=resolved.get("val_speakers"),
+                       split_file=resolved.get("split_file"), seed=config.seed)
+    leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=bool(resolved.get("allow_speaker_overlap")))
     split_report = split.to_dict(dataset.paths) | {"leakage": leakage}
     for name, rows in split.parts.items():
         split_report["parts"][name]["counts"] = dict(zip(dataset.schema.classes, np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes).tolist()))
     write_json(out / "split.json", split_report)
 
-    loaded = load_encoder(encoder)
-    X = encode_dataset(dataset, loaded, store=store, progress=progress)
+    status.stage("encoding", total=len(dataset))
+    encoder_path = resolved.get("encoder_path")
+    loaded = load_encoder(encoder_path if encoder_path and Path(encoder_path).exists() else encoder)
+    X = encode_dataset(dataset, loaded, store=store, progress=tracked)
     encoded = time.perf_counter()
 
     if config.speaker_norm:
         X = speaker_normalise(X, dataset.speakers)
     metrics_file = out / "metrics.jsonl"
+    checkpoints = out / "checkpoints"
+    checkpoint_meta = _checkpoint_meta(config, dataset, loaded, split)
+    state = None
+    found = load_checkpoint(checkpoints)
+    if found is not None:
+        state, saved = found
+        changed = sorted(k for k in set(checkpoint_meta) | set(saved) if checkpoint_meta.get(k) != saved.get(k))
+        if changed:
+            raise ValueError(
+                f"{checkpoints}: the checkpoint of epoch {state.epoch} was made with another {', '.join(changed)} "
+                f"(the corpus, labels, encoder or settings changed since the run began); restore them, or delete {checkpoints} "
+                "to train again from epoch 1"
+            )
+        log.info("resuming training after epoch %d (%s)", state.epoch, checkpoints)
+    dropped = truncate_metrics(metrics_file, state.epoch if state else 0)
+    if dropped:
+        log.info("%s: dropped %d line(s) after the checkpoint's epoch", metrics_file, dropped)
+    if tracker is not None:
+        for record in read_metrics(metrics_file):
+            tracker.log_epoch(record)
+    status.stage("training", total=config.max_epochs, epoch=state.epoch if state else 0, max_epochs=config.max_epochs,
+                 best_epoch=state.best_epoch if state else None)
+    pause = _pause_at()
 
     def record_epoch(record: dict) -> None:
         append_line(metrics_file, record)
+        status.update(epoch=record["epoch"], progress={"n": record["epoch"], "total": config.max_epochs})
+        if tracker is not None:
+            tracker.log_epoch(record)
         if on_epoch:
             on_epoch(record)
+        if pause and pause[0] == "training" and record["epoch"] == pause[1]:
+            _pause(status, f"training:{pause[1]}")
+
+    def checkpoint(saved: TrainingState) -> None:
+        save_checkpoint(checkpoints, saved, meta=checkpoint_meta)
+        status.update(best_epoch=saved.best_epoch)
 
     with progress("training head", config.max_epochs) as advance:
-        fit, results = fit_and_score(X, dataset.y, split, list(dataset.schema.classes), config, on_epoch=lambda r: (record_epoch(r), advance(1)))
+        if state is not None:
+            advance(state.epoch)
+        fit, results = fit_and_score(X, dataset.y, split, list(dataset.schema.classes), config,
+                                     on_epoch=lambda r: (record_epoch(r), advance(1)), resume=state, on_checkpoint=checkpoint)
     classes = results["classes"]
 
     meta = {
@@ -244,7 +484,7 @@ def train(
         "schema": dataset.schema.to_dict(),
         "encoder": {
             "reference": encoder,
-            "path": str(Path(encoder).resolve()) if Path(encoder).exists() else None,
+            "path": encoder_path,
             "family": loaded.family,
             "fingerprint": loaded.fingerprint,
             "n_layers": loaded.n_layers,
@@ -266,6 +506,8 @@ def train(
     save_bundle(out / "model", fit.head, meta)
     write_predictions(out / "predictions.csv", dataset, split, predict_logits(fit.head, X), classes)
     results["timing"] = {"encode_s": round(encoded - started, 2), "total_s": round(time.perf_counter() - started, 2)}
+    if resumed := status.data.get("resumed"):
+        results["resumed"] = resumed
     write_json(out / "results.json", results)
     from speech_emotion.reports import build_report
 

@@ -1,0 +1,328 @@
+"""End-to-end speed of emotion prediction on real clips: transformers pipeline vs. our paths.
+
+Usage (from the repository root)::
+
+    HF_HUB_OFFLINE=1 python bench/speed.py [--model RUN] [--clips 100] [--repeats 3] [--json]
+
+On the same N RAVDESS clips (``$SER_SHARED/data/ravdess-speech-16k``, default ``../shared``,
+spread over all actors), each path is timed end to end — decode → features → probabilities —
+after a warm-up, in its own subprocess (so that peak RSS is its own):
+
+(a) ``pipeline``: ``transformers.pipeline("audio-classification")`` with
+    ``WhisperForAudioClassification`` built from the same Whisper-base weights (its head is
+    random: timing only). Its feature extractor pads every clip to 30 s.
+(b) ``torch``: ``Predictor.predict_files`` on a model folder made by ``ser train`` (PyTorch:
+    variable-length log-mel, length-bucketed masked batches, decoding overlapped).
+(c) ``onnx-fp32`` / ``onnx-int8``: the same model through ``ser export --format onnx``
+    [``--quantize int8``], run by ONNX Runtime.
+(d) ``ser predict``: the command itself, ``ser predict MODEL FILES… --json``, as a subprocess;
+    start-up is excluded by subtracting the time of a 1-clip call.
+
+Load and warm-up are excluded from (a)-(c). Prints clips/s (median of repeats), real-time
+factor (processing seconds per second of audio), peak RSS and speed-up over (a).
+
+``--model`` is a run folder made by ``ser train`` with a Whisper-base encoder; without it, a
+model with an untrained head on ``$SER_SHARED/models/whisper-base-encoder`` is built (the
+head's weights do not change the timing). ONNX exports are written under ``--work``
+(default: a temporary folder) and reused from there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED = Path(os.environ.get("SER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+CORPUS = SHARED / "data" / "ravdess-speech-16k"
+WHISPER_BASE = SHARED / "models" / "whisper-base-encoder"
+PATHS = ("pipeline", "torch", "onnx-fp32", "onnx-int8", "ser-predict")
+WARMUP_CLIPS = 8
+
+
+def pick_clips(n_clips: int) -> list[Path]:
+    """N clips spread evenly over the corpus (every actor, every emotion)."""
+    files = sorted(p for p in CORPUS.glob("Actor_*/*") if p.suffix in (".flac", ".wav"))
+    if not files:
+        raise SystemExit(f"no clips under {CORPUS}; set SER_SHARED to the folder holding data/ and models/")
+    step = max(1, len(files) // n_clips)
+    return files[::step][:n_clips]
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Workers: one path each, in a subprocess
+# ---------------------------------------------------------------------------------------------
+
+
+def worker(kind: str, model: str, clips: list[Path], repeats: int, encoder_folder: str) -> dict:
+    """Load the path's model (not timed), warm up, then time ``repeats`` passes over the clips."""
+    started = time.perf_counter()
+    if kind == "pipeline":
+        run = pipeline_runner(encoder_folder)
+    else:
+        from speech_emotion import Predictor
+
+        predictor = Predictor.from_pretrained(model)
+
+        def run(paths: list[Path]) -> list[dict]:
+            return list(predictor.predict_files(paths))
+
+    load_s = time.perf_counter() - started
+    run(clips[:WARMUP_CLIPS])
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        results = run(clips)
+        times.append(time.perf_counter() - start)
+        errors = [r for r in results if "error" in r]
+        if errors:
+            raise SystemExit(f"{kind}: {len(errors)} clips failed, e.g. {errors[0]}")
+    info = {"kind": kind, "times_s": times, "load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+    if kind != "pipeline":
+        info["backend"] = predictor.backend_name
+        if predictor.backend_name == "torch":
+            import torch
+
+            info["threads"] = torch.get_num_threads()
+    return info
+
+
+def pipeline_runner(encoder_folder: str):
+    """(a): the stock transformers audio-classification pipeline on Whisper-base (random head)."""
+    import torch
+    from transformers import WhisperFeatureExtractor, WhisperForAudioClassification, pipeline
+    from transformers.utils import logging as hf_logging
+
+    from speech_emotion.data.audio import load_audio
+
+    hf_logging.set_verbosity_error()  # the classifier head is missing from the checkpoint on purpose
+    hf_logging.disable_progress_bar()
+    model = WhisperForAudioClassification.from_pretrained(encoder_folder, num_labels=8).eval()
+    extractor = WhisperFeatureExtractor.from_pretrained(encoder_folder)
+    classify = pipeline("audio-classification", model=model, feature_extractor=extractor, device="cpu")
+
+    def run(paths: list[Path]) -> list[dict]:
+        results = []
+        with torch.inference_mode():
+            for path in paths:
+                signal = load_audio(path)[0]  # decoded as our paths decode (no ffmpeg needed)
+                results.append({"path": str(path), "top": classify({"raw": signal, "sampling_rate": 16000}, top_k=1)})
+        return results
+
+    return run
+
+
+def spawn_worker(kind: str, model: str, clips: list[Path], repeats: int, encoder_folder: str) -> dict:
+    spec = {"kind": kind, "model": model, "clips": [str(c) for c in clips], "repeats": repeats, "encoder": encoder_folder}
+    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def time_ser_predict(model: str, clips: list[Path], repeats: int) -> dict:
+    """(d): ``ser predict MODEL FILES… --json``; start-up removed by subtracting a 1-clip call."""
+    ser = shutil.which("ser")
+    command = [ser] if ser else [sys.executable, "-c", "from speech_emotion.cli.app import main; main()"]
+
+    def call(paths: list[Path]) -> tuple[float, float]:
+        with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
+            start = time.perf_counter()
+            process = subprocess.Popen([*command, "predict", model, *map(str, paths), "--json"], stdout=stdout, stderr=stderr)
+            _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
+            seconds = time.perf_counter() - start
+            process.returncode = os.waitstatus_to_exitcode(status)
+            stdout.seek(0)
+            stderr.seek(0)
+            if process.returncode != 0:
+                raise SystemExit(f"ser predict failed:\n{stderr.read().decode()[-3000:]}")
+            rows = [json.loads(line) for line in stdout.read().decode().splitlines() if line.startswith("{")]
+        if len(rows) != len(paths) or any("error" in r for r in rows):
+            raise SystemExit(f"ser predict: expected {len(paths)} rows without errors, got {len(rows)}")
+        return seconds, usage.ru_maxrss / 1024
+
+    call(clips[:1])  # warm the file cache and Python's bytecode
+    times, startup = [], []
+    rss = 0.0
+    for _ in range(repeats):
+        one, _ = call(clips[:1])
+        full, rss = call(clips)
+        startup.append(one)
+        times.append(max(1e-9, full - one) * len(clips) / max(1, len(clips) - 1))
+    return {"kind": "ser-predict", "times_s": times, "load_s": statistics.median(startup), "peak_rss_mb": rss}
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+
+
+def untrained_model(folder: Path, encoder_folder: str) -> Path:
+    """A ``ser train``-style model folder with an untrained head on ``encoder_folder`` (timing only)."""
+    if (folder / "model" / "model.json").is_file():
+        return folder
+    from speech_emotion.data.labels import LabelSchema
+    from speech_emotion.features.encoders import load_encoder
+    from speech_emotion.model.bundle import save_bundle
+    from speech_emotion.model.head import EmotionHead, HeadConfig
+
+    encoder = load_encoder(encoder_folder)
+    schema = LabelSchema.from_name("ravdess-8")
+    head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes))
+    head.eval()
+    meta = {
+        "classes": list(schema.classes),
+        "schema": schema.to_dict(),
+        "encoder": {
+            "reference": encoder_folder, "path": str(Path(encoder_folder).resolve()), "family": encoder.family,
+            "fingerprint": encoder.fingerprint, "n_layers": encoder.n_layers, "dim": encoder.dim,
+        },
+        "preprocessing": encoder.preprocessing,
+        "note": "untrained head, built by bench/speed.py for timing only",
+    }
+    save_bundle(folder / "model", head, meta)
+    return folder
+
+
+def onnx_export(model: str, folder: Path, quantize: str | None) -> Path:
+    if (folder / "model.json").is_file():
+        return folder
+    from speech_emotion.export.onnx import export_onnx
+
+    export_onnx(model, folder, quantize=quantize)
+    return folder
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+
+LABELS = {
+    "pipeline": "(a) transformers pipeline (30 s padding)",
+    "torch": "(b) ours, PyTorch",
+    "onnx-fp32": "(c) ours, ONNX Runtime fp32",
+    "onnx-int8": "(c) ours, ONNX Runtime int8",
+    "ser-predict": "(d) `ser predict --json` (default backend)",
+}
+
+
+def summarise(results: dict[str, dict], n_clips: int, audio_s: float) -> dict[str, dict]:
+    base = results.get("pipeline")
+    base_rate = n_clips / statistics.median(base["times_s"]) if base else None
+    rows = {}
+    for kind, info in results.items():
+        median = statistics.median(info["times_s"])
+        rate = n_clips / median
+        rows[kind] = {
+            "clips_per_s": round(rate, 2),
+            "clips_per_s_all": [round(n_clips / t, 2) for t in info["times_s"]],
+            "real_time_factor": round(median / audio_s, 4),
+            "peak_rss_mb": round(info["peak_rss_mb"]),
+            "speedup_vs_pipeline": round(rate / base_rate, 1) if base_rate else None,
+            "load_s": round(info["load_s"], 1),
+            **{k: info[k] for k in ("backend", "threads") if k in info},
+        }
+    return rows
+
+
+def print_table(report: dict) -> None:
+    print(
+        f"{report['n_clips']} clips, {report['audio_s']:.1f} s of audio (mean {report['audio_s'] / report['n_clips']:.2f} s), "
+        f"{report['repeats']} repeats, {report['cpus']} CPUs, load average {report['load_before'][0]:.2f} before / "
+        f"{report['load_after'][0]:.2f} after"
+    )
+    print(f"model: {report['model']}")
+    print(f"\n{'path':<46}{'clips/s':>9}{'RTF':>9}{'peak RSS MB':>13}{'× (a)':>8}   all repeats (clips/s)")
+    for kind, row in report["paths"].items():
+        speedup = f"{row['speedup_vs_pipeline']:.1f}" if row["speedup_vs_pipeline"] is not None else "-"
+        print(
+            f"{LABELS[kind]:<46}{row['clips_per_s']:>9.2f}{row['real_time_factor']:>9.4f}{row['peak_rss_mb']:>13}{speedup:>8}   "
+            f"{', '.join(f'{r:.2f}' for r in row['clips_per_s_all'])}"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", help="run folder made by `ser train` on Whisper-base (default: an untrained head, timing only)")
+    parser.add_argument("--encoder", default=str(WHISPER_BASE), help="Whisper-base folder for (a) and the default model")
+    parser.add_argument("--clips", type=int, default=100, help="number of real clips (default 100)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed passes per path; the median counts (default 3)")
+    parser.add_argument("--pipeline-repeats", type=int, help="timed passes for (a), which is slow (default: --repeats)")
+    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time (default: all)")
+    parser.add_argument("--work", type=Path, help="folder for the default model and ONNX exports, reused across runs (default: temporary)")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.worker:
+        spec = json.loads(args.worker)
+        info = worker(spec["kind"], spec["model"], [Path(c) for c in spec["clips"]], spec["repeats"], spec["encoder"])
+        print(json.dumps(info))
+        return
+
+    clips = pick_clips(args.clips)
+    import soundfile as sf
+
+    audio_s = sum(sf.info(str(c)).duration for c in clips)
+    temporary = None
+    work = args.work
+    if work is None:
+        temporary = tempfile.TemporaryDirectory(prefix="ser-speed-")
+        work = Path(temporary.name)
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        model = args.model or str(untrained_model(work / "untrained-run", args.encoder))
+        models = {"torch": model, "ser-predict": model, "pipeline": model}
+        if "onnx-fp32" in args.paths:
+            models["onnx-fp32"] = str(onnx_export(model, work / "onnx-fp32", None))
+        if "onnx-int8" in args.paths:
+            models["onnx-int8"] = str(onnx_export(model, work / "onnx-int8", "int8"))
+
+        load_before = os.getloadavg()
+        results = {}
+        for kind in args.paths:
+            print(f"timing {LABELS[kind]} …", file=sys.stderr, flush=True)
+            if kind == "ser-predict":
+                results[kind] = time_ser_predict(model, clips, args.repeats)
+            else:
+                repeats = args.pipeline_repeats if kind == "pipeline" and args.pipeline_repeats else args.repeats
+                results[kind] = spawn_worker(kind, models[kind], clips, repeats, args.encoder)
+        report = {
+            "n_clips": len(clips),
+            "audio_s": round(audio_s, 2),
+            "repeats": args.repeats,
+            "model": model,
+            "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "load_before": [round(x, 2) for x in load_before],
+            "load_after": [round(x, 2) for x in os.getloadavg()],
+            "paths": summarise(results, len(clips), audio_s),
+        }
+    finally:
+        if temporary is not None:
+            temporary.cleanup()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print_table(report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Watching a run: its status file, a snapshot of its folder, a live Rich view or plain lines."""
+
+from speech_emotion.monitor.snapshot import RunSnapshot
+from speech_emotion.monitor.snapshot import read_run
+from speech_emotion.monitor.snapshot import watch
+from speech_emotion.monitor.status import RunStatus
+from speech_emotion.monitor.status import read_status
+from speech_emotion.monitor.view import PlainLines
+from speech_emotion.monitor.view import render
+
+__all__ = ["PlainLines", "RunSnapshot", "RunStatus", "read_run", "read_status", "render", "watch"]
