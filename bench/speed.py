@@ -62,8 +62,19 @@ def pick_clips(n_clips: int) -> list[Path]:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (ru_maxrss is in KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process in MB.
+
+    Linux's VmHWM, which starts afresh at exec (``ru_maxrss`` would carry over the parent's
+    peak); ``ru_maxrss`` elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,7 +176,9 @@ def time_ser_predict(model: str, clips: list[Path], repeats: int) -> dict:
         one, _ = call(clips[:1])
         full, rss = call(clips)
         startup.append(one)
-        times.append(max(1e-9, full - one) * len(clips) / max(1, len(clips) - 1))
+        if full <= one:
+            raise SystemExit(f"ser predict: {len(clips)} clips took {full:.1f} s, 1 clip {one:.1f} s; too few clips to tell start-up apart (use more --clips)")
+        times.append((full - one) * len(clips) / (len(clips) - 1))
     return {"kind": "ser-predict", "times_s": times, "load_s": statistics.median(startup), "peak_rss_mb": rss}
 
 
@@ -208,6 +221,17 @@ def onnx_export(model: str, folder: Path, quantize: str | None) -> Path:
 
     export_onnx(model, folder, quantize=quantize)
     return folder
+
+
+def prepare(model: str | None, encoder_folder: str, work: Path, paths: list[str]) -> dict[str, str]:
+    """The model folder of each path: the given run (or an untrained one) and its ONNX exports."""
+    model = model or str(untrained_model(work / "untrained-run", encoder_folder))
+    models = {"torch": model, "ser-predict": model, "pipeline": model}
+    if "onnx-fp32" in paths:
+        models["onnx-fp32"] = str(onnx_export(model, work / "onnx-fp32", None))
+    if "onnx-int8" in paths:
+        models["onnx-int8"] = str(onnx_export(model, work / "onnx-int8", "int8"))
+    return models
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,6 +297,9 @@ def main() -> None:
 
     if args.worker:
         spec = json.loads(args.worker)
+        if spec.get("prepare"):
+            print(json.dumps(prepare(spec["model"], spec["encoder"], Path(spec["work"]), spec["paths"])))
+            return
         info = worker(spec["kind"], spec["model"], [Path(c) for c in spec["clips"]], spec["repeats"], spec["encoder"])
         print(json.dumps(info))
         return
@@ -288,12 +315,14 @@ def main() -> None:
         work = Path(temporary.name)
     work.mkdir(parents=True, exist_ok=True)
     try:
-        model = args.model or str(untrained_model(work / "untrained-run", args.encoder))
-        models = {"torch": model, "ser-predict": model, "pipeline": model}
-        if "onnx-fp32" in args.paths:
-            models["onnx-fp32"] = str(onnx_export(model, work / "onnx-fp32", None))
-        if "onnx-int8" in args.paths:
-            models["onnx-int8"] = str(onnx_export(model, work / "onnx-int8", "int8"))
+        # Models are built in a subprocess: this process stays small, so that the peak RSS a
+        # child reports is its own.
+        spec = {"prepare": True, "model": args.model, "encoder": args.encoder, "work": str(work), "paths": args.paths}
+        done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"preparing the models failed:\n{done.stderr[-3000:]}")
+        models = json.loads(done.stdout.strip().splitlines()[-1])
+        model = models["torch"]
 
         load_before = os.getloadavg()
         results = {}

@@ -85,6 +85,7 @@ def test_head_weights_compute_the_same_logits():
     [
         (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=16), r"hidden layer \(hidden=16\).*--hidden 0 --hf-compatible"),
         (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0), r"mean\+std pooled features.*--hidden 0 --hf-compatible"),
+        (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0, mixing="concat"), r"concatenates the encoder layers \(mixing='concat'\)"),
     ],
 )
 def test_unrepresentable_heads_name_the_fix(config, match):

@@ -168,8 +168,8 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         assert launched["synced"]["data"]["n_files"] == 24 and launched["synced"]["data"]["n_transferred"] == 24
         assert launched["synced"]["encoder"]["n_skipped"] == 0
         assert launched["synced"]["project"]["n_files"] > 10
-        assert launched["package"] == {"action": "checked", "version": "0.1.0", "location": str(Path(sys.modules["speech_emotion"].__file__).parent),
-                                       "same_source": True}
+        package = sys.modules["speech_emotion"]
+        assert launched["package"] == {"action": "checked", "version": package.__version__, "location": str(Path(package.__file__).parent), "same_source": True}
         assert "24 files" in err and "24 sent" in err and "started" in err and "ser remote status ser-test-host" in err
         assert launched["command"][0] == sys.executable  # absolute python, not whatever PATH holds there
         try:
@@ -256,6 +256,10 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
             time.sleep(1)
         assert state["state"] == "failed" and state["exit_code"] == 2
         assert any("No such option" in line for line in state["log_tail"])
+        shown = monitor(host, "runs/bad", remote_dir=str(remote_dir), tty=False, capture=True)
+        assert shown.returncode == 1 and "ended with exit code 2 before creating runs/bad/" in shown.stderr
+        shown = monitor(host, "runs/typo", remote_dir=str(remote_dir), tty=False, capture=True)
+        assert shown.returncode == 3 and "no run runs/typo" in shown.stderr
         with pytest.raises(RemoteError, match="no model/model.json"):
             fetch(host, "runs/bad", to=tmp_path / "bad", remote_dir=str(remote_dir))
         assert not (tmp_path / "bad").exists()
@@ -323,3 +327,33 @@ def test_rsync_stats_and_host_validation():
     with pytest.raises(ValueError, match="Key=Value"):
         Host("h", options=("StrictHostKeyChecking",))
     assert Host("u@h", port=2222).ssh_args(tty=True)[-4:] == ["-t", "-p", "2222", "u@h"]
+
+
+def test_monitor_falls_back_to_metrics_when_the_host_has_no_ser_monitor(tmp_path):
+    """The host's Python lacks `ser monitor` (here: a bare venv): metrics.jsonl is followed, one line per epoch."""
+    import threading
+
+    from speech_emotion.remote.job import monitor_script
+
+    venv = tmp_path / "bare-venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    run = RemoteRun(str(tmp_path / "remote"), "runs/a")
+    (tmp_path / "remote/runs/a").mkdir(parents=True)
+    (tmp_path / "remote/runs/a.job").mkdir()
+    metrics = tmp_path / "remote/runs/a/metrics.jsonl"
+    metrics.write_text(json.dumps({"epoch": 1, "train_loss": 0.5, "val_uar": 0.5, "alarms": []}) + "\n")
+    job = subprocess.Popen(["sleep", "1.5"])  # the training: followed until it ends
+    threading.Thread(target=job.wait, daemon=True).start()  # reaped at once (a zombie would look alive)
+    (tmp_path / "remote/runs/a.job/pid").write_text(f"{job.pid}\n")
+    follower = subprocess.Popen(["sh", "-c", monitor_script(run, str(venv / "bin" / "python"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    with open(metrics, "a") as stream:
+        stream.write(json.dumps({"epoch": 2, "train_loss": 0.25, "val_uar": 0.75, "alarms": ["zero_loss"]}) + "\n")
+    out, err = follower.communicate(timeout=20)
+    assert follower.returncode == 0, err
+    assert "ser monitor is not available on this host" in err
+    assert out.splitlines() == ["epoch 1  train_loss 0.5000  val_uar 50.0%", "epoch 2  train_loss 0.2500  val_uar 75.0%  alarms zero_loss"]
+    # Ended job, --no-follow: the whole file at once.
+    (tmp_path / "remote/runs/a.job/exit_code").write_text("0\n")
+    done = subprocess.run(["sh", "-c", monitor_script(run, str(venv / "bin" / "python"), follow=False)], capture_output=True, text=True, timeout=20)
+    assert done.stdout.splitlines()[-1] == "epoch 2  train_loss 0.2500  val_uar 75.0%  alarms zero_loss"

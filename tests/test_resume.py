@@ -115,7 +115,15 @@ def test_resume_refuses_a_checkpoint_from_other_settings(synth_corpus, tiny_wav2
     config = json.loads((run / "config.json").read_text())
     assert config["train"]["max_epochs"] == 3 and config["test_speakers"] == ["05", "06"] and Path(config["encoder_path"]).is_dir()
     status = json.loads((run / "status.json").read_text())
-    (run / "status.json").write_text(json.dumps(status | {"stage": "failed"}))  # as if it had failed at the end
+    weights, metrics = (run / "model" / "model.safetensors").read_bytes(), (run / "metrics.jsonl").read_text()
+    # Killed after its last checkpoint (while writing the bundle or the report): resuming only finishes it.
+    (run / "status.json").write_text(json.dumps(status | {"stage": "failed"}))
+    (run / "results.json").unlink()
+    resume(run)
+    assert (run / "model" / "model.safetensors").read_bytes() == weights and (run / "metrics.jsonl").read_text() == metrics
+    assert json.loads((run / "results.json").read_text())["resumed"] == 1
+
+    (run / "status.json").write_text(json.dumps(status | {"stage": "failed"}))
     config["train"]["lr"] = 1e-2
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="another train .*delete .*checkpoints"):

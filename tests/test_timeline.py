@@ -288,13 +288,14 @@ def test_memory_is_bounded_on_long_speech_regions_and_long_files(recording, tmp_
         biggest.append(self.data.shape[0])
 
     monkeypatch.setattr(timeline._Samples, "append", spy)
-    limit = (BLOCK_SECONDS + 1.5 * 4.0 + 4.0 / 2 + 1.0) * 16000  # block + window and a half + context
+    limit = (BLOCK_SECONDS + 1.5 * 4.0 + 2 * 0.5 + 1.0) * 16000  # block + window and a half + context
     path, spans, _ = recording
     stub = Stub()
     segments = list(predict_timeline(stub, path))
-    assert len(segments) >= len(spans) * 0.9 and max(biggest) <= limit
+    assert len(segments) >= len(spans) * 0.85 and max(biggest) <= limit
     assert max(sum(call) for call in stub.calls) <= (30.0 + 6.0) * 16000  # one batch at a time
-    assert min(min(call) for call in stub.calls) >= 4.0 * 16000 - 1  # short segments are heard with context
+    heard = [n for call in stub.calls for n in call]  # the model hears 0.5 s of context on each side
+    assert heard == [round((s["end"] + 0.5) * 16000) - round(max(0.0, s["start"] - 0.5) * 16000) for s in segments]
 
     # Without VAD, a 90 s recording is one long region: still bounded, windows tile it.
     biggest.clear()

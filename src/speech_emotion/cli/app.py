@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Before torch is imported: idle OpenMP threads sleep instead of spinning (4× faster on a busy
+# machine; OMP_WAIT_POLICY=ACTIVE restores spinning). See inference/backends.py.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import typer
 
 from speech_emotion.cli import cache, data

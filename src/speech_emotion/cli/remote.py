@@ -218,6 +218,7 @@ def monitor(
     run: RunArg,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
     python: PythonOpt = None,
+    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Follow until the run ends; --no-follow prints its state once.")] = True,
     port: PortOpt = None,
     identity: IdentityOpt = None,
     ssh_option: SshOptionOpt = None,
@@ -228,7 +229,7 @@ def monitor(
 
     target = make_host(host, port, identity, ssh_option, ssh_config)
     try:
-        done = run_monitor(target, run, remote_dir=remote_dir, python=python)
+        done = run_monitor(target, run, remote_dir=remote_dir, python=python, follow=follow)
     except USER_ERRORS as error:
         raise fail(error) from None
     except KeyboardInterrupt:

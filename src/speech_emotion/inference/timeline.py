@@ -22,17 +22,18 @@ How it works, block by block (nothing holds the whole file):
    Windows holding less than ``min_speech`` seconds of speech are skipped. A 2.5 s
    utterance is one 2.5 s segment; a 9 s turn with ``window=4`` gives [0, 4] and [4, 9].
    With ``vad=False`` the whole recording is one region (only digital silence is skipped).
-4. **Context**: the model hears a window shorter than ``window`` with the audio around it,
-   centred, up to ``window`` seconds (``context=True``); the segment's ``start``/``end``
-   stay those of the speech. Models trained on whole clips, which begin and end in
-   silence, misjudge speech cut out tight: a whisper-tiny head trained on RAVDESS clips
-   called every VAD-trimmed neutral clip 'angry', and labels 19 of 21 right with context.
+4. **Context**: the model hears each window with ``context`` seconds (:data:`CONTEXT`) of
+   the audio around it; the segment's ``start``/``end`` stay those of the speech. Models
+   trained on whole clips, which begin and end in silence, misjudge speech cut out tight:
+   a whisper-tiny head trained on RAVDESS clips called every VAD-trimmed neutral clip
+   'angry', and a whisper-base one labelled 37% of clips right at their midpoint without
+   context, 65% with 0.5 s (its accuracy on the whole clips: 67%).
 5. **Batches** of windows (up to ``batch_seconds`` of audio) go through
    ``predictor.predict``; segments come out in time order.
 
 Memory stays flat: the buffers hold one decoded block, the audio of the speech region
-being cut (at most about ``1.5 * window`` beyond the last cut, plus ``window / 2`` of
-context) and one batch of windows.
+being cut (at most about ``1.5 * window`` beyond the last cut, plus the context) and one
+batch of windows.
 """
 
 from __future__ import annotations
@@ -66,6 +67,9 @@ MIN_REGION = 0.25
 
 SPEECH_PAD = 0.1
 """Seconds added on each side of a speech region (never into the previous region)."""
+
+CONTEXT = 0.5
+"""Seconds of audio on each side of a segment that the model hears with it."""
 
 VAD_FRAME = 512
 """Samples per VAD frame at 16 kHz (32 ms)."""
@@ -469,7 +473,7 @@ def predict_timeline(
     hop: float | None = None,
     vad: bool = True,
     progress: Callable[[float], Any] | None = None,
-    context: bool = True,
+    context: float = CONTEXT,
     min_speech: float = MIN_WINDOW,
     threshold: float = 0.5,
     min_confidence: float | None = None,
@@ -491,10 +495,10 @@ def predict_timeline(
             the whole recording.
         progress: called with the seconds of audio newly finished (decoded and every
             segment before it yielded); the calls add up to the duration.
-        context: the model hears a segment shorter than ``window`` together with the audio
-            around it, centred, up to ``window`` seconds (the segment's ``start``/``end``
-            stay those of the speech). Models trained on whole clips, which start and end
-            in silence, misjudge speech cut out tight; ``False`` sends the speech alone.
+        context: seconds of audio around each segment that the model hears with it (the
+            segment's ``start``/``end`` stay those of the speech; 0 sends the speech alone).
+            Models trained on whole clips, which begin and end in silence, misjudge speech
+            cut out tight.
         min_speech: windows with fewer seconds of speech are skipped.
         threshold: VAD speech probability threshold.
         min_confidence: below this top probability the label is ``None`` (``uncertain``).
@@ -525,6 +529,8 @@ def predict_timeline(
         raise ValueError(f"window: expected at least {MIN_WINDOW} s, got {window} s")
     if not hop > 0:
         raise ValueError(f"hop: expected a positive number of seconds, got {hop} s")
+    if not context >= 0:
+        raise ValueError(f"context: expected seconds >= 0, got {context} s")
     if not 0 < min_speech <= window:
         raise ValueError(f"min_speech: expected between 0 and window={window} s, got {min_speech} s")
     blocks = stream_audio(path)
@@ -534,7 +540,6 @@ def predict_timeline(
     detector = SileroVAD() if vad else None
     tracker = SpeechTracker(threshold=threshold) if vad else None
     windower = Windower(window=window, hop=hop, min_speech=min_speech)
-    lookback = window / 2 if context else 0.0  # audio kept before anything still to be cut
     samples = _Samples()
     vad_pending = np.zeros(0, dtype=np.float32)  # samples not yet passed to the VAD (< one frame)
     waiting: deque[tuple[float, float, float, float]] = deque()  # (start, end, audio from, audio to)
@@ -546,8 +551,7 @@ def predict_timeline(
 
     def add(windows: list[tuple[float, float]]) -> None:
         for start, end in windows:
-            margin = max(0.0, (window - (end - start)) / 2) if context else 0.0
-            waiting.append((start, end, max(0.0, start - margin), end + margin))
+            waiting.append((start, end, max(0.0, start - context), end + context))
 
     def release(final: bool) -> Iterator[dict]:
         """Windows whose audio is all decoded go to the batch; full batches are predicted."""
@@ -607,7 +611,7 @@ def predict_timeline(
             add(windower.cut(known_end=now, closed=False))
             uncut = windower.cursor
         yield from release(final=False)
-        samples.drop_before(max(0.0, min([uncut] + [w[2] for w in waiting]) - lookback))
+        samples.drop_before(max(0.0, min([uncut] + [w[2] for w in waiting]) - context))
         report(min(now, uncut, waiting[0][0] if waiting else math.inf, batch[0][0] if batch else math.inf))
     if vad:
         run_vad(np.concatenate([vad_pending, np.zeros(-vad_pending.shape[0] % VAD_FRAME, dtype=np.float32)]), final=True)

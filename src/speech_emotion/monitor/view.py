@@ -132,8 +132,12 @@ class PlainLines:
             self.shown_classes = True
         if snapshot.state != self.stage and snapshot.state not in ("finished", "failed", "died"):
             self.stage = snapshot.state
-            text = progress_text(snapshot)
-            lines.append("stage " + (text if text.startswith(snapshot.state) else snapshot.state))
+            if snapshot.state == "waiting":
+                lines.append(f"waiting for {snapshot.run} to start (no status.json or config.json yet)")
+            elif snapshot.state == "unknown":
+                lines.append("stage unknown (no status.json: a run made before status files, or not started yet)")
+            else:
+                lines.append("stage " + progress_text(snapshot))
             self._progress_at = time.monotonic()
         elif snapshot.state in ("decoding", "encoding") and time.monotonic() - self._progress_at >= self.progress_every:
             lines.append(progress_text(snapshot))
@@ -163,6 +167,12 @@ def _fmt(value) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "–"
 
 
+def _bar(label: str, total: int, completed: int) -> Table:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_row(ProgressBar(total=total, completed=completed, width=40), Text(label))
+    return grid
+
+
 def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
     """The whole view of a run as one Rich renderable (for ``rich.live.Live``)."""
     status = snapshot.status or {}
@@ -178,10 +188,9 @@ def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
 
     progress = status.get("progress") or {}
     if snapshot.state in ("decoding", "encoding") and progress.get("total"):
-        parts.append(Group(Text(progress_text(snapshot)), ProgressBar(total=progress["total"], completed=progress.get("n") or 0, width=50)))
+        parts.append(_bar(progress_text(snapshot), progress["total"], progress.get("n") or 0))
     elif snapshot.state == "training" and snapshot.max_epochs:
-        parts.append(Group(Text(progress_text(snapshot) + " (early stopping may end it sooner)"),
-                           ProgressBar(total=snapshot.max_epochs, completed=status.get("epoch") or 0, width=50)))
+        parts.append(_bar(progress_text(snapshot) + " (early stopping may end it sooner)", snapshot.max_epochs, status.get("epoch") or 0))
     elif not snapshot.done:
         parts.append(Text(progress_text(snapshot)))
 
@@ -210,13 +219,12 @@ def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
 
     alarms = snapshot.alarms
     if alarms:
-        text = Text()
+        lines = []
         for alarm in alarms:
             style = "bold red" if alarm.get("severity") == "error" else "yellow"
             where = f" (epoch {alarm['epoch']})" if alarm.get("epoch") else ""
-            text.append(f"{alarm.get('check')}{where}", style)
-            text.append(f" {alarm.get('message') or ''}\n")
-        parts.append(Panel(text, title="Sanity alarms", title_align="left", border_style="yellow"))
+            lines.append(Text.assemble((f"{alarm.get('check')}{where}", style), f" {alarm.get('message') or ''}".rstrip()))
+        parts.append(Panel(Text("\n").join(lines), title="Sanity alarms", title_align="left", border_style="yellow"))
 
     if snapshot.state == "finished" and snapshot.results:
         results = snapshot.results

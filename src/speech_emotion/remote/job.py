@@ -545,7 +545,7 @@ FORMAT_LINES = inspect.getsource(format_epoch) + (
 """``tail metrics.jsonl | python -c FORMAT_LINES``: per-epoch lines without importing speech_emotion."""
 
 
-def monitor_script(run: RemoteRun, python: str) -> str:
+def monitor_script(run: RemoteRun, python: str, *, follow: bool = True) -> str:
     """sh for :func:`monitor`: `ser monitor RUN` if the host has it, else follow metrics.jsonl."""
     q = shlex.quote
     metrics, pid_file, exit_file = q(run.run + "/metrics.jsonl"), q(run.job + "/pid"), q(run.job + "/exit_code")
@@ -554,25 +554,40 @@ def monitor_script(run: RemoteRun, python: str) -> str:
         f"sys.exit(not (spec and any((pathlib.Path(p) / {MONITOR_FILE!r}).is_file() for p in spec.submodule_search_locations or ())))"
     )
     formatter = f"{q(python)} -u -c {q(FORMAT_LINES)}"
+    where = f"{run.run} under {run.remote_dir}"
     return (
-        f"cd -- {q(run.dir)} || exit 1\n"
-        f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor {q(run.run)}; fi\n"
+        f"cd -- {q(run.dir)} || {{ echo {q(f'no folder {run.dir} on this host; check --remote-dir')} >&2; exit 3; }}\n"
+        f"if [ ! -d {q(run.run)} ] && [ ! -d {q(run.job)} ]; then echo {q(f'no run {where} (neither {run.run}/ nor {run.job}/); check RUN and --remote-dir')} >&2; exit 3; fi\n"
+        f"if [ ! -d {q(run.run)} ] && [ -f {exit_file} ]; then printf '%s%s%s\\n' 'the job ended with exit code ' \"$(cat -- {exit_file})\" "
+        f"{q(f' before creating {run.run}/; `ser remote status` shows the end of its log')} >&2; exit 1; fi\n"
+        f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor {q(run.run)}{'' if follow else ' --no-follow'}; fi\n"
         f"echo \"(ser monitor is not available on this host: following {run.run}/metrics.jsonl)\" >&2\n"
         f"pid=$(cat -- {pid_file} 2>/dev/null)\n"
-        f"if [ -f {exit_file} ] || [ -z \"$pid\" ] || ! kill -0 \"$pid\" 2>/dev/null; then cat -- {metrics} | {formatter}; exit; fi\n"
+        f"if {'false' if follow else 'true'} || [ -f {exit_file} ] || [ -z \"$pid\" ] || ! kill -0 \"$pid\" 2>/dev/null; then cat -- {metrics} | {formatter}; exit; fi\n"
         f"tail -n +1 -F --pid=\"$pid\" -- {metrics} 2>/dev/null | {formatter}\n"
     )
 
 
 def monitor(
-    host: Host, run: str, *, remote_dir: str = DEFAULT_REMOTE_DIR, python: str | None = None, tty: bool | None = None, capture: bool = False
+    host: Host,
+    run: str,
+    *,
+    remote_dir: str = DEFAULT_REMOTE_DIR,
+    python: str | None = None,
+    follow: bool = True,
+    tty: bool | None = None,
+    capture: bool = False,
 ) -> subprocess.CompletedProcess:
     """Follow a run on the host: runs `ser monitor RUN` there over ssh.
 
     With a terminal here (``tty``, default: whether stdout is one) ssh allocates one there,
     so `ser monitor` shows its live view; otherwise it prints plain lines. When the host's
     speech_emotion has no `ser monitor`, the run's ``metrics.jsonl`` is followed with
-    ``tail -F`` until the job ends (a note on stderr says so). Ends when the run ends or on Ctrl-C.
+    ``tail -F`` until the job ends (a note on stderr says so). Ends when the run ends or on Ctrl-C;
+    with ``follow=False`` it prints the run's state once.
+
+    The exit code is `ser monitor`'s (0: finished, 1: failed or died), 1 when the job ended
+    before creating RUN, 3 when there is no such run.
 
     Returns:
         The completed ssh process (``stdout``/``stderr`` text when ``capture``).
@@ -580,7 +595,7 @@ def monitor(
     remote = RemoteRun(remote_dir, run)
     python = python or sys.executable
     tty = sys.stdout.isatty() if tty is None else tty
-    script = monitor_script(remote, python)
+    script = monitor_script(remote, python, follow=follow)
     args = host.ssh_args(tty=tty) + [f"sh -c {shlex.quote(script)}"]
     done = subprocess.run(args, capture_output=capture, text=True)
     if done.returncode == 255:

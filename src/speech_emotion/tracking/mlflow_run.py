@@ -8,8 +8,8 @@ What is logged to one MLflow run (experiment ``$MLFLOW_EXPERIMENT_NAME``, defaul
 
 * params: the resolved config (``config.json``), flattened (``train.lr``, ``test_speakers``, …);
 * metrics: every epoch's ``train_loss``, ``val_loss``, ``val_accuracy``, ``val_uar`` with
-  ``step`` = epoch; at the end ``best_epoch``, ``{val,test}_{accuracy,uar,macro_f1}`` and the
-  calibration temperature;
+  ``step`` = epoch; at the end ``best_epoch``, ``best_val_{accuracy,uar,macro_f1}`` (the kept
+  head on the validation speakers), ``test_{accuracy,uar,macro_f1}`` and the calibration temperature;
 * artifacts: ``labels.json`` (label report), ``split.json`` (split and leakage report),
   ``results.json``, ``metrics.jsonl``, ``report/confusion.png`` (and the other report plots,
   ``report.html``), and the bundle under ``model/``.
@@ -20,6 +20,8 @@ same MLflow run (epochs already logged are not logged twice).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import os
@@ -170,9 +172,9 @@ class MlflowTracker:
         """Log final metrics and the run folder's reports and bundle as artifacts; mark the run FINISHED."""
         timestamp = int(time.time() * 1000)
         final = {"best_epoch": results.get("best_epoch")}
-        for part in ("val", "test"):
+        for part, prefix in (("val", "best_val"), ("test", "test")):  # best_val_*: not to mix with the per-epoch val_* series
             for name in ("accuracy", "uar", "macro_f1"):
-                final[f"{part}_{name}"] = (results.get(part) or {}).get(name)
+                final[f"{prefix}_{name}"] = (results.get(part) or {}).get(name)
         final["temperature"] = (results.get("calibration") or {}).get("temperature")
         metrics = [self._Metric(k, float(v), timestamp, 0) for k, v in final.items() if isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=metrics)
@@ -182,13 +184,21 @@ class MlflowTracker:
         if (self.run / "report").is_dir():
             self.client.log_artifacts(self.run_id, str(self.run / "report"), artifact_path="report")
         self.client.log_artifacts(self.run_id, str(self.run / "model"), artifact_path="model")
-        self.client.set_terminated(self.run_id, status="FINISHED")
+        self._terminate("FINISHED")
+
+    def _terminate(self, status: str) -> None:
+        # MLflow writes "View run … at: URL" to stdout, where `ser … --json` keeps its JSON: log it instead.
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            self.client.set_terminated(self.run_id, status=status)
+        for line in printed.getvalue().splitlines():
+            log.info("MLflow: %s", line)
 
     def fail(self) -> None:
         """Mark the MLflow run FAILED (best effort: the training error is what matters)."""
         if self.run_id is None:
             return
         try:
-            self.client.set_terminated(self.run_id, status="FAILED")
+            self._terminate("FAILED")
         except Exception as error:
             log.warning("MLflow: could not mark run %s failed: %s", self.run_id, error)

@@ -1,0 +1,129 @@
+"""`ser predict`: many files as JSON lines / CSV / a table, and `--timeline` over long recordings."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from typer.testing import CliRunner
+
+from speech_emotion.cli.app import app
+from speech_emotion.features.store import FeatureStore
+from speech_emotion.training.loop import TrainConfig
+from speech_emotion.training.run import train
+
+runner = CliRunner()
+CLASSES = ["neutral", "happy", "sad"]  # the synthetic corpus's pitch classes
+
+
+@pytest.fixture(scope="module")
+def run(synth_corpus, whisper_tiny, tmp_path_factory):
+    """A whisper-tiny.en model trained in seconds on the synthetic corpus."""
+    out = tmp_path_factory.mktemp("predict-run") / "run"
+    config = TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False)
+    train(synth_corpus, encoder=str(whisper_tiny), out=out, test_speakers=["05", "06"], val_speakers=["04"], config=config,
+          store=FeatureStore(tmp_path_factory.mktemp("predict-cache")))
+    return out
+
+
+@pytest.fixture(scope="module")
+def recording(ravdess, tmp_path_factory):
+    """Four real clips (neutral, angry, strong angry, neutral) joined by 2 s of low noise (about 22 s)."""
+    rng = np.random.default_rng(0)
+    clips = sorted((ravdess / "Actor_17").glob("03-01-0[15]-*-01-01-17.flac"))
+    parts = []
+    for path in clips + clips[:1]:
+        signal, _ = sf.read(path, dtype="float32", always_2d=True)
+        parts += [signal.mean(axis=1), (0.001 * rng.standard_normal(32000)).astype(np.float32)]
+    path = tmp_path_factory.mktemp("rec") / "call.flac"
+    sf.write(str(path), np.concatenate(parts), 16000)
+    return path
+
+
+@pytest.fixture
+def bad(tmp_path):
+    path = tmp_path / "bad.wav"
+    path.write_bytes(b"not audio")
+    return path
+
+
+def json_lines(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def csv_rows(result) -> list[dict]:
+    assert result.exit_code == 0, result.output
+    return list(csv.DictReader(io.StringIO(result.stdout)))
+
+
+def test_timeline_json_lines(run, recording):
+    lines = json_lines(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--json"]))
+    assert len(lines) == 4  # one segment per clip: each clip's speech is shorter than a window
+    for line in lines:
+        assert set(line) == {"path", "start", "end", "label", "probabilities"}
+        assert line["path"] == str(recording) and line["label"] in CLASSES
+        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    starts = [line["start"] for line in lines]
+    assert starts == sorted(starts) and all(a["end"] <= b["start"] for a, b in zip(lines, lines[1:]))
+    # --format json is the same thing.
+    same = json_lines(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--format", "json"]))
+    assert same == lines
+
+
+def test_timeline_csv_window_and_hop(run, recording):
+    rows = csv_rows(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--format", "csv", "--window", "1", "--hop", "0.5"]))
+    assert list(rows[0]) == ["path", "start", "end", "label", "p_neutral", "p_happy", "p_sad", "error"]
+    assert len(rows) > 4  # 1 s windows every 0.5 s: several per clip, overlapping
+    assert any(float(b["start"]) < float(a["end"]) for a, b in zip(rows, rows[1:]))
+    for row in rows:
+        assert row["error"] == "" and row["label"] in CLASSES
+        assert 0.5 <= float(row["end"]) - float(row["start"]) <= 1.5
+        assert sum(float(row[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_timeline_error_row_keeps_input_order(run, recording, bad):
+    lines = json_lines(runner.invoke(app, ["predict", str(run), str(bad), str(recording), "--timeline", "--json"]))
+    assert lines[0] == {"path": str(bad), "error": lines[0]["error"]} and "cannot" in lines[0]["error"]
+    assert [line["path"] for line in lines[1:]] == [str(recording)] * 4
+    rows = csv_rows(runner.invoke(app, ["predict", str(run), str(recording), str(bad), "--timeline", "--format", "csv"]))
+    assert rows[-1]["path"] == str(bad) and rows[-1]["error"] and rows[-1]["label"] == "" and rows[-1]["start"] == ""
+
+
+def test_timeline_table_and_no_vad(run, recording):
+    result = runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--no-vad", "--window", "5"])
+    assert result.exit_code == 0, result.output
+    assert "start" in result.stdout and "0.000" in result.stdout and "5.000" in result.stdout
+
+
+def test_many_files_csv_with_error_row(run, synth_corpus, bad):
+    folder = synth_corpus / "Actor_06"
+    rows = csv_rows(runner.invoke(app, ["predict", str(run), str(bad), str(folder), "--format", "csv"]))
+    assert list(rows[0]) == ["path", "label", "p_neutral", "p_happy", "p_sad", "error"]
+    assert [row["path"] for row in rows] == [str(bad)] + [str(p) for p in sorted(folder.glob("*.wav"))]
+    assert rows[0]["error"] and rows[0]["label"] == ""
+    assert all(row["error"] == "" and row["label"] in CLASSES for row in rows[1:])
+    truth = {"01": "neutral", "03": "happy", "04": "sad"}
+    assert sum(row["label"] == truth[row["path"].split("-")[-5]] for row in rows[1:]) >= 10  # of 12 unseen clips
+
+
+def test_many_files_json_lines_and_table(run, synth_corpus, bad):
+    files = sorted((synth_corpus / "Actor_05").glob("*.wav"))[:3]
+    lines = json_lines(runner.invoke(app, ["predict", str(run), str(files[0]), str(bad), str(files[1]), "--json"]))
+    assert [line["path"] for line in lines] == [str(files[0]), str(bad), str(files[1])]
+    assert set(lines[0]) == {"path", "label", "probabilities"} and set(lines[1]) == {"path", "error"}
+    table = runner.invoke(app, ["predict", str(run), str(files[2]), str(bad)])
+    assert table.exit_code == 0 and "error" in table.stdout and "1 file(s) could not be read" in table.stderr
+
+
+def test_option_conflicts_are_errors(run, recording):
+    both = runner.invoke(app, ["predict", str(run), str(recording), "--json", "--format", "csv"])
+    assert both.exit_code == 1 and "--json means --format json" in both.stderr
+    window = runner.invoke(app, ["predict", str(run), str(recording), "--window", "2"])
+    assert window.exit_code == 1 and "add --timeline" in window.stderr
+    short = runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--window", "0.1"])
+    assert short.exit_code == 2  # rejected by the option's range
