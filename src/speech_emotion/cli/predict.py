@@ -104,7 +104,7 @@ def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window:
         except AudioError:
             durations.append(0.0)  # its error row comes when it is read
     n_silent = 0
-    with progress_bar("timeline (seconds of audio)", round(sum(durations))) as advance:
+    with progress_bar("timeline (seconds of audio)", sum(durations)) as advance:
         for path, duration in zip(files, durations):
             n_segments = 0
             done = 0.0
