@@ -19,7 +19,9 @@ after a warm-up, in its own subprocess (so that peak RSS is its own):
     start-up is excluded by subtracting the time of a 1-clip call.
 
 Load and warm-up are excluded from (a)-(c). Prints clips/s (median of repeats), real-time
-factor (processing seconds per second of audio), peak RSS and speed-up over (a).
+factor (processing seconds per second of audio), peak RSS and speed-up over (a). Every path
+runs with ``OMP_WAIT_POLICY=PASSIVE`` unless the variable is set (as ``ser`` does; set
+``OMP_WAIT_POLICY=ACTIVE`` to compare spinning threads).
 
 ``--model`` is a run folder made by ``ser train`` with a Whisper-base encoder; without it, a
 model with an untrained head on ``$SER_SHARED/models/whisper-base-encoder`` is built (the
@@ -44,6 +46,8 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Every path (the pipeline too) runs with the thread wait policy `ser` uses: idle threads sleep.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 SHARED = Path(os.environ.get("SER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 CORPUS = SHARED / "data" / "ravdess-speech-16k"
@@ -269,7 +273,7 @@ def summarise(results: dict[str, dict], n_clips: int, audio_s: float) -> dict[st
 def print_table(report: dict) -> None:
     print(
         f"{report['n_clips']} clips, {report['audio_s']:.1f} s of audio (mean {report['audio_s'] / report['n_clips']:.2f} s), "
-        f"{report['repeats']} repeats, {report['cpus']} CPUs, load average {report['load_before'][0]:.2f} before / "
+        f"{report['repeats']} repeats, {report['cpus']} CPUs, OMP_WAIT_POLICY={report['omp_wait_policy']}, load average {report['load_before'][0]:.2f} before / "
         f"{report['load_after'][0]:.2f} after"
     )
     print(f"model: {report['model']}")
@@ -340,6 +344,7 @@ def main() -> None:
             "model": model,
             "cpus": os.cpu_count(),
             "cpu": platform.processor() or platform.machine(),
+            "omp_wait_policy": os.environ["OMP_WAIT_POLICY"],
             "load_before": [round(x, 2) for x in load_before],
             "load_after": [round(x, 2) for x in os.getloadavg()],
             "paths": summarise(results, len(clips), audio_s),

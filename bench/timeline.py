@@ -23,8 +23,9 @@ wall time includes start-up (imports, model and VAD loading). Reported:
   next to the honest baseline: the run's own test accuracy on whole clips of those
   speakers (``results.json``), and with ``--clip-baseline`` the accuracy on whole clips of
   exactly the clips in the recording;
-- peak RSS of the ``ser`` process (``wait4``), and for flat memory the same on a
-  ``--long-minutes`` recording (0 skips it).
+- peak RSS of the ``ser`` process (``wait4``) and its largest RSS in each quarter of the
+  run (polled from /proc), and for flat memory the same on a ``--long-minutes`` recording
+  (0 skips it).
 
 The CPU may be shared with other work: say so when quoting the figures.
 """
@@ -37,6 +38,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -86,16 +88,35 @@ def run_timeline(run: Path, recording: Path, window: float, workdir: Path) -> di
     ser = Path(sys.executable).with_name("ser")
     command = [str(ser) if ser.exists() else "ser", "predict", str(run), str(recording), "--timeline", "--json", "--window", str(window)]
     stdout, stderr = workdir / f"{recording.stem}.jsonl", workdir / f"{recording.stem}.err"
+    samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB), polled from /proc
+
+    def poll(pid: int) -> None:
+        while True:
+            try:
+                status_text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                return
+            rss = next((int(line.split()[1]) for line in status_text.splitlines() if line.startswith("VmRSS:")), None)
+            if rss is None:  # a zombie: exited, not yet reaped
+                return
+            samples.append((time.perf_counter() - start, rss / 1024))
+            time.sleep(0.25)
+
     with open(stdout, "w") as out, open(stderr, "w") as err:
         start = time.perf_counter()
         child = subprocess.Popen(command, stdout=out, stderr=err)
+        poller = threading.Thread(target=poll, args=(child.pid,), daemon=True)
+        poller.start()
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.perf_counter() - start
+        poller.join()
     child.returncode = os.waitstatus_to_exitcode(status)
     if child.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({child.returncode}):\n{stderr.read_text()[-3000:]}")
     segments = [json.loads(line) for line in stdout.read_text().splitlines()]
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024, "segments": segments}
+    quarters = [max((rss for t, rss in samples if q * wall / 4 <= t < (q + 1) * wall / 4), default=float("nan")) for q in range(4)]
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "rss_mb_by_quarter": quarters, "segments": segments}
 
 
 def score(segments: list[dict], spans: list[dict]) -> dict:
@@ -185,6 +206,7 @@ def main() -> None:
                 "x_real_time": duration / result["wall_s"],
                 "cpu_s": result["cpu_s"],
                 "peak_rss_mb": result["peak_rss_mb"],
+                "rss_mb_by_quarter": result["rss_mb_by_quarter"],
                 **score(result["segments"], spans),
             })
         report["load_average_after"] = os.getloadavg()
@@ -201,6 +223,8 @@ def main() -> None:
     for r in report["runs"]:
         print(f"{r['duration_s'] / 60:>8.1f} m{r['wall_s']:>9.1f}{r['cpu_s']:>8.1f}{r['x_real_time']:>12.1f}×{r['peak_rss_mb']:>13.0f}{r['n_segments']:>10}"
               f"{r['segments_in_silence_pct']:>11.1f}%{r['clips_found_pct']:>12.1f}%{r['midpoint_label_right_pct']:>15.1f}%")
+    for r in report["runs"]:
+        print(f"{r['minutes']:g} min: largest RSS in each quarter of the run (MB): " + ", ".join(f"{q:.0f}" for q in r["rss_mb_by_quarter"]))
     if len(report["runs"]) > 1:
         first, last = report["runs"][0], report["runs"][-1]
         print(f"\nflat memory: peak RSS {last['peak_rss_mb']:.0f} MB for {last['minutes']:g} min vs {first['peak_rss_mb']:.0f} MB for {first['minutes']:g} min "

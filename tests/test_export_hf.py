@@ -102,7 +102,7 @@ def test_per_layer_scales_are_refused():
 
 def test_hf_compatible_needs_a_linear_head():
     with pytest.raises(ValueError, match="hidden=0"):
-        TrainConfig(hf_compatible=True)
+        TrainConfig(hidden=256, hf_compatible=True)
     with pytest.raises(ValueError, match="hidden=0"):
         HeadConfig(n_layers=2, dim=4, n_classes=2, hidden=8, hf_compatible=True)
 

@@ -42,7 +42,7 @@ def test_zero_loss_alone(caplog):
     y = np.tile([0, 1], 1500)
     X = features(y, signal=1e3)
     with pytest.raises(SanityError, match="zero_loss.*carry the label"):
-        fit_head(X, y, None, None, n_classes=2, config=TrainConfig(max_epochs=5, lr=0.5, hidden=0, dropout=0.0))
+        fit_head(X, y, None, None, n_classes=2, config=TrainConfig(max_epochs=5, lr=0.5, hidden=0, dropout=0.0, weight_decay=0.0))
 
 
 def test_single_predicted_class_warns(caplog):

@@ -32,6 +32,7 @@ EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
 PatienceOpt = Annotated[int, typer.Option(help="Stop after this many epochs without a better validation UAR.")]
 LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
 HiddenOpt = Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")]
+MixingOpt = Annotated[str, typer.Option(help="How the head combines encoder layers: concat (all layers side by side) or softmax (learned weighted sum).")]
 SpeakerNormOpt = Annotated[
     bool,
     typer.Option(help="Standardise features per speaker with that speaker's own unlabelled clips. Figures are labelled "
@@ -70,6 +71,7 @@ def train(
     patience: PatienceOpt = TrainConfig.patience,
     lr: LrOpt = TrainConfig.lr,
     hidden: HiddenOpt = TrainConfig.hidden,
+    mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
     skip_bad: SkipBadOpt = False,
     warn_only: WarnOnlyOpt = False,
@@ -112,7 +114,7 @@ def train(
         raise fail("give --split or --test-speakers/--val-speakers, not both")
     if hf_compatible and hidden:
         raise fail(f"--hf-compatible needs a linear head: add --hidden 0 (got --hidden {hidden})")
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, hf_compatible=hf_compatible, stop_on_alarm=not warn_only)
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, hf_compatible=hf_compatible, stop_on_alarm=not warn_only)
     try:
         results = run_training(
             data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
@@ -198,6 +200,7 @@ def cv(
     patience: PatienceOpt = TrainConfig.patience,
     lr: LrOpt = TrainConfig.lr,
     hidden: HiddenOpt = TrainConfig.hidden,
+    mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
     skip_bad: SkipBadOpt = False,
     warn_only: WarnOnlyOpt = False,
@@ -213,7 +216,7 @@ def cv(
     """
     from speech_emotion.training.cv import cross_validate
 
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
+    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
     try:
         summary = cross_validate(data, encoder=encoder, folds=folds, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
                                  config=config, skip_bad=skip_bad, force=force, progress=progress_bar)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 SAMPLING_RATE = 16000
 """Sampling rate in Hz that every encoder expects."""
 
+# The same tag and version as speech_emotion.model.bundle, which cannot be imported here (torch).
 META = "model.json"
 BUNDLE_FORMAT = "speech-emotion/bundle"
 BUNDLE_VERSION = 1

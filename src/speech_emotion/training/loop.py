@@ -32,22 +32,24 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Hyper-parameters of head training (recorded in every run's config)."""
 
-    hidden: int = 256
+    hidden: int = 0  # default recipe: a linear classifier over all layers side by side (CV-chosen, docs/accuracy.md)
     dropout: float = 0.2
     lr: float = 1e-3
-    weight_decay: float = 1e-2
+    weight_decay: float = 1.0
     batch_size: int = 64
     max_epochs: int = 100
     patience: int = 15
     seed: int = 0
     speaker_norm: bool = False  # standardise features per speaker (needs the speaker's other clips at inference)
-    mixing: str = "softmax"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
-    hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0)
+    mixing: str = "concat"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
+    hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0; implies mixing="softmax")
     stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
 
     def __post_init__(self) -> None:
         if self.hf_compatible and self.hidden:
             raise ValueError(f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}")
+        if self.hf_compatible:
+            object.__setattr__(self, "mixing", "softmax")  # a stock transformers head sums layers with weights
 
     def to_dict(self) -> dict:
         return asdict(self)
