@@ -30,7 +30,7 @@ from speech_emotion.inference.backends import whisper_log_mel  # noqa: E402
 from speech_emotion.training.loop import TrainConfig  # noqa: E402
 from speech_emotion.training.run import train  # noqa: E402
 
-TEMPERATURE = 40.0  # spreads the synthetic-data head's probabilities, so agreement is tested away from 0 and 1
+TEMPERATURE = 100.0  # spreads the synthetic-data head's probabilities, so agreement is tested away from 0 and 1
 
 
 def _train(corpus: Path, encoder: Path, out: Path) -> Path:
@@ -77,7 +77,8 @@ def test_fp32_probabilities_agree_with_pytorch_on_real_clips(whisper_run, whispe
     got = list(onnx_predictor.predict_files(real_clips))
     assert [r["path"] for r in got] == [str(p) for p in real_clips]
     p_torch, p_onnx = _matrix(expected, torch_predictor.classes), _matrix(got, onnx_predictor.classes)
-    assert p_torch.max() < 0.99, "probabilities saturated: the comparison would prove nothing"
+    spread = (p_torch > 1e-3) & (p_torch < 0.999)
+    assert spread.sum() >= len(real_clips), "probabilities saturated: the comparison would prove nothing"
     assert np.abs(p_onnx - p_torch).max() < 1e-4
     assert [r["label"] for r in got] == [r["label"] for r in expected]
 
@@ -192,6 +193,40 @@ def test_wav2vec2_export_agrees(synth_corpus, tiny_wav2vec2, tmp_path):
     p_onnx = _matrix(onnx_predictor.predict(signals), torch_predictor.classes)
     assert np.abs(p_onnx - p_torch).max() < 1e-4
     assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"]["input"]["type"] == "waveform"
+
+
+def test_group_norm_wav2vec2_export_runs_clip_by_clip(tmp_path):
+    """Group-norm front ends (wav2vec2-base style) are exported without padding input."""
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from speech_emotion.data.labels import LabelSchema
+    from speech_emotion.features.encoders import load_encoder
+    from speech_emotion.model.bundle import save_bundle
+    from speech_emotion.model.head import EmotionHead, HeadConfig
+
+    folder = tmp_path / "w2v2-group"
+    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(16, 16),
+                            conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+    assert config.feat_extract_norm == "group"
+    torch.manual_seed(0)
+    Wav2Vec2Model(config).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor().save_pretrained(folder)
+    encoder = load_encoder(str(folder))
+    signals = [synth_clip(200.0 + 50 * i, seconds=0.5 + 0.4 * i, seed=i) for i in range(4)]
+    schema = LabelSchema.from_name("ravdess-8")
+    head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes, hidden=8)).eval()
+    head.fit_scaler(torch.from_numpy(np.stack(encoder.features(signals))))
+    encoder_meta = {"reference": str(folder), "path": str(folder), "family": "ssl", "fingerprint": encoder.fingerprint,
+                    "n_layers": encoder.n_layers, "dim": encoder.dim}
+    save_bundle(tmp_path / "run" / "model", head, {"classes": list(schema.classes), "schema": schema.to_dict(), "encoder": encoder_meta,
+                                                   "preprocessing": encoder.preprocessing})
+    export_onnx(tmp_path / "run", tmp_path / "onnx")
+    assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"]["input"]["names"] == ["input_values"]
+    torch_predictor, onnx_predictor = Predictor.from_pretrained(tmp_path / "run"), Predictor.from_pretrained(tmp_path / "onnx")
+    p_torch = _matrix(torch_predictor.predict(signals), torch_predictor.classes)
+    p_onnx = _matrix(onnx_predictor.predict(signals), torch_predictor.classes)
+    assert np.abs(p_onnx - p_torch).max() < 1e-4
 
 
 def test_predict_files_keeps_order_and_reports_bad_files(whisper_onnx, synth_corpus, tmp_path):

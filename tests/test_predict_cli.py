@@ -127,3 +127,5 @@ def test_option_conflicts_are_errors(run, recording):
     assert window.exit_code == 1 and "add --timeline" in window.stderr
     short = runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--window", "0.1"])
     assert short.exit_code == 2  # rejected by the option's range
+    onnx = runner.invoke(app, ["predict", str(run), str(recording), "--backend", "onnx"])
+    assert onnx.exit_code == 1 and "ser export --format onnx" in onnx.stderr

@@ -13,7 +13,6 @@ from rich.markup import escape
 from rich.table import Table
 
 from speech_emotion.cli.console import err_console, fail, out_console, print_json, progress_bar
-from speech_emotion.data.audio import load_audio
 from speech_emotion.data.corpora import find_audio
 from speech_emotion.errors import AudioError, BundleError
 
@@ -24,6 +23,12 @@ class Format(str, enum.Enum):
     table = "table"
     json = "json"
     csv = "csv"
+
+
+class Backend(str, enum.Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
 
 
 def expand_inputs(inputs: list[Path]) -> list[Path]:
@@ -74,23 +79,11 @@ class _Writer:
 
 
 def _predict_files(predictor, files: list[Path], writer: _Writer, min_confidence: Optional[float]) -> None:
-    """One row per file, decoded and predicted in batches of BATCH_FILES, in input order."""
+    """One row per file in input order; the predictor decodes the next batch while one is computed."""
     with progress_bar("predicting", len(files)) as advance:
-        for start in range(0, len(files), BATCH_FILES):
-            batch = files[start : start + BATCH_FILES]
-            signals, rows = [], []
-            for path in batch:
-                try:
-                    signals.append(load_audio(path)[0])
-                    rows.append({"path": str(path)})
-                except AudioError as error:
-                    rows.append({"path": str(path), "error": error.reason})
-            results = iter(predictor.predict(signals, min_confidence=min_confidence) if signals else [])
-            for row in rows:
-                if "error" not in row:
-                    row.update(next(results))
-                writer.row(row)
-            advance(len(batch))
+        for row in predictor.predict_files(files, batch_size=BATCH_FILES, min_confidence=min_confidence):
+            writer.row(row)
+            advance(1)
 
 
 def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window: float, hop: Optional[float], vad: bool, min_confidence: Optional[float]) -> int:
@@ -138,6 +131,7 @@ def predict(
     min_confidence: Annotated[Optional[float], typer.Option(help="Below this top probability, mark the result uncertain (label null) instead of forcing a label.", min=0.0, max=1.0)] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Where the model's encoder is now, if it moved.")] = None,
     allow_encoder_mismatch: Annotated[bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")] = False,
+    backend: Annotated[Backend, typer.Option(help="auto: ONNX Runtime for a `ser export --format onnx` folder, PyTorch for a run folder.", case_sensitive=False)] = Backend.auto,
 ) -> None:
     """Predict the emotion of each audio file, or with --timeline of each window of speech in long recordings.
 
@@ -152,7 +146,7 @@ def predict(
     if not timeline and (window != 4.0 or hop is not None or not vad):
         raise fail("--window, --hop and --no-vad apply to --timeline only; add --timeline")
     try:
-        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
+        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value)
     except (BundleError, OSError, ValueError) as error:
         raise fail(error) from None
     files = expand_inputs(inputs)

@@ -55,9 +55,15 @@ import torch
 
 from speech_emotion import __version__
 from speech_emotion.atomic import write_json
-from speech_emotion.data.audio import SAMPLING_RATE
+from speech_emotion.data.audio import SAMPLING_RATE, load_audio
+from speech_emotion.data.dataset import load_dataset
 from speech_emotion.errors import BundleError
+from speech_emotion.features.store import FeatureStore, extract_features
+from speech_emotion.inference.predictor import Predictor
 from speech_emotion.model.head import EmotionHead
+from speech_emotion.training.loop import TrainConfig, fit_head, predict_logits
+from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.training.run import encode_dataset
 
 log = logging.getLogger(__name__)
 
@@ -249,8 +255,6 @@ class _RunData:
     """The run's corpus, reloaded and split as in training (rows found by audio content hash)."""
 
     def __init__(self, run: Path, bundle, data: str | Path | None, progress: Progress):
-        from speech_emotion.data.dataset import load_dataset
-
         self.run = run
         self.config = _read_json(run / "config.json")
         self.split = _read_json(run / "split.json")
@@ -291,8 +295,6 @@ class _RunData:
             self.rows["test"] = np.asarray([i for i in candidates if hashes[i] not in seen], dtype=np.int64)
 
     def signals(self, part: str) -> list[np.ndarray]:
-        from speech_emotion.data.audio import load_audio
-
         return [load_audio(self.dataset.paths[i])[0] for i in self.rows[part]]
 
     def hashes(self, part: str) -> list[str]:
@@ -391,9 +393,6 @@ def export_huggingface(
             a stock class (eGeMAPS), a speaker-normalised model, a run without its corpus.
         FileNotFoundError: the corpus is not where the run says (pass ``data``).
     """
-    from speech_emotion.features.store import FeatureStore
-    from speech_emotion.inference.predictor import Predictor
-
     started = time.perf_counter()
     model, out = Path(model), Path(out)
     predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
@@ -469,10 +468,6 @@ def export_huggingface(
 
 def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progress: Progress) -> tuple[dict, dict]:
     """Fit an hf_compatible linear head on the run's train part, early-stopped on val, pipeline-encoded."""
-    from speech_emotion.features.store import extract_features
-    from speech_emotion.training.loop import TrainConfig, fit_head, predict_logits
-    from speech_emotion.training.metrics import classification_metrics
-
     pipeline_encoder = PipelineWhisperEncoder(hf_model, extractor, predictor.encoder.fingerprint)
     X = {}
     for part in ("train", "val"):
@@ -505,17 +500,12 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
 
 
 def _loader(path: str) -> Callable[[], np.ndarray]:
-    from speech_emotion.data.audio import load_audio
-
     return lambda: load_audio(path)[0]
 
 
 def _check_export(folder: Path, predictor, run: _RunData | None, store, progress: Progress, *, exact: bool) -> dict:
     """Run clips through ``pipeline()`` on the exported folder and through the bundle; compare."""
     from transformers import pipeline
-
-    from speech_emotion.training.metrics import classification_metrics
-    from speech_emotion.training.run import encode_dataset
 
     classes = predictor.classes
     pipe = pipeline("audio-classification", model=str(folder), device="cpu")
@@ -562,8 +552,9 @@ def _summary(info: dict, out: Path) -> dict:
     check = info.get("check")
     if check:
         summary["checked on"] = f"{check['n']} clips, {check['clips']}"
-        if check.get("max_abs_diff") is not None:
+        if info["family"] == "ssl" and check.get("max_abs_diff") is not None:
             summary["max |Δp| vs ser predict"] = f"{check['max_abs_diff']:.2g}"
+        summary["same label as ser predict"] = f"{check['same_label']:.1%}"
         if "pipeline" in check:
             summary["accuracy via pipeline()"] = f"{check['pipeline']['accuracy']:.1%}"
             summary["accuracy via ser predict"] = f"{check['ser_predict']['accuracy']:.1%}"
@@ -679,8 +670,10 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
                 m = check[name]
                 lines.append(f"| {label} | {_pct(m['accuracy'])} | {_pct(m['uar'])} | {_pct(m['macro_f1'])} |")
             lines.append("")
-        if check.get("max_abs_diff") is not None:
+        if info["family"] == "ssl" and check.get("max_abs_diff") is not None:
             lines.append(f"- Largest difference in any class probability: {check['max_abs_diff']:.2g}")
+        if "accuracy_gap" in check:
+            lines.append(f"- Accuracy of `pipeline()` minus `ser predict`'s: {-100 * check['accuracy_gap']:+.1f} points")
         lines.append(f"- Same top label: {_pct(check['same_label'])} of clips")
     lines += [
         "",
