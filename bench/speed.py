@@ -6,7 +6,8 @@ Usage (from the repository root)::
 
 On the same N RAVDESS clips (``$SER_SHARED/data/ravdess-speech-16k``, default ``../shared``,
 spread over all actors), each path is timed end to end — decode → features → probabilities —
-after a warm-up, in its own subprocess (so that peak RSS is its own):
+after a warm-up, in its own subprocess (so that peak RSS is its own). Passes are interleaved
+across paths (a, b, c, d, a, b, …) so that a shared machine's drifting load hits them alike:
 
 (a) ``pipeline``: ``transformers.pipeline("audio-classification")`` with
     ``WhisperForAudioClassification`` built from the same Whisper-base weights (its head is
@@ -86,8 +87,12 @@ def peak_rss_mb() -> float:
 # ---------------------------------------------------------------------------------------------
 
 
-def worker(kind: str, model: str, clips: list[Path], repeats: int, encoder_folder: str) -> dict:
-    """Load the path's model (not timed), warm up, then time ``repeats`` passes over the clips."""
+def worker(kind: str, model: str, clips: list[Path], encoder_folder: str) -> None:
+    """Load the path's model and warm up (not timed), then time one pass per ``run`` line on stdin.
+
+    Prints one JSON line when ready, one per pass (``{"seconds": …}``), and a last one with
+    the peak RSS when stdin says ``exit``.
+    """
     started = time.perf_counter()
     if kind == "pipeline":
         run = pipeline_runner(encoder_folder)
@@ -101,22 +106,25 @@ def worker(kind: str, model: str, clips: list[Path], repeats: int, encoder_folde
 
     load_s = time.perf_counter() - started
     run(clips[:WARMUP_CLIPS])
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        results = run(clips)
-        times.append(time.perf_counter() - start)
-        errors = [r for r in results if "error" in r]
-        if errors:
-            raise SystemExit(f"{kind}: {len(errors)} clips failed, e.g. {errors[0]}")
-    info = {"kind": kind, "times_s": times, "load_s": load_s, "peak_rss_mb": peak_rss_mb()}
+    info: dict = {"kind": kind, "load_s": load_s}
     if kind != "pipeline":
         info["backend"] = predictor.backend_name
         if predictor.backend_name == "torch":
             import torch
 
             info["threads"] = torch.get_num_threads()
-    return info
+    print(json.dumps(info), flush=True)
+    for line in sys.stdin:
+        if line.strip() != "run":
+            break
+        start = time.perf_counter()
+        results = run(clips)
+        seconds = time.perf_counter() - start
+        errors = [r for r in results if "error" in r]
+        if errors:
+            raise SystemExit(f"{kind}: {len(errors)} clips failed, e.g. {errors[0]}")
+        print(json.dumps({"seconds": seconds}), flush=True)
+    print(json.dumps({"peak_rss_mb": peak_rss_mb()}), flush=True)
 
 
 def pipeline_runner(encoder_folder: str):
@@ -144,16 +152,44 @@ def pipeline_runner(encoder_folder: str):
     return run
 
 
-def spawn_worker(kind: str, model: str, clips: list[Path], repeats: int, encoder_folder: str) -> dict:
-    spec = {"kind": kind, "model": model, "clips": [str(c) for c in clips], "repeats": repeats, "encoder": encoder_folder}
-    done = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"{kind} worker failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+class Worker:
+    """A path's subprocess: loaded and warmed up once, then timed pass by pass."""
+
+    def __init__(self, kind: str, model: str, clips: list[Path], encoder_folder: str):
+        spec = {"kind": kind, "model": model, "clips": [str(c) for c in clips], "encoder": encoder_folder}
+        self.kind = kind
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        self.info = self._read()
+        self.info["times_s"] = []
+
+    def _read(self) -> dict:
+        line = self.process.stdout.readline()
+        if not line:
+            raise SystemExit(f"{self.kind} worker failed (exit code {self.process.wait()}); its error is above")
+        return json.loads(line)
+
+    def run(self) -> float:
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        seconds = self._read()["seconds"]
+        self.info["times_s"].append(seconds)
+        return seconds
+
+    def close(self) -> dict:
+        self.process.stdin.write("exit\n")
+        self.process.stdin.flush()
+        self.info.update(self._read())
+        self.process.wait()
+        return self.info
 
 
-def time_ser_predict(model: str, clips: list[Path], repeats: int) -> dict:
-    """(d): ``ser predict MODEL FILES… --json``; start-up removed by subtracting a 1-clip call."""
+def ser_predict_timer(model: str, clips: list[Path]):
+    """(d): ``ser predict MODEL FILES… --json``; start-up removed by subtracting a 1-clip call.
+
+    Returns a function that times one pass and the dict it fills.
+    """
     ser = shutil.which("ser")
     command = [ser] if ser else [sys.executable, "-c", "from speech_emotion.cli.app import main; main()"]
 
@@ -174,16 +210,19 @@ def time_ser_predict(model: str, clips: list[Path], repeats: int) -> dict:
         return seconds, usage.ru_maxrss / 1024
 
     call(clips[:1])  # warm the file cache and Python's bytecode
-    times, startup = [], []
-    rss = 0.0
-    for _ in range(repeats):
+    info: dict = {"kind": "ser-predict", "times_s": [], "startup_s": [], "peak_rss_mb": 0.0}
+
+    def one_pass() -> None:
         one, _ = call(clips[:1])
         full, rss = call(clips)
-        startup.append(one)
         if full <= one:
             raise SystemExit(f"ser predict: {len(clips)} clips took {full:.1f} s, 1 clip {one:.1f} s; too few clips to tell start-up apart (use more --clips)")
-        times.append((full - one) * len(clips) / (len(clips) - 1))
-    return {"kind": "ser-predict", "times_s": times, "load_s": statistics.median(startup), "peak_rss_mb": rss}
+        info["startup_s"].append(one)
+        info["times_s"].append((full - one) * len(clips) / (len(clips) - 1))
+        info["peak_rss_mb"] = max(info["peak_rss_mb"], rss)
+        info["load_s"] = statistics.median(info["startup_s"])
+
+    return one_pass, info
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,8 +343,7 @@ def main() -> None:
         if spec.get("prepare"):
             print(json.dumps(prepare(spec["model"], spec["encoder"], Path(spec["work"]), spec["paths"])))
             return
-        info = worker(spec["kind"], spec["model"], [Path(c) for c in spec["clips"]], spec["repeats"], spec["encoder"])
-        print(json.dumps(info))
+        worker(spec["kind"], spec["model"], [Path(c) for c in spec["clips"]], spec["encoder"])
         return
 
     clips = pick_clips(args.clips)
@@ -329,14 +367,25 @@ def main() -> None:
         model = models["torch"]
 
         load_before = os.getloadavg()
-        results = {}
+        # Passes are interleaved (a, b, c, d, a, b, …): the load of a shared machine drifts, and
+        # every path should see the same drift.
+        workers = {}
         for kind in args.paths:
-            print(f"timing {LABELS[kind]} …", file=sys.stderr, flush=True)
-            if kind == "ser-predict":
-                results[kind] = time_ser_predict(model, clips, args.repeats)
-            else:
-                repeats = args.pipeline_repeats if kind == "pipeline" and args.pipeline_repeats else args.repeats
-                results[kind] = spawn_worker(kind, models[kind], clips, repeats, args.encoder)
+            if kind != "ser-predict":
+                print(f"loading {LABELS[kind]} …", file=sys.stderr, flush=True)
+                workers[kind] = Worker(kind, models[kind], clips, args.encoder)
+        ser_pass, ser_info = ser_predict_timer(model, clips) if "ser-predict" in args.paths else (None, None)
+        pipeline_repeats = args.pipeline_repeats or args.repeats
+        for repeat in range(args.repeats):
+            for kind in args.paths:
+                if kind == "pipeline" and repeat >= pipeline_repeats:
+                    continue
+                print(f"pass {repeat + 1}/{args.repeats}: {LABELS[kind]} …", file=sys.stderr, flush=True)
+                if kind == "ser-predict":
+                    ser_pass()
+                else:
+                    workers[kind].run()
+        results = {kind: workers[kind].close() if kind in workers else ser_info for kind in args.paths}
         report = {
             "n_clips": len(clips),
             "audio_s": round(audio_s, 2),

@@ -510,7 +510,11 @@ def start(host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str],
         f"cat > {q(job + '/job.json')} <<'SER_REMOTE_EOF'\n{job_json}\nSER_REMOTE_EOF\n"
         f"if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi\n"
         f"$detach nohup sh {q(job + '/run.sh')} > /dev/null 2>&1 < /dev/null &\n"
-        f"echo $! > {q(job + '/pid')}\necho @@pid\necho $!\n"
+        f"pid=$!\necho $pid > {q(job + '/pid')}\n"
+        # Return only once the job leads its own session, so the end of this ssh session cannot reach it.
+        f"if [ -n \"$detach\" ]; then i=0; while [ $i -lt 100 ] && [ \"$(ps -o sid= -p $pid 2>/dev/null | tr -d ' ')\" != \"$pid\" ] "
+        f"&& kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); done; fi\n"
+        f"echo @@pid\necho $pid\n"
     )
     report(f"starting `ser train` on {host}, detached; log: {posixpath.join(absolute_dir, job, 'train.log')}")
     sections = parse_sections(host.run(script).stdout)
