@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from pathlib import Path
 
@@ -117,6 +118,23 @@ def check_signal(
     if file_rate != sampling_rate:
         signal = soxr.resample(signal, file_rate, sampling_rate, quality="HQ")
     return np.ascontiguousarray(signal, dtype=np.float32), sampling_rate
+
+
+def split_windows(signal: np.ndarray, max_window: int) -> list[np.ndarray]:
+    """Split a signal into equal windows of at most ``max_window`` samples.
+
+    Every encoder path (PyTorch and ONNX) windows long inputs this one way.
+
+    Example:
+        >>> [len(w) for w in split_windows(np.zeros(10), 4)]
+        [4, 4, 2]
+    """
+    n = signal.shape[0]
+    if n <= max_window:
+        return [signal]
+    n_windows = math.ceil(n / max_window)
+    size = math.ceil(n / n_windows)
+    return [signal[start : start + size] for start in range(0, n, size)]
 
 
 def audio_hash(signal: np.ndarray) -> str:

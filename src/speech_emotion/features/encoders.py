@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from speech_emotion.data.audio import split_windows
+
 logger = logging.getLogger(__name__)
 
 SAMPLING_RATE = 16000
@@ -187,7 +189,7 @@ class Encoder:
         segments: list[tuple[int, int, np.ndarray]] = []  # (signal index, window index, samples)
         n_windows = []
         for i, signal in enumerate(signals):
-            windows = _split_windows(signal, max_window)
+            windows = split_windows(signal, max_window)
             n_windows.append(len(windows))
             segments.extend((i, w, window) for w, window in enumerate(windows))
 
@@ -248,16 +250,6 @@ def _check_signal(signal: Any, *, name: str, min_samples: int) -> np.ndarray:
     if n_bad:
         raise ValueError(f"{name}: expected finite samples, got {n_bad} NaN or infinite values")
     return array
-
-
-def _split_windows(signal: np.ndarray, max_window: int) -> list[np.ndarray]:
-    """Split a signal into equal windows of at most ``max_window`` samples."""
-    n = signal.shape[0]
-    if n <= max_window:
-        return [signal]
-    n_windows = math.ceil(n / max_window)
-    size = math.ceil(n / n_windows)
-    return [signal[start : start + size] for start in range(0, n, size)]
 
 
 def _pool(frames: np.ndarray) -> np.ndarray:

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from speech_emotion.data.audio import split_windows
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.errors import BundleError
 
@@ -269,16 +270,6 @@ def _ssl_frames(n_samples: int, kernels: Sequence[int], strides: Sequence[int]) 
     return length
 
 
-def _split_windows(signal: np.ndarray, max_window: int) -> list[np.ndarray]:
-    """Equal windows of at most ``max_window`` samples (as the PyTorch encoders split)."""
-    n = signal.shape[0]
-    if n <= max_window:
-        return [signal]
-    n_windows = math.ceil(n / max_window)
-    size = math.ceil(n / n_windows)
-    return [signal[start : start + size] for start in range(0, n, size)]
-
-
 def _merge_pooled(parts: list[tuple[np.ndarray, int]], hidden: int) -> np.ndarray:
     """Combine per-window (mean ‖ std, n_frames) into the statistics over all frames."""
     if len(parts) == 1:
@@ -359,7 +350,7 @@ class OnnxEncoder:
         segments: list[tuple[int, np.ndarray]] = []
         n_windows = []
         for i, signal in enumerate(checked):
-            windows = _split_windows(signal, max_window)
+            windows = split_windows(signal, max_window)
             n_windows.append(len(windows))
             segments.extend((i, w) for w in windows)
         budget = (self.default_batch_seconds if batch_seconds is None else batch_seconds) * SAMPLING_RATE
