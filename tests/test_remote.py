@@ -160,7 +160,8 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
     started = time.monotonic()
     try:
         result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/demo",
-                     "--test-speakers", "04", "--val-speakers", "03", "--epochs", "6", "--lr", "0.003", "--warn-only", *common, *env, "--json")
+                     "--test-speakers", "04", "--val-speakers", "03", "--epochs", "6", "--lr", "0.003", "--warn-only", *common, *env, "--json",
+                     "--", "--optimizer", "adamw")  # mini-batch epochs: L-BFGS may converge before 6; `--` passes train options through
         assert result.exit_code == 0, result.stderr
         launched = json.loads(result.stdout)
         err = result.stderr

@@ -143,3 +143,29 @@ def test_evaluate_skip_unknown_and_48k(synth_corpus, tiny_wav2vec2, tmp_path):
     report = json.loads(result.stdout)
     assert report["skipped_labels"] == {"angry": 4} and report["n"] == 8 and report["contaminated"]["n"] == 0
     assert report["accuracy"] >= 0.75
+
+
+def test_lbfgs_linear_head_is_the_logistic_regression_probe():
+    # The default head (linear over concatenated layers, L-BFGS, L2 penalty λ) minimises the same
+    # objective as scikit-learn's class-balanced multinomial LogisticRegression with C = 1/(λ n).
+    from sklearn.linear_model import LogisticRegression
+
+    from speech_emotion.training.loop import fit_head, predict_proba
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], [40, 80, 60])  # imbalanced: class weights matter
+    X = rng.normal(size=(len(y), 2, 5)) + 0.8 * np.eye(5)[y][:, None, :]
+    X = ((X - X.mean(0)) / X.std(0, ddof=1)).astype(np.float32)  # already standard: the head's scaler is the identity
+    l2 = 0.05
+    config = TrainConfig(weight_decay=l2, max_epochs=200)
+    assert config.optimizer == "lbfgs"
+    fit = fit_head(X, y, None, None, n_classes=3, config=config)
+    reference = LogisticRegression(C=1 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000).fit(X.reshape(len(y), -1), y)
+    np.testing.assert_allclose(predict_proba(fit.head, X), reference.predict_proba(X.reshape(len(y), -1)), atol=2e-4)
+
+
+def test_default_recipe_learns_pitch_classes(synth_corpus, tiny_wav2vec2, tmp_path):
+    results = train(synth_corpus, encoder=str(tiny_wav2vec2), out=tmp_path / "run", test_speakers=["05", "06"], val_speakers=["04"],
+                    config=TrainConfig(stop_on_alarm=False))
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["optimizer"] == "lbfgs"
+    assert results["test"]["accuracy"] >= 0.8, results["test"]

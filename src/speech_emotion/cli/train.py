@@ -13,6 +13,8 @@ from speech_emotion.cli.console import err_console, fail, print_json, progress_b
 from speech_emotion.cli.data import CorpusOpt, DataArg, JsonOpt, LabelsOpt, SpeakerPatternOpt, print_label_report
 from speech_emotion.data.splits import parse_speakers
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
+from speech_emotion.training.distributed import current_world
+from speech_emotion.training.finetune import parse_finetune
 from speech_emotion.training.loop import TrainConfig
 
 USER_ERRORS = (BundleError, CorpusError, LabelError, SanityError, SplitError, FileExistsError, FileNotFoundError, OSError, ValueError)
@@ -30,7 +32,10 @@ EncoderOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option(help="Seed for speaker draws, initialisation and shuffling.")]
 EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
 PatienceOpt = Annotated[int, typer.Option(help="Stop after this many epochs without a better validation UAR.")]
-LrOpt = Annotated[float, typer.Option(help="AdamW learning rate.")]
+LrOpt = Annotated[float, typer.Option(help="AdamW learning rate (--optimizer adamw).")]
+OptimizerOpt = Annotated[str, typer.Option(help="lbfgs: full-batch L-BFGS on the loss plus an L2 penalty (with a linear head, a logistic-regression probe); "
+                                                "adamw: shuffled mini-batches with dropout and decoupled weight decay; auto: lbfgs for a linear head (--hidden 0), adamw otherwise.")]
+WeightDecayOpt = Annotated[float, typer.Option(help="lbfgs: L2 penalty weight_decay/2·‖W‖² on the head's weight matrices; adamw: decoupled weight decay.")]
 HiddenOpt = Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")]
 MixingOpt = Annotated[str, typer.Option(help="How the head combines encoder layers: concat (all layers side by side) or softmax (learned weighted sum).")]
 SpeakerNormOpt = Annotated[
@@ -70,12 +75,18 @@ def train(
     epochs: EpochsOpt = TrainConfig.max_epochs,
     patience: PatienceOpt = TrainConfig.patience,
     lr: LrOpt = TrainConfig.lr,
+    optimizer: OptimizerOpt = TrainConfig.optimizer,
+    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
     skip_bad: SkipBadOpt = False,
     warn_only: WarnOnlyOpt = False,
     hf_compatible: Annotated[bool, typer.Option(help="A linear head on mean features (with --hidden 0) that `ser export --format hf` copies exactly into a stock transformers class.")] = False,
+    finetune: Annotated[Optional[str], typer.Option("--finetune", help="Fine-tune mode: train the top N transformer layers of the encoder with the head (top-N, e.g. top-2); "
+                                                    "the bundle then carries the encoder. Runs under `torchrun --nproc-per-node K --no-python ser train ...` too.", show_default=False)] = None,
+    encoder_lr: Annotated[Optional[float], typer.Option("--encoder-lr", help="Learning rate of the fine-tuned encoder layers (default: --lr / 10).", show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per optimisation step (under torchrun: in all processes together, each taking batch-size / K).")] = TrainConfig.batch_size,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or failed run from RUN/config.json and its newest checkpoint (give nothing else): "
@@ -86,8 +97,10 @@ def train(
     """Train an emotion classifier on a frozen pretrained encoder.
 
     Features of every layer are computed once and cached (label-free) in the feature
-    store; the head learns layer weights and an MLP, class-weighted, early-stopped on the
-    validation speakers' UAR. Splits are speaker-disjoint and checked for leakage.
+    store; the head (by default a linear classifier over every layer's standardised
+    statistics, fitted by L-BFGS with an L2 penalty: a logistic-regression probe; --hidden N
+    for an MLP trained by AdamW) is class-weighted and early-stopped on the validation
+    speakers' UAR. Splits are speaker-disjoint and checked for leakage.
     The run folder's status.json, metrics.jsonl and checkpoints/ let `ser monitor RUN`
     follow it and `ser train --resume RUN` continue it after a kill.
 
@@ -114,7 +127,14 @@ def train(
         raise fail("give --split or --test-speakers/--val-speakers, not both")
     if hf_compatible and hidden:
         raise fail(f"--hf-compatible needs a linear head: add --hidden 0 (got --hidden {hidden})")
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, hf_compatible=hf_compatible, stop_on_alarm=not warn_only)
+    if encoder_lr is not None and not finetune:
+        raise fail("--encoder-lr sets the learning rate of fine-tuned encoder layers: add --finetune top-N, or drop --encoder-lr")
+    try:
+        top = parse_finetune(finetune) if finetune else 0
+        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm,
+                             hf_compatible=hf_compatible, stop_on_alarm=not warn_only, batch_size=batch_size, finetune=top, encoder_lr=encoder_lr)
+    except ValueError as error:
+        raise fail(error) from None
     try:
         results = run_training(
             data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
@@ -126,7 +146,8 @@ def train(
         )
     except USER_ERRORS + (ImportError,) as error:
         raise fail(error) from None
-    _print_results(out, results, as_json)
+    if current_world().is_main:  # under torchrun, rank 0 reports for all
+        _print_results(out, results, as_json)
 
 
 def _print_results(out: Path, results: dict, as_json: bool) -> None:
@@ -199,6 +220,8 @@ def cv(
     epochs: EpochsOpt = TrainConfig.max_epochs,
     patience: PatienceOpt = TrainConfig.patience,
     lr: LrOpt = TrainConfig.lr,
+    optimizer: OptimizerOpt = TrainConfig.optimizer,
+    weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
@@ -216,8 +239,8 @@ def cv(
     """
     from speech_emotion.training.cv import cross_validate
 
-    config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
     try:
+        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
         summary = cross_validate(data, encoder=encoder, folds=folds, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
                                  config=config, skip_bad=skip_bad, force=force, progress=progress_bar)
     except USER_ERRORS as error:

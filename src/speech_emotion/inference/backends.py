@@ -115,7 +115,15 @@ class TorchBackend:
             torch.set_num_threads(threads)
         bundle = load_bundle(model)
         recorded = bundle.meta["encoder"]
-        candidates = [encoder] if encoder else [c for c in (recorded.get("path"), recorded["reference"]) if c]
+        if encoder:
+            candidates = [encoder]
+        elif recorded.get("bundled"):  # a fine-tuned encoder travels inside the bundle (training/finetune.py)
+            inside = Path(str(recorded["bundled"]))
+            if inside.is_absolute() or ".." in inside.parts:
+                raise BundleError(f"{bundle.path / META}: encoder.bundled must be a folder inside the bundle, got {recorded['bundled']!r}")
+            candidates = [str(bundle.path / inside)]
+        else:
+            candidates = [c for c in (recorded.get("path"), recorded["reference"]) if c]
         errors = []
         for candidate in candidates:
             try:

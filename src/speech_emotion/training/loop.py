@@ -1,5 +1,13 @@
 """Fit an :class:`EmotionHead` on pooled features: class-weighted, early-stopped on validation UAR.
 
+Two optimizers: ``"lbfgs"`` takes full-batch L-BFGS steps on the class-weighted cross-entropy
+plus an L2 penalty ``weight_decay / 2 * ||W||²`` on the weight matrices, which for the default
+linear head is a multinomial logistic-regression probe; ``"adamw"`` takes shuffled mini-batch
+steps with decoupled weight decay and dropout. The default, ``"auto"``, picks L-BFGS for a
+linear head (a convex problem, CV-chosen: docs/accuracy.md) and AdamW for an MLP head or
+fine-tuning. Either way an "epoch" is one
+validation point for early stopping (for L-BFGS: up to ``LBFGS_ITERATIONS`` iterations).
+
 Example:
     >>> import numpy as np
     >>> rng = np.random.default_rng(0)
@@ -27,16 +35,24 @@ from speech_emotion.training.sanity import Alarm, check_encoded_labels, check_ep
 
 log = logging.getLogger(__name__)
 
+OPTIMIZERS = ("lbfgs", "adamw")
+LBFGS_ITERATIONS = 20  # per epoch; each epoch starts a fresh L-BFGS memory, so checkpoints need no optimizer state
+
+
+ENCODER_LR_FACTOR = 0.1
+"""Default learning rate of fine-tuned encoder layers, as a fraction of the head's ``lr``."""
+
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of head training (recorded in every run's config)."""
 
     hidden: int = 0  # default recipe: a linear classifier over all layers side by side (CV-chosen, docs/accuracy.md)
-    dropout: float = 0.2
-    lr: float = 1e-3
-    weight_decay: float = 1.0
-    batch_size: int = 64
+    dropout: float = 0.2  # adamw only: L-BFGS needs the same function at every evaluation
+    lr: float = 1e-3  # adamw only: L-BFGS steps by line search
+    weight_decay: float = 1.0  # lbfgs: L2 penalty weight_decay/2·||W||²; adamw: decoupled decay
+    batch_size: int = 64  # adamw only: L-BFGS steps on the whole training set
+    optimizer: str = "auto"  # "lbfgs", "adamw", or "auto": lbfgs for a linear head, adamw otherwise
     max_epochs: int = 100
     patience: int = 15
     seed: int = 0
@@ -44,10 +60,26 @@ class TrainConfig:
     mixing: str = "concat"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
     hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0; implies mixing="softmax")
     stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
+    finetune: int = 0  # > 0: the top N transformer layers of the encoder train with the head (training/finetune.py)
+    encoder_lr: float | None = None  # learning rate of the unfrozen layers; None with finetune: lr * ENCODER_LR_FACTOR
 
     def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS + ("auto",):
+            raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)} or auto, got {self.optimizer!r}")
         if self.hf_compatible and self.hidden:
             raise ValueError(f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}")
+        if self.finetune < 0:
+            raise ValueError(f"finetune: expected the number of top encoder layers to train (0: none), got {self.finetune}")
+        if self.finetune and self.speaker_norm:
+            raise ValueError("finetune with speaker_norm: per-speaker standardisation needs fixed features; drop --speaker-norm to fine-tune")
+        if self.finetune and self.optimizer == "lbfgs":
+            raise ValueError("finetune needs mini-batch steps (optimizer adamw): the encoder cannot run on the whole training set at once")
+        if self.optimizer == "auto":
+            object.__setattr__(self, "optimizer", "lbfgs" if not self.hidden and not self.finetune else "adamw")
+        if self.finetune and self.encoder_lr is None:
+            object.__setattr__(self, "encoder_lr", self.lr * ENCODER_LR_FACTOR)
+        if self.encoder_lr is not None and not self.encoder_lr > 0:
+            raise ValueError(f"encoder_lr: expected a positive learning rate, got {self.encoder_lr}")
         if self.hf_compatible:
             object.__setattr__(self, "mixing", "softmax")  # a stock transformers head sums layers with weights
 
@@ -128,6 +160,9 @@ def fit_head(
         SanityError: a check of severity ``error`` fired (see :mod:`speech_emotion.training.sanity`).
     """
     classes = classes or [str(i) for i in range(n_classes)]
+    if config.finetune:
+        raise ValueError(f"fit_head trains a head on fixed features, but config.finetune={config.finetune}: fine-tuning the encoder "
+                         "needs its clips, not features (speech_emotion.training.finetune.fit_finetune, or `ser train --finetune`)")
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout, hf_compatible=config.hf_compatible, mixing=config.mixing))
@@ -142,13 +177,14 @@ def fit_head(
     head.fit_scaler(X)
     weights = class_weights(np.asarray(y_train), n_classes)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw" else None
     Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
 
     history, best_state, best_uar, best_epoch, stale, stopped, first = [], None, -1.0, 0, 0, False, 1
     if resume is not None:
         head.load_state_dict(resume.model)
-        optimizer.load_state_dict({"state": resume.optimizer["state"], "param_groups": optimizer.state_dict()["param_groups"]})
+        if optimizer is not None:
+            optimizer.load_state_dict({"state": resume.optimizer["state"], "param_groups": optimizer.state_dict()["param_groups"]})
         history, best_uar, best_epoch, stale, stopped = list(resume.history), resume.best_score, resume.best_epoch, resume.stale, resume.stopped
         best_state = resume.best_model
         alarms = [Alarm(**a) for a in resume.alarms]  # the checks above ran again and gave the same
@@ -158,17 +194,12 @@ def fit_head(
     for epoch in range(first, config.max_epochs + 1):
         if stopped:
             break
-        head.train()
-        order = torch.randperm(len(X), generator=generator)
-        total = 0.0
-        for start in range(0, len(X), config.batch_size):
-            batch = order[start : start + config.batch_size]
-            optimizer.zero_grad()
-            loss = loss_fn(head(X[batch]), y[batch])
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(batch)
-        record = {"epoch": epoch, "train_loss": total / len(X)}
+        if optimizer is None:
+            train_loss = _lbfgs_epoch(head, X, y, loss_fn, config.weight_decay)
+            converged = bool(history) and abs(history[-1]["train_loss"] - train_loss) <= 1e-7 * max(1.0, train_loss)
+        else:
+            train_loss, converged = _adamw_epoch(head, X, y, loss_fn, optimizer, generator, config.batch_size), False
+        record = {"epoch": epoch, "train_loss": train_loss}
         if Xv is not None:
             head.eval()
             with torch.no_grad():
@@ -193,10 +224,11 @@ def fit_head(
         else:
             stale += 1
             stopped = Xv is not None and stale >= config.patience
+        stopped = stopped or converged
         if on_checkpoint:
             on_checkpoint(TrainingState(
                 epoch=epoch, history=history, best_score=best_uar, best_epoch=best_epoch, stale=stale, stopped=stopped,
-                alarms=[a.to_dict() for a in alarms], model=head.state_dict(), best_model=best_state, optimizer=optimizer.state_dict(),
+                alarms=[a.to_dict() for a in alarms], model=head.state_dict(), best_model=best_state, optimizer=optimizer.state_dict() if optimizer else {"state": {}, "param_groups": []},
                 torch_rng=torch.get_rng_state(), generator_rng=generator.get_state(),
             ))
     head.load_state_dict(best_state)
@@ -207,6 +239,39 @@ def fit_head(
             log.warning(alarm.message)
         alarms += final
     return FitResult(head, history, best_epoch, weights.tolist(), alarms)
+
+
+def _adamw_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                 generator: torch.Generator, batch_size: int) -> float:
+    """One shuffled pass of mini-batch steps; returns the mean training loss."""
+    head.train()
+    order = torch.randperm(len(X), generator=generator)
+    total = 0.0
+    for start in range(0, len(X), batch_size):
+        batch = order[start : start + batch_size]
+        optimizer.zero_grad()
+        loss = loss_fn(head(X[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        total += loss.item() * len(batch)
+    return total / len(X)
+
+
+def _lbfgs_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, l2: float) -> float:
+    """Up to ``LBFGS_ITERATIONS`` full-batch L-BFGS iterations; returns the training loss after them."""
+    head.eval()  # no dropout: the line search compares values of one deterministic function
+    matrices = [p for p in head.parameters() if p.ndim > 1]  # biases and layer logits are not penalised
+    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=LBFGS_ITERATIONS, history_size=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        optimizer.zero_grad()
+        loss = loss_fn(head(X), y) + 0.5 * l2 * sum(m.pow(2).sum() for m in matrices)
+        loss.backward()
+        return loss
+
+    optimizer.step(objective)
+    with torch.no_grad():
+        return float(loss_fn(head(X), y))
 
 
 def predict_logits(head: EmotionHead, X: np.ndarray) -> np.ndarray:

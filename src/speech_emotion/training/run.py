@@ -266,14 +266,33 @@ def train(
         TrackingError, ImportError (a tracking URI without MLflow installed).
     """
     from speech_emotion.tracking import tracking_uri as resolve_uri
+    from speech_emotion.training.distributed import barrier, current_world, process_group
 
     out = Path(out)
-    prepare_run_folder(out, force)
+    world = current_world()
+    if world.size > 1 and not config.finetune:
+        raise ValueError(f"WORLD_SIZE={world.size}: several processes (torchrun) train only in fine-tune mode; the frozen head trains "
+                         "in seconds in one process: run `ser train` without torchrun, or add --finetune top-N")
     resolved = run_config(data, encoder=encoder, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern, test_speakers=test_speakers,
                           val_speakers=val_speakers, split_file=split_file, allow_speaker_overlap=allow_speaker_overlap, config=config,
-                          skip_bad=skip_bad, tracking_uri=resolve_uri(tracking_uri))
-    write_json(out / "config.json", resolved)
-    return _execute(out, resolved, resumed=0, store=store, progress=progress, on_epoch=on_epoch)
+                          skip_bad=skip_bad, tracking_uri=resolve_uri(tracking_uri) if world.is_main else None)
+    if out.exists() and any(out.iterdir()) and not force:
+        prepare_run_folder(out, force)  # raises, on every rank alike: none has written anything yet
+    preloaded = None
+    if config.finetune:  # refuse an encoder that cannot be fine-tuned before the run folder exists
+        from speech_emotion.training.finetune import load_finetune_encoder
+
+        preloaded = load_finetune_encoder(resolved, config.finetune, world)
+    with process_group(world):
+        barrier(world)  # every rank has checked --out before rank 0 writes into it
+        if world.is_main:
+            prepare_run_folder(out, force)
+            write_json(out / "config.json", resolved)
+        else:
+            progress = no_progress  # one set of progress bars: rank 0's
+        results = _execute(out, resolved, resumed=0, store=store, progress=progress, on_epoch=on_epoch, world=world, preloaded=preloaded)
+        barrier(world)  # every rank returns once rank 0 has written the run folder
+        return results
 
 
 def resume(
@@ -316,6 +335,9 @@ def resume(
         raise ValueError(f"{run / 'config.json'}: not valid JSON ({error}); start the run again") from None
     if "train" not in resolved or "encoder" not in resolved:
         raise ValueError(f"{run / 'config.json'}: no 'train' and 'encoder' settings; only runs made by `ser train` can be resumed")
+    if resolved["train"].get("finetune"):
+        raise ValueError(f"{run}: a fine-tune run (--finetune top-{resolved['train']['finetune']}) keeps no checkpoints and cannot be resumed; "
+                         f"start it again with the same `ser train ... --finetune top-{resolved['train']['finetune']}` and --force")
     status = read_status(run) or {}
     if status.get("stage") == "finished":
         raise FileExistsError(f"{run} finished already ({run / 'results.json'}); nothing to resume. Train a new run with another --out")
@@ -379,17 +401,34 @@ def _checkpoint_meta(config: TrainConfig, dataset: Dataset, encoder, split: Spli
     }))
 
 
-def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progress, on_epoch: Callable[[dict], None] | None) -> dict:
+class _SilentStatus(RunStatus):
+    """The status of a rank other than 0: kept in memory, never written (rank 0 alone writes)."""
+
+    def write(self) -> None:
+        pass
+
+
+def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progress, on_epoch: Callable[[dict], None] | None,
+             world=None, preloaded=None) -> dict:
     """Run (or resume) the run described by ``resolved`` in ``out``; keeps ``status.json`` current."""
-    status = RunStatus(out, resumed=resumed)
+    from speech_emotion.training.distributed import World
+
+    world = world or World()
+    status = RunStatus(out, resumed=resumed) if world.is_main else _SilentStatus(out, resumed=resumed)
     tracker = None
     try:
-        if resolved.get("tracking_uri"):
+        if resolved.get("tracking_uri") and world.is_main:
             from speech_emotion.tracking import MlflowTracker
 
             tracker = MlflowTracker(resolved["tracking_uri"], out)
             tracker.start(resolved)
-        results = _run(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch)
+        if resolved["train"].get("finetune"):
+            from speech_emotion.training.finetune import run_finetune
+
+            results = run_finetune(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch, world=world,
+                                   encoder=preloaded)
+        else:
+            results = _run(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch)
         if tracker is not None:
             tracker.finish(results)
     except BaseException as error:
@@ -401,29 +440,57 @@ def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progre
     return results
 
 
+def prepare_data(out: Path, resolved: dict, status: RunStatus, progress: Progress, *, write: bool = True) -> tuple[Dataset, Split]:
+    """Decode and label the corpus, split it, check for leakage; write labels/skipped/split reports when ``write``."""
+    labels = resolved.get("labels_file") or resolved.get("labels")
+    corpus, speaker_pattern, skip_bad = resolved.get("corpus"), resolved.get("speaker_pattern"), bool(resolved.get("skip_bad"))
+    status.stage("decoding")
+    with progress("decoding audio", None) as advance:
+        dataset = load_dataset(resolved["data"], corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
+    if write:
+        write_json(out / "labels.json", dataset.label_report)
+        if dataset.problems:
+            write_json(out / "skipped.json", [p.to_dict() for p in dataset.problems])
+    split = make_split(dataset, test_speakers=resolved.get("test_speakers"), val_speakers=resolved.get("val_speakers"),
+                       split_file=resolved.get("split_file"), seed=int(resolved["train"].get("seed", 0)))
+    leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=bool(resolved.get("allow_speaker_overlap")))
+    split_report = split.to_dict(dataset.paths) | {"leakage": leakage}
+    for name, rows in split.parts.items():
+        split_report["parts"][name]["counts"] = dict(zip(dataset.schema.classes, np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes).tolist()))
+    if write:
+        write_json(out / "split.json", split_report)
+    return dataset, split
+
+
+def bundle_meta(dataset: Dataset, split: Split, config: TrainConfig, results: dict, *, encoder: dict, preprocessing: dict) -> dict:
+    """``model.json`` of a run's bundle (format tag, version and head config are added by ``save_bundle``)."""
+    return {
+        "classes": results["classes"],
+        "schema": dataset.schema.to_dict(),
+        "encoder": encoder,
+        "preprocessing": preprocessing,
+        "train": config.to_dict(),
+        "speaker_norm": config.speaker_norm,
+        "calibration": results["calibration"],
+        "metrics": {name: {k: results[name][k] for k in ("accuracy", "uar", "macro_f1", "n")} for name in ("val", "test") if name in results},
+        "data": {
+            "fingerprint": data_fingerprint(dataset),
+            "corpus": sorted({u.corpus for u in dataset.manifest}),
+            "protocol": split.protocol,
+            "speakers": {name: split.speakers[name] for name in ("train", "val")},
+            "audio_hashes": {name: sorted({dataset.hashes[i] for i in split.parts[name]}) for name in ("train", "val")},
+        },
+    }
+
+
 def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progress: Progress, on_epoch: Callable[[dict], None] | None) -> dict:
     from speech_emotion.features.encoders import load_encoder
 
     started = time.perf_counter()
     config = TrainConfig(**resolved["train"])
     encoder = resolved["encoder"]
-    labels = resolved.get("labels_file") or resolved.get("labels")
-    corpus, speaker_pattern, skip_bad = resolved.get("corpus"), resolved.get("speaker_pattern"), bool(resolved.get("skip_bad"))
     tracked = _with_status(progress, status, _pause_at())
-
-    status.stage("decoding")
-    with tracked("decoding audio", None) as advance:
-        dataset = load_dataset(resolved["data"], corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
-    write_json(out / "labels.json", dataset.label_report)
-    if dataset.problems:
-        write_json(out / "skipped.json", [p.to_dict() for p in dataset.problems])
-    split = make_split(dataset, test_speakers=resolved.get("test_speakers"), val_speakers=resolved.get("val_speakers"),
-                       split_file=resolved.get("split_file"), seed=config.seed)
-    leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=bool(resolved.get("allow_speaker_overlap")))
-    split_report = split.to_dict(dataset.paths) | {"leakage": leakage}
-    for name, rows in split.parts.items():
-        split_report["parts"][name]["counts"] = dict(zip(dataset.schema.classes, np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes).tolist()))
-    write_json(out / "split.json", split_report)
+    dataset, split = prepare_data(out, resolved, status, tracked)
 
     status.stage("encoding", total=len(dataset))
     encoder_path = resolved.get("encoder_path")
@@ -479,30 +546,9 @@ def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progre
                                      on_epoch=lambda r: (record_epoch(r), advance(1)), resume=state, on_checkpoint=checkpoint)
     classes = results["classes"]
 
-    meta = {
-        "classes": classes,
-        "schema": dataset.schema.to_dict(),
-        "encoder": {
-            "reference": encoder,
-            "path": encoder_path,
-            "family": loaded.family,
-            "fingerprint": loaded.fingerprint,
-            "n_layers": loaded.n_layers,
-            "dim": loaded.dim,
-        },
-        "preprocessing": loaded.preprocessing,
-        "train": config.to_dict(),
-        "speaker_norm": config.speaker_norm,
-        "calibration": results["calibration"],
-        "metrics": {name: {k: results[name][k] for k in ("accuracy", "uar", "macro_f1", "n")} for name in ("val", "test") if name in results},
-        "data": {
-            "fingerprint": data_fingerprint(dataset),
-            "corpus": sorted({u.corpus for u in dataset.manifest}),
-            "protocol": split.protocol,
-            "speakers": {name: split.speakers[name] for name in ("train", "val")},
-            "audio_hashes": {name: sorted({dataset.hashes[i] for i in split.parts[name]}) for name in ("train", "val")},
-        },
-    }
+    encoder_meta = {"reference": encoder, "path": encoder_path, "family": loaded.family, "fingerprint": loaded.fingerprint,
+                    "n_layers": loaded.n_layers, "dim": loaded.dim}
+    meta = bundle_meta(dataset, split, config, results, encoder=encoder_meta, preprocessing=loaded.preprocessing)
     save_bundle(out / "model", fit.head, meta)
     write_predictions(out / "predictions.csv", dataset, split, predict_logits(fit.head, X), classes)
     results["timing"] = {"encode_s": round(encoded - started, 2), "total_s": round(time.perf_counter() - started, 2)}

@@ -1,0 +1,528 @@
+"""Fine-tune mode: the top N transformer layers of the encoder learn together with the head.
+
+``ser train DATA --encoder ENC --finetune top-N`` trains the same :class:`EmotionHead` as the
+frozen path (per-layer mean + std of every hidden state, standardised, mixed, classified) with
+the same rules: class-weighted loss, early stopping on validation UAR, sanity alarms, fixed
+seeds, a self-describing run folder. What changes:
+
+- **Features are computed on the fly** for every training batch, differentiably
+  (:meth:`~speech_emotion.features.encoders.Encoder.pooled_features`: same windows, masked
+  batches and pooling as the inference path). The feature store only serves the *pretrained*
+  encoder's features of the training clips, which fix the head's standardisation once.
+- **Lower layers stay frozen** (``requires_grad`` False: they build no autograd graph). The
+  unfrozen layers (and Whisper's final layer norm) get their own AdamW group: learning rate
+  ``encoder_lr`` (default ``lr * 0.1``) and no weight decay, which would pull pretrained
+  weights towards zero; the head keeps ``lr`` and ``weight_decay``.
+- **The encoder runs in eval mode**: no dropout, LayerDrop or SpecAugment inside it, so a
+  step is deterministic and every parameter is used in every step (as DDP requires); the head
+  keeps its dropout. With ``mixing="concat"`` the unused layer weights are frozen.
+- **Validation** runs each epoch through ``Encoder.features``, the path ``Predictor`` uses.
+- **The bundle carries the encoder**: ``RUN/model/encoder/`` (safetensors + config +
+  feature-extractor config); ``model.json``'s encoder fingerprint is that of the folder, so
+  ``Predictor``, ``ser evaluate``, ``ser predict`` and ``ser export`` use the fine-tuned weights.
+- **No checkpoints**: a fine-tune run cannot be resumed (``ser train --resume`` refuses it).
+
+Under ``torchrun --nproc-per-node K`` (``WORLD_SIZE`` > 1) every process decodes the corpus
+and computes the same speaker-disjoint split; the encoder + head is wrapped in
+``DistributedDataParallel`` (gloo on CPU, nccl on CUDA); a ``DistributedSampler`` (same seed
+and epoch on every rank) deals each rank ``batch_size / K`` clips of every global batch; the
+loss is the class-weighted sum divided by the *global* sum of weights (all-reduced), times K
+to undo DDP's gradient averaging, so K processes take the same steps as one process with
+``batch_size``. Validation and test clips are sharded and their logits all-reduced, so every
+rank sees the same metrics and early-stopping decision (also broadcast from rank 0). Rank 0
+alone writes the run folder.
+
+Example:
+    >>> parse_finetune("top-2")
+    2
+    >>> parse_finetune("2")
+    Traceback (most recent call last):
+    ...
+    ValueError: --finetune: expected top-N with N >= 1 (e.g. top-2), got '2'
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from speech_emotion.atomic import write_json
+from speech_emotion.data.audio import load_audio
+from speech_emotion.model.bundle import save_bundle
+from speech_emotion.model.head import EmotionHead, HeadConfig
+from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
+from speech_emotion.training.distributed import World, all_reduce_sum, broadcast
+from speech_emotion.training.loop import TrainConfig, class_weights
+from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.training.sanity import (
+    Alarm,
+    check_encoded_labels,
+    check_epoch,
+    check_output_size,
+    check_predictions,
+    check_split_classes,
+    raise_errors,
+)
+
+if TYPE_CHECKING:
+    from speech_emotion.features.encoders import Encoder
+
+log = logging.getLogger(__name__)
+
+ENCODER_FOLDER = "encoder"
+"""Folder inside a bundle that holds a fine-tuned encoder (``model.json``: ``encoder.bundled``)."""
+
+_TOP = re.compile(r"^top-(\d+)$")
+
+
+def parse_finetune(value: str) -> int:
+    """``"top-N"`` → N (the number of top transformer layers to train).
+
+    Raises:
+        ValueError: not of the form ``top-N`` with N >= 1.
+    """
+    match = _TOP.match(str(value).strip().lower())
+    if not match or int(match.group(1)) < 1:
+        raise ValueError(f"--finetune: expected top-N with N >= 1 (e.g. top-2), got {value!r}")
+    return int(match.group(1))
+
+
+def unfreeze_top(encoder: "Encoder", n: int) -> list[str]:
+    """Freeze the whole encoder, then let the top ``n`` transformer layers train.
+
+    Args:
+        encoder: a Whisper or wav2vec 2.0-family :class:`~speech_emotion.features.encoders.Encoder`.
+        n: number of top layers, 1..``encoder.n_transformer_layers``.
+
+    Returns:
+        Names (in ``encoder.module``) of the parameters that now require gradients.
+
+    Raises:
+        ValueError: ``n`` out of range, or an encoder without layers (eGeMAPS).
+    """
+    layers = encoder.top_layers(n)  # raises for eGeMAPS and for n out of range
+    module = encoder.module
+    module.requires_grad_(False)
+    for layer in layers:
+        layer.requires_grad_(True)
+    for name, parameter in module.named_parameters():
+        if name.endswith(encoder.no_gradient):
+            parameter.requires_grad_(False)
+    return [name for name, parameter in module.named_parameters() if parameter.requires_grad]
+
+
+def load_finetune_encoder(resolved: dict, n: int, world: World | None = None) -> "Encoder":
+    """Load a run's encoder (``RUN/config.json`` settings) on this rank's device and check that top-``n`` fits it.
+
+    Raises:
+        ValueError: eGeMAPS (nothing to fine-tune), or ``n`` larger than the encoder's layers.
+    """
+    from speech_emotion.features.encoders import load_encoder
+
+    reference = resolved["encoder"]
+    if str(reference).strip().lower() == "egemaps":
+        raise ValueError("--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
+                         "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone")
+    path = resolved.get("encoder_path")
+    encoder = load_encoder(path if path and Path(path).exists() else reference, device=str((world or World()).device))
+    encoder.top_layers(n)  # checks n against the number of layers
+    return encoder
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + head as one module, signals in, logits out (what DistributedDataParallel wraps).
+
+    Args:
+        encoder: the :class:`~speech_emotion.features.encoders.Encoder`; its ``module`` is registered here.
+        head: the :class:`EmotionHead`.
+        batch_seconds: padded audio seconds per encoder forward pass.
+    """
+
+    def __init__(self, encoder: "Encoder", head: EmotionHead, *, batch_seconds: float | None = None):
+        super().__init__()
+        self.encoder_module = encoder.module
+        self.head = head
+        self._encoder = encoder  # not a Module: a plain attribute
+        self._batch_seconds = batch_seconds
+
+    def forward(self, signals: Sequence[np.ndarray]) -> torch.Tensor:
+        """Logits of shape ``(len(signals), n_classes)``."""
+        return self.head(self._encoder.pooled_features(signals, batch_seconds=self._batch_seconds))
+
+
+@dataclass
+class FinetuneResult:
+    """The head and encoder of the best validation epoch, with the history of the run.
+
+    Attributes:
+        head: the trained head (eval mode, on the encoder's device).
+        encoder: the fine-tuned encoder (every parameter frozen again, eval mode). Its
+            ``fingerprint`` is still the pretrained one's until the encoder is saved and
+            loaded again: do not pass it to a feature store.
+        history: one metrics dict per epoch.
+        best_epoch: epoch whose weights were kept.
+        class_weights: loss weight per class.
+        alarms: sanity alarms raised on the way.
+        trainable: names of the encoder parameters that were trained.
+        val_logits: logits of the validation clips with the kept weights, shape (n_val, K).
+    """
+
+    head: EmotionHead
+    encoder: "Encoder"
+    history: list[dict]
+    best_epoch: int
+    class_weights: list[float]
+    alarms: list[Alarm] = field(default_factory=list)
+    trainable: list[str] = field(default_factory=list)
+    val_logits: np.ndarray | None = None
+
+
+def sharded_features(encoder: "Encoder", signals: Sequence[np.ndarray], world: World, *, hashes: Sequence[str] | None = None, store=None,
+                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """Pooled features ``(n, n_layers, dim)`` of ``signals``, each rank encoding every K-th clip.
+
+    The ranks' rows are summed into one array (every other entry is 0, so the sum is exact):
+    every rank gets the same result. With ``store`` and ``hashes`` the features go through
+    the feature store (only for an encoder whose fingerprint matches its weights).
+    """
+    from speech_emotion.features.store import extract_features
+
+    rows = list(range(world.rank, len(signals), world.size))
+    features = torch.zeros((len(signals), encoder.n_layers, encoder.dim), dtype=torch.float32)
+    if rows:
+        mine = [signals[i] for i in rows]
+        if store is not None and hashes is not None:
+            computed = extract_features(encoder, mine, [hashes[i] for i in rows], store, progress=progress)
+        else:
+            computed = np.stack(encoder.features(mine, progress=progress))
+        features[rows] = torch.from_numpy(np.ascontiguousarray(computed, dtype=np.float32))
+    return all_reduce_sum(features, world).numpy()
+
+
+def head_logits(head: EmotionHead, features: np.ndarray) -> np.ndarray:
+    """Logits ``(n, K)`` of ``head`` (eval mode) for pooled features, on the head's device."""
+    device = head.feature_mean.device
+    head.eval()
+    with torch.no_grad():
+        return head(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)).cpu().numpy()
+
+
+def sharded_logits(encoder: "Encoder", head: EmotionHead, signals: Sequence[np.ndarray], world: World) -> np.ndarray:
+    """Logits ``(n, K)`` through the inference path (``Encoder.features``), clips sharded over ranks."""
+    if not len(signals):
+        return np.zeros((0, head.n_outputs), dtype=np.float32)
+    return head_logits(head, sharded_features(encoder, signals, world))
+
+
+def fit_finetune(
+    encoder: "Encoder",
+    train_signals: Sequence[np.ndarray],
+    y_train: np.ndarray,
+    val_signals: Sequence[np.ndarray],
+    y_val: np.ndarray,
+    *,
+    n_classes: int,
+    config: TrainConfig,
+    classes: list[str] | None = None,
+    scaler_features: np.ndarray | None = None,
+    world: World | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+) -> FinetuneResult:
+    """Train a head and the top ``config.finetune`` layers of ``encoder``; keep the best validation UAR.
+
+    Call it on every rank of a torchrun job with the same arguments (the same clips in the
+    same order): each rank takes its share of every batch.
+
+    Args:
+        encoder: a Whisper or wav2vec 2.0-family encoder (loaded on ``world.device``); its
+            weights are changed in place.
+        train_signals, y_train: training clips (1-D float32 at 16 kHz) and class indices.
+        val_signals, y_val: validation clips (speakers disjoint from training) and indices.
+        n_classes: K, from the schema.
+        config: hyper-parameters; ``finetune`` (N >= 1), ``encoder_lr``, ``batch_size`` (the
+            global batch: each of K processes takes ``batch_size / K``).
+        classes: class names for messages.
+        scaler_features: the pretrained encoder's pooled features of the training clips, which
+            set the head's standardisation (computed here when None).
+        world: this process's place in the job (default: a single process).
+        on_epoch: called with each epoch's metrics dict (the same on every rank).
+
+    Returns:
+        A :class:`FinetuneResult`.
+
+    Raises:
+        ValueError: ``finetune`` out of range for the encoder, ``batch_size`` not a multiple
+            of the number of processes, an empty training or validation part.
+        SanityError: a check of severity ``error`` fired.
+    """
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DistributedSampler
+
+    world = world or World()
+    classes = classes or [str(i) for i in range(n_classes)]
+    if config.finetune < 1:
+        raise ValueError(f"fit_finetune needs config.finetune >= 1 (top layers to train), got {config.finetune}")
+    if config.batch_size < world.size or config.batch_size % world.size:
+        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the number of processes ({world.size}): each takes "
+                         f"batch_size / {world.size} clips of every batch; pass --batch-size {max(1, config.batch_size // world.size) * world.size}")
+    if not len(train_signals) or not len(val_signals):
+        raise ValueError(f"fine-tuning needs training and validation clips, got {len(train_signals)} and {len(val_signals)}")
+    y_train, y_val = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
+    device = encoder.device
+
+    torch.manual_seed(config.seed)
+    head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=n_classes, hidden=config.hidden, dropout=config.dropout,
+                                  hf_compatible=config.hf_compatible, mixing=config.mixing))
+    parts = {"train": y_train, "val": y_val}
+    alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
+    for part, y in parts.items():
+        alarms += check_encoded_labels(y, n_classes, part)
+    raise_errors(alarms)
+    if world.size > 1:  # same initial head everywhere (above); from here on each rank draws its own dropout masks
+        torch.manual_seed(config.seed + 7919 * (world.rank + 1))
+
+    trainable = unfreeze_top(encoder, config.finetune)
+    if scaler_features is None:
+        scaler_features = sharded_features(encoder, train_signals, world)
+    head.fit_scaler(torch.from_numpy(np.ascontiguousarray(scaler_features, dtype=np.float32)))
+    if config.mixing == "concat":
+        head.layer_logits.requires_grad_(False)  # unused: every layer goes to the classifier side by side
+    head.to(device)
+    model = FinetuneModel(encoder, head)
+    network: nn.Module = model
+    if world.size > 1:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    encoder_parameters = [p for p in encoder.module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([
+        {"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr, "weight_decay": config.weight_decay},
+        {"params": encoder_parameters, "lr": config.encoder_lr, "weight_decay": 0.0},
+    ])
+    weights = class_weights(y_train, n_classes)
+    weight_of = torch.tensor(weights, dtype=torch.float32, device=device)
+    targets = torch.from_numpy(y_train).to(device)
+    sampler = DistributedSampler(range(len(train_signals)), num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed)
+    local_batch = config.batch_size // world.size
+    if world.is_main:
+        log.info("fine-tuning the top %d layer(s) of %s: %d encoder tensors (%d values) at lr %g, head at lr %g; %d process(es), %d clips each per step",
+                 config.finetune, encoder.reference, len(encoder_parameters), sum(p.numel() for p in encoder_parameters), config.encoder_lr,
+                 config.lr, world.size, local_batch)
+
+    history: list[dict] = []
+    best_uar, best_epoch, stale = -1.0, 0, 0
+    best_state: dict | None = None
+    for epoch in range(1, config.max_epochs + 1):
+        started = time.perf_counter()
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        head.train()
+        total, seen = 0.0, 0.0
+        for start in range(0, len(order), local_batch):
+            rows = order[start : start + local_batch]
+            logits = network([train_signals[i] for i in rows])
+            target = targets[rows]
+            weight = weight_of[target]
+            weighted = (weight * nn.functional.cross_entropy(logits, target, reduction="none")).sum()
+            # Global normalisation: this batch's weight sum over all ranks; DDP then averages gradients over K.
+            sums = all_reduce_sum(torch.tensor([float(weight.sum()), float(weighted.detach()), float(len(rows))], dtype=torch.float64), world)
+            loss = weighted * (world.size / float(sums[0]))
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += float(sums[1] / sums[0]) * float(sums[2])
+            seen += float(sums[2])
+        record = {"epoch": epoch, "train_loss": total / seen}
+        val_logits = sharded_logits(encoder, head, val_signals, world)
+        metrics = classification_metrics(y_val, val_logits.argmax(axis=1), classes)
+        val_loss = nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val), weight=torch.tensor(weights, dtype=torch.float32))
+        record |= {"val_loss": float(val_loss), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
+        epoch_alarms = check_epoch(epoch, record["train_loss"], record["val_accuracy"])
+        record["alarms"] = [a.check for a in epoch_alarms]
+        record["seconds"] = round(time.perf_counter() - started, 2)
+        history.append(record)
+        alarms += epoch_alarms
+        for alarm in epoch_alarms:
+            log.warning("epoch %d: %s", epoch, alarm.message)
+        if on_epoch:
+            on_epoch(record)
+        if config.stop_on_alarm:
+            raise_errors(epoch_alarms)
+        improved = record["val_uar"] > best_uar
+        stop = not improved and stale + 1 >= config.patience
+        improved, stop = (bool(v) for v in broadcast(torch.tensor([improved, stop], dtype=torch.int64), world).tolist())  # rank 0 decides
+        if improved:
+            best_uar, best_epoch, stale = record["val_uar"], epoch, 0
+            best_state = {
+                "head": copy.deepcopy(head.state_dict()),
+                "encoder": {name: p.detach().clone() for name, p in encoder.module.named_parameters() if p.requires_grad},
+            }
+        else:
+            stale += 1
+        if stop:
+            break
+
+    head.load_state_dict(best_state["head"])
+    parameters = dict(encoder.module.named_parameters())
+    with torch.no_grad():
+        for name, value in best_state["encoder"].items():
+            parameters[name].copy_(value)
+    encoder.module.requires_grad_(False)
+    encoder.module.eval()
+    head.requires_grad_(False)
+    head.eval()
+    val_logits = sharded_logits(encoder, head, val_signals, world)
+    final = check_predictions(val_logits.argmax(axis=1), classes, "validation", best_epoch)
+    for alarm in final:
+        log.warning(alarm.message)
+    alarms += final
+    return FinetuneResult(head, encoder, history, best_epoch, weights.tolist(), alarms, trainable, val_logits)
+
+
+def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encoder", meta: dict) -> dict:
+    """Write a bundle whose encoder lives inside it: ``folder/encoder/`` plus head and ``model.json``.
+
+    The encoder is written first (into a temporary folder, then renamed), loaded back, and
+    its fingerprint recorded, so the fingerprint that ``Predictor`` checks is that of the
+    fine-tuned weights as saved. ``meta["encoder"]`` gets ``bundled``, ``path`` (None),
+    ``fingerprint`` and the pretrained ``base_fingerprint``.
+
+    Returns:
+        The ``model.json`` written.
+    """
+    from speech_emotion.features.encoders import load_encoder
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / ENCODER_FOLDER
+    staging = Path(tempfile.mkdtemp(prefix=f".{ENCODER_FOLDER}.", dir=folder))
+    try:
+        encoder.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    saved = load_encoder(str(target))
+    meta = copy.deepcopy(meta)
+    meta["encoder"] = meta["encoder"] | {"bundled": ENCODER_FOLDER, "path": None, "base_fingerprint": meta["encoder"].get("fingerprint"),
+                                         "fingerprint": saved.fingerprint}
+    meta["preprocessing"] = saved.preprocessing
+    save_bundle(folder, head.to("cpu"), meta)
+    return meta
+
+
+def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress, on_epoch: Callable[[dict], None] | None, world: World,
+                 encoder: "Encoder | None" = None) -> dict:
+    """The fine-tune branch of ``train``: decode, split, fine-tune, score, write the run folder (rank 0).
+
+    Every rank runs it; only rank 0 writes. Returns the contents of ``results.json``.
+    """
+    from speech_emotion.features.store import FeatureStore
+    from speech_emotion.reports import build_report
+    from speech_emotion.training.run import bundle_meta, prepare_data, write_predictions, _with_status, _pause_at
+    from speech_emotion.atomic import append_line
+
+    started = time.perf_counter()
+    config = TrainConfig(**resolved["train"])
+    if encoder is None:
+        encoder = load_finetune_encoder(resolved, config.finetune, world)
+    base = {"reference": resolved["encoder"], "path": resolved.get("encoder_path"), "family": encoder.family,
+            "fingerprint": encoder.fingerprint, "n_layers": encoder.n_layers, "dim": encoder.dim}
+    tracked = _with_status(progress, status, _pause_at())
+    dataset, split = prepare_data(out, resolved, status, tracked, write=world.is_main)
+    classes = list(dataset.schema.classes)
+    parts = {name: [int(r) for r in rows] for name, rows in split.parts.items()}
+    status.stage("decoding", total=len(dataset))  # again: fine-tuning needs the clips themselves
+    with tracked("loading audio", len(dataset)) as advance:
+        signals = []
+        for path in dataset.paths:
+            signals.append(load_audio(path)[0])
+            advance(1)
+
+    train_rows, val_rows = parts["train"], parts["val"]
+    status.stage("encoding", total=len(range(world.rank, len(train_rows), world.size)))
+    with tracked(f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))) as advance:
+        scaler_features = sharded_features(encoder, [signals[i] for i in train_rows], world, hashes=[dataset.hashes[i] for i in train_rows],
+                                           store=store if store is not None else FeatureStore(), progress=advance)
+    encoded = time.perf_counter()
+
+    metrics_file = out / "metrics.jsonl"
+    status.stage("training", total=config.max_epochs, epoch=0, max_epochs=config.max_epochs, best_epoch=None)
+
+    with progress(f"fine-tuning (top-{config.finetune})", config.max_epochs) as advance:
+        def record_epoch(record: dict) -> None:
+            if world.is_main:
+                append_line(metrics_file, record)
+                status.update(epoch=record["epoch"], progress={"n": record["epoch"], "total": config.max_epochs})
+                if tracker is not None:
+                    tracker.log_epoch(record)
+                if on_epoch:
+                    on_epoch(record)
+            advance(1)
+
+        fit = fit_finetune(encoder, [signals[i] for i in train_rows], dataset.y[train_rows], [signals[i] for i in val_rows], dataset.y[val_rows],
+                           n_classes=len(classes), config=config, classes=classes, scaler_features=scaler_features, world=world,
+                           on_epoch=record_epoch)
+    trained = time.perf_counter()
+    status.update(best_epoch=fit.best_epoch)
+
+    trainable = set(fit.trainable)
+    logits = {"val": fit.val_logits}
+    if parts.get("test"):
+        logits["test"] = sharded_logits(encoder, fit.head, [signals[i] for i in parts["test"]], world)
+    y_val = dataset.y[val_rows]
+    temperature = fit_temperature(logits["val"], y_val)
+    results = {
+        "classes": classes,
+        "protocol": split.protocol,
+        "n": {name: len(rows) for name, rows in parts.items()},
+        "speakers": split.speakers,
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "class_weights": dict(zip(classes, fit.class_weights)),
+        "layer_weights": fit.head.layer_weights().detach().cpu().numpy().round(4).tolist(),
+        "alarms": [a.to_dict() for a in fit.alarms],
+        "calibration": {"temperature": temperature, "fitted_on": "val"},
+        "finetune": {
+            "top": config.finetune,
+            "encoder_lr": config.encoder_lr,
+            "trainable_tensors": len(fit.trainable),
+            "trainable_values": int(sum(p.numel() for n, p in encoder.module.named_parameters() if n in trainable)),
+            "processes": world.size,
+            "device": str(encoder.device),
+        },
+    }
+    for name, part_logits in logits.items():
+        y = dataset.y[parts[name]]
+        results[name] = classification_metrics(y, part_logits.argmax(axis=1), classes)
+        results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(part_logits), y)
+        results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(part_logits / temperature), y)
+    seconds = [r["seconds"] for r in fit.history]
+    results["timing"] = {"encode_s": round(encoded - started, 2), "train_s": round(trained - encoded, 2),
+                         "epoch_s": round(float(np.mean(seconds)), 2), "total_s": None}
+    if not world.is_main:
+        return results
+
+    meta = bundle_meta(dataset, split, config, results, encoder=base, preprocessing=encoder.preprocessing)
+    meta = save_finetuned_bundle(out / "model", fit.head, encoder, meta)
+    encoder.fingerprint = meta["encoder"]["fingerprint"]  # the weights it now holds, as saved
+    all_logits = np.zeros((len(dataset), len(classes)), dtype=np.float32)  # train rows stay 0: only val/test rows are written
+    for name, part_logits in logits.items():
+        all_logits[parts[name]] = part_logits
+    write_predictions(out / "predictions.csv", dataset, split, all_logits, classes)
+    results["timing"]["total_s"] = round(time.perf_counter() - started, 2)
+    write_json(out / "results.json", results)
+    build_report(out)
+    return results
