@@ -270,3 +270,95 @@ def test_cli_finetune_and_its_errors(synth_corpus, tiny_wav2vec2, tmp_path):
         failed = runner.invoke(app, ["train", str(synth_corpus), *options, "--out", str(out), *common])
         assert failed.exit_code == 1 and message in " ".join(failed.stderr.split()), failed.stderr
         assert not out.exists()  # refused before the run folder was made
+
+
+# --- the top layers alone, from cached frozen states --------------------------------------------
+
+
+def _tiny_ssl(folder: Path, model_type: str) -> Path:
+    """A tiny random HuBERT or WavLM folder (post-norm HuBERT: the other layer-norm placement than the fixture's)."""
+    import transformers
+
+    config_class, model_class = {"hubert": ("HubertConfig", "HubertModel"), "wavlm": ("WavLMConfig", "WavLMModel")}[model_type]
+    config = getattr(transformers, config_class)(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                                 conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4), num_conv_pos_embeddings=16,
+                                                 num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=False)
+    torch.manual_seed(0)
+    getattr(transformers, model_class)(config).save_pretrained(folder)
+    transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("which", ["whisper", "wav2vec2", "hubert"])
+def test_top_layers_on_cached_states_equal_the_whole_encoder(which, tiny_wav2vec2, whisper_tiny, tmp_path):
+    """Cache + top layers == the whole differentiable forward: features and gradients, padded batches, long clips."""
+    folder = {"whisper": whisper_tiny, "wav2vec2": tiny_wav2vec2}.get(which) or _tiny_ssl(tmp_path / which, which)
+    encoder = load_encoder(str(folder))
+    assert encoder.can_run_top
+    rng = np.random.default_rng(1)
+    lengths = [8000, 20800, 32000, 12345] + ([31 * 16000] if which == "whisper" else [])  # whisper: a 31 s clip is two windows
+    signals = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
+    for top in sorted({1, encoder.n_transformer_layers}):  # whisper top-4: from the convolutions' output + positions
+        n_frozen = encoder.n_layers - top
+        computed = encoder.frozen_states(signals, top=top)
+        windows = [encoder.window_frames(len(s)) for s in signals]
+        assert [sum(w) for w in windows] == [states.shape[0] for states, _ in computed]
+        if which == "whisper":
+            assert windows[-1] == [775, 775]
+        pooled = np.stack([p for _, p in computed])
+        np.testing.assert_allclose(pooled, np.stack(encoder.features(signals)), rtol=1e-6, atol=1e-6)
+
+        unfreeze_top(encoder, top)
+        encoder.module.zero_grad(set_to_none=True)
+        full = encoder.pooled_features(signals)
+        full[:, n_frozen:].pow(2).sum().backward()
+        full_grads = {n: p.grad.clone() for n, p in encoder.module.named_parameters() if p.grad is not None}
+        encoder.module.zero_grad(set_to_none=True)
+
+        exact = encoder.top_pooled_features([s for s, _ in computed], windows, pooled[:, :n_frozen], top=top, batch_seconds=4.0)
+        assert exact.shape == full.shape and exact.requires_grad
+        np.testing.assert_allclose(exact.detach().numpy(), full.detach().numpy(), rtol=1e-5, atol=1e-5)
+        exact[:, n_frozen:].pow(2).sum().backward()
+        grads = {n: p.grad.clone() for n, p in encoder.module.named_parameters() if p.grad is not None}
+        assert grads.keys() == full_grads.keys() and grads  # the same parameters get gradients: the top layers'
+        flat, reference = (torch.cat([g[n].flatten() for n in sorted(g)]) for g in (grads, full_grads))
+        assert float((flat - reference).norm() / reference.norm()) < 1e-5  # (near-zero tensors such as k_proj's differ by rounding only)
+        encoder.module.zero_grad(set_to_none=True)
+
+        with torch.no_grad():  # float16, as cached: its own rounding, about 1e-3 of the values' scale
+            half = encoder.top_pooled_features([s.astype(np.float16) for s, _ in computed], windows, pooled[:, :n_frozen], top=top)
+        scale = np.abs(full.detach().numpy()[:, n_frozen:]).max()
+        error = np.abs(half.numpy() - full.detach().numpy()).max()
+        assert 0 < error < 3e-3 * scale, (error, scale)
+
+    with pytest.raises(ValueError, match="expected top-N with N from 1"):
+        encoder.top_pooled_features([], [], np.zeros((0, 1, encoder.dim)), top=encoder.n_transformer_layers + 1)
+
+
+def test_wavlm_runs_the_whole_encoder(tmp_path):
+    """WavLM's first layer computes the position bias the others use: no cached path, and fit_finetune falls back."""
+    encoder = load_encoder(str(_tiny_ssl(tmp_path / "wavlm", "wavlm")))
+    assert not encoder.can_run_top
+    with pytest.raises(ValueError, match="cannot run its top layers from cached states"):
+        encoder.top_pooled_features([], [], np.zeros((0, 2, encoder.dim)), top=1)
+
+
+def test_fit_finetune_runs_only_the_top_layers_and_matches_the_whole_encoder(parts, tiny_wav2vec2, monkeypatch):
+    """The cached path never runs the whole encoder during training, and trains like it (float16 rounding aside)."""
+    config = TrainConfig(max_epochs=2, patience=10, lr=1e-3, encoder_lr=1e-2, hidden=0, dropout=0.0, batch_size=12, finetune=1, stop_on_alarm=False)
+    (train_x, train_y), (val_x, val_y) = parts["train"], parts["val"]
+    whole = fit_finetune(load_encoder(str(tiny_wav2vec2)), train_x, train_y, val_x, val_y, n_classes=3, config=config, cache_states=False)
+
+    encoder = load_encoder(str(tiny_wav2vec2))
+    calls = []
+    original = encoder.pooled_features
+    monkeypatch.setattr(encoder, "pooled_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cached = fit_finetune(encoder, train_x, train_y, val_x, val_y, n_classes=3, config=config)
+    assert calls == []  # no step ran the lower layers
+    for a, b in zip(whole.history, cached.history):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+    trained = dict(cached.encoder.module.named_parameters())
+    for name, value in whole.encoder.module.named_parameters():
+        torch.testing.assert_close(trained[name], value, atol=1e-3, rtol=0, msg=name)
+    # The kept weights are scored through the inference path at the end: what the bundle will predict.
+    np.testing.assert_allclose(cached.val_logits, head_logits(cached.head, np.stack(cached.encoder.features(val_x))), rtol=1e-5, atol=1e-5)

@@ -319,3 +319,67 @@ def test_extract_features_with_a_real_encoder(tmp_path):
     other = load_encoder(save_tiny_wav2vec2(tmp_path / "other", seed=1))
     extract_features(other, signals, [f"{i:064x}" for i in range(3)], store)
     assert store.info()["n_entries"] == 6
+
+
+# --- frame-level states for fine-tuning ------------------------------------------------------
+
+
+def test_frame_states_are_cached_in_float16_beside_the_pooled_features(tmp_path, monkeypatch):
+    """extract_frame_states: one forward pass fills both entries; a warm store decodes and encodes nothing."""
+    from typer.testing import CliRunner
+
+    from speech_emotion.cli.app import app
+    from speech_emotion.features import extract_frame_states, load_encoder
+    from speech_emotion.features.store import frame_states_key
+
+    encoder = load_encoder(save_tiny_wav2vec2(tmp_path / "model", seed=0))
+    rng = np.random.default_rng(0)
+    signals = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (1600, 3200, 2400)]
+    hashes = [f"{i:064x}" for i in range(3)]
+    store = FeatureStore(tmp_path / "store")
+    # A pooled entry already in the store is kept as it is (the frozen statistics come from the store).
+    pooled_key = FeatureStore.key(audio_hash=hashes[0], encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing)
+    sentinel = np.full((encoder.n_layers, encoder.dim), 7.0, dtype=np.float32)
+    store.put(pooled_key, sentinel)
+
+    states, pooled = extract_frame_states(encoder, signals, hashes, store, top=1)
+    reference = encoder.frozen_states(signals, top=1)
+    assert pooled.dtype == np.float32 and pooled.shape == (3, encoder.n_layers, encoder.dim)
+    np.testing.assert_array_equal(pooled[0], sentinel)
+    np.testing.assert_allclose(pooled[1:], np.stack(encoder.features(signals[1:])), atol=1e-5)
+    for frames, (expected, _) in zip(states, reference):
+        assert frames.dtype == np.float16 and frames.shape == expected.shape
+        np.testing.assert_allclose(frames.astype(np.float32), expected, rtol=1e-3, atol=1e-3)
+    assert [s.shape[0] for s in states] == [sum(encoder.window_frames(len(x))) for x in signals]
+
+    # Keyed by audio, encoder, preprocessing, format version, plus the state index and the dtype.
+    key = frame_states_key(encoder, hashes[1], top=1)
+    assert store.path(key, kind="frames").name == f"{key}.frames.npy"
+    assert key not in {pooled_key, frame_states_key(encoder, hashes[1], top=2), frame_states_key(encoder, hashes[1], top=1, dtype="float32")}
+    info = store.info()
+    assert info["n_entries"] == 6 and info["frames"]["n_entries"] == 3
+    assert info["frames"]["bytes"] == sum(store.path(frame_states_key(encoder, h, top=1), kind="frames").stat().st_size for h in hashes)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a warm store must not encode")
+
+    monkeypatch.setattr(encoder, "frozen_states", refuse)
+    loaders = [lambda: (_ for _ in ()).throw(AssertionError("a warm store must not decode")) for _ in signals]
+    warm_states, warm_pooled = extract_frame_states(encoder, loaders, hashes, store, top=1)
+    np.testing.assert_array_equal(warm_pooled, pooled)
+    assert all(np.array_equal(a, b) for a, b in zip(warm_states, states))
+
+    # `ser cache info` counts them apart, `ser cache clear` removes them with the rest.
+    monkeypatch.setenv("SER_CACHE", str(store.root))
+    runner = CliRunner()
+    shown = runner.invoke(app, ["cache", "info"])
+    assert shown.exit_code == 0 and "entries: 6" in shown.stderr and "fine-tune frame states: 3 entries" in shown.stderr, shown.stderr
+    cleared = runner.invoke(app, ["cache", "clear", "--yes"])
+    assert cleared.exit_code == 0 and "removed 6 entries" in cleared.stderr
+    assert store.info() == {"root": str(store.root), "n_entries": 0, "bytes": 0}
+
+
+def test_frame_store_refuses_unknown_kinds(tmp_path):
+    store = FeatureStore(tmp_path)
+    with pytest.raises(ValueError, match="kind: expected one of 'features', 'frames', got 'states'"):
+        store.path("0" * 64, kind="states")

@@ -10,6 +10,7 @@ from speech_emotion.features.encoders import load_encoder
 from speech_emotion.features.store import FeatureStore
 from speech_emotion.features.store import SignalSource
 from speech_emotion.features.store import extract_features
+from speech_emotion.features.store import extract_frame_states
 
 __all__ = [
     "SAMPLING_RATE",
@@ -21,5 +22,6 @@ __all__ = [
     "SignalSource",
     "WhisperEncoder",
     "extract_features",
+    "extract_frame_states",
     "load_encoder",
 ]

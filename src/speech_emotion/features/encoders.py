@@ -208,12 +208,16 @@ class Encoder:
             if progress is not None and n_done:
                 progress(n_done)
 
-    def _plan_batches(self, lengths: Sequence[int], batch_seconds: float | None) -> list[list[int]]:
+    def _plan_batches(
+        self, lengths: Sequence[int], batch_seconds: float | None, *, can_pad: bool | None = None
+    ) -> list[list[int]]:
         """Group segments (given by their lengths in samples) into forward passes.
 
         Segments are sorted by length; a batch grows while its padded size stays within
         ``batch_seconds`` of audio (and, for models that cannot pad, while lengths are equal).
+        ``can_pad`` overrides :meth:`_can_pad` (the top layers alone always take masked padding).
         """
+        can_pad = self._can_pad() if can_pad is None else can_pad
         budget = (self.default_batch_seconds if batch_seconds is None else batch_seconds) * self.sampling_rate
         if budget <= 0:
             raise ValueError(f"batch_seconds: expected a positive number of seconds, got {batch_seconds}")
@@ -225,7 +229,7 @@ class Encoder:
             if position < len(order) - 1:
                 next_len = lengths[order[position + 1]]
                 fits = next_len * (len(batch) + 1) <= budget
-                if not self._can_pad():
+                if not can_pad:
                     fits = fits and next_len == lengths[s]
                 if fits:
                     continue
@@ -309,6 +313,157 @@ class Encoder:
 
     def _segment_states(self, segments: list[np.ndarray]) -> list[torch.Tensor]:
         """Differentiable hidden states of one batch: ``(n_layers, n_frames_i, hidden)`` tensors."""
+        raise NotImplementedError
+
+    # -- fine-tuning from cached frozen states -----------------------------------------------------
+
+    can_run_top: bool = False
+    """Whether :meth:`top_pooled_features` can run the top layers alone from cached hidden states
+    (Whisper, wav2vec 2.0, HuBERT, data2vec-audio; not WavLM, whose first layer computes a
+    position bias the others reuse, nor eGeMAPS)."""
+
+    samples_per_frame: int = 320
+    """Input samples per hidden-state frame (20 ms at 16 kHz for Whisper and wav2vec 2.0-family models)."""
+
+    def frozen_state_index(self, top: int) -> int:
+        """Index, in the hidden states (0: embedding output), of the state that enters the first of the top ``top`` layers.
+
+        States ``0..index`` do not depend on the top layers: they stay what the pretrained
+        encoder computes while the top layers train.
+
+        Raises:
+            ValueError: ``top`` out of range (see :meth:`top_layers`).
+        """
+        self.top_layers(top)  # checks top
+        return self.n_transformer_layers - top
+
+    def window_frames(self, n_samples: int) -> list[int]:
+        """Frames of each window (at most ``max_window_s``) of a clip of ``n_samples`` samples, in time order.
+
+        :meth:`frames` and :meth:`frozen_states` concatenate the windows' frames in time;
+        these are the lengths to split them again, each window being attended to on its own.
+        """
+        max_window = int(self.max_window_s * self.sampling_rate)
+        placeholder = np.broadcast_to(np.zeros((), dtype=np.uint8), (int(n_samples),))  # no memory: only lengths matter
+        return [self._segment_frames(len(window)) for window in split_windows(placeholder, max_window)]
+
+    def _segment_frames(self, n_samples: int) -> int:
+        """Frames of hidden state for one window of ``n_samples`` samples."""
+        raise NotImplementedError
+
+    def frozen_states(
+        self,
+        signals: Sequence[np.ndarray],
+        *,
+        top: int,
+        batch_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Frame-level input of the top ``top`` layers and pooled features, from one inference pass.
+
+        What a fine-tune of the top ``top`` layers keeps fixed: the hidden state
+        ``frozen_state_index(top)`` (the input of the first trained layer; for Whisper with
+        every layer trained, the convolutions' output plus positions), and the pooled
+        statistics of every layer (those of the frozen states never change).
+
+        Args:
+            signals: 1-D float arrays at 16 kHz.
+            top: Number of top layers that will train.
+            batch_seconds: Padded audio seconds per forward pass.
+            progress: Called with the number of signals finished after each batch.
+
+        Returns:
+            Per signal ``(states, pooled)``: float32 ``(n_frames, hidden_size)`` with the
+            windows of a long clip concatenated in time (split them with
+            :meth:`window_frames`), and float32 ``(n_layers, dim)`` equal to :meth:`features`.
+
+        Raises:
+            ValueError: ``top`` out of range, or a signal is not 1-D, empty, too short or not finite.
+        """
+        index = self.frozen_state_index(top)
+        checked = [
+            _check_signal(signal, name=f"signals[{i}]", min_samples=self.min_samples)
+            for i, signal in enumerate(signals)
+        ]
+        results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(checked)
+        for i, frames in self._iter_frames(checked, batch_seconds=batch_seconds, progress=progress):
+            results[i] = (np.ascontiguousarray(frames[index]), _pool(frames))
+        return results  # type: ignore[return-value]
+
+    def top_pooled_features(
+        self,
+        states: Sequence[np.ndarray | torch.Tensor],
+        window_frames: Sequence[Sequence[int]],
+        frozen: np.ndarray | torch.Tensor,
+        *,
+        top: int,
+        batch_seconds: float | None = None,
+    ) -> torch.Tensor:
+        """Pooled statistics of every layer, running only the top ``top`` layers (differentiable).
+
+        The fast path of fine-tuning: the frozen lower layers ran once (:meth:`frozen_states`,
+        cached by the feature store), so a step runs the top layers on their cached input,
+        windows batched with padding and an attention mask, and pools their outputs as
+        :meth:`pooled_features` does. The frozen layers' statistics are taken as given. With
+        float32 states this equals :meth:`pooled_features` to float32 rounding; float16 states
+        add their own rounding (about 1e-3 relative).
+
+        Args:
+            states: Per clip, the hidden state ``frozen_state_index(top)``, ``(n_frames, hidden_size)``
+                (any float dtype; computed in float32).
+            window_frames: Per clip, :meth:`window_frames` of its length (summing to ``n_frames``).
+            frozen: ``(n_clips, n_layers - top, dim)`` pooled statistics of states
+                ``0..frozen_state_index(top)``, e.g. ``features(...)[:, :n_layers - top]``.
+            top: Number of top layers to run.
+            batch_seconds: Padded audio seconds per pass through the top layers.
+
+        Returns:
+            float32 tensor ``(n_clips, n_layers, dim)`` on the encoder's device.
+
+        Raises:
+            ValueError: ``top`` out of range, the encoder cannot run its top layers alone, or
+                shapes that do not fit.
+        """
+        if not self.can_run_top:
+            raise ValueError(f"encoder {self.reference!r} ({self.family}) cannot run its top layers from cached states; "
+                             "use pooled_features (the whole encoder) instead")
+        index = self.frozen_state_index(top)
+        n_frozen = index + 1
+        frozen = torch.as_tensor(frozen, dtype=torch.float32).to(self.device)
+        if len(states) != len(window_frames) or tuple(frozen.shape) != (len(states), n_frozen, self.dim):
+            raise ValueError(
+                f"top_pooled_features: expected {len(states)} window lists and frozen statistics of shape "
+                f"({len(states)}, {n_frozen}, {self.dim}), got {len(window_frames)} and {tuple(frozen.shape)}"
+            )
+        segments: list[tuple[int, int, torch.Tensor]] = []
+        for i, (clip, windows) in enumerate(zip(states, window_frames)):
+            clip = torch.as_tensor(clip)
+            if clip.ndim != 2 or clip.shape[1] != self.hidden_size or clip.shape[0] != sum(windows):
+                raise ValueError(
+                    f"states[{i}]: expected shape ({sum(windows)}, {self.hidden_size}) (frames of windows {list(windows)}), "
+                    f"got {tuple(clip.shape)}; recompute the cached states"
+                )
+            for w, part in enumerate(torch.split(clip, list(windows))):
+                segments.append((i, w, part))
+        outputs: dict[tuple[int, int], torch.Tensor] = {}
+        lengths = [part.shape[0] * self.samples_per_frame for _, _, part in segments]
+        for batch in self._plan_batches(lengths, batch_seconds, can_pad=True):
+            parts = [segments[b][2] for b in batch]
+            n_frames = torch.tensor([p.shape[0] for p in parts], device=self.device)
+            hidden = torch.zeros(len(parts), int(n_frames.max()), self.hidden_size, device=self.device)
+            for row, part in enumerate(parts):
+                hidden[row, : part.shape[0]] = part.to(device=self.device, dtype=torch.float32)
+            stacked = self._run_top(hidden, n_frames, top)
+            for row, b in enumerate(batch):
+                outputs[segments[b][:2]] = stacked[row, :, : int(n_frames[row])]
+        pooled = []
+        for i, windows in enumerate(window_frames):
+            frames = torch.cat([outputs[(i, w)] for w in range(len(windows))], dim=1)
+            pooled.append(torch.cat([frozen[i], pool_frames(frames)], dim=0))
+        return torch.stack(pooled)
+
+    def _run_top(self, hidden: torch.Tensor, n_frames: torch.Tensor, top: int) -> torch.Tensor:
+        """Top ``top`` layers on a padded batch ``(batch, frames, hidden)``: their hidden states ``(batch, top, frames, hidden)``."""
         raise NotImplementedError
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -504,6 +659,7 @@ class WhisperEncoder(Encoder):
         self._n_positions = int(model.embed_positions.weight.shape[0])
         strides = model.conv1.stride[0] * model.conv2.stride[0]
         self.max_window_s = min(30.0, self._n_positions * strides * self._hop_length / SAMPLING_RATE)
+        self.samples_per_frame = strides * self._hop_length
         mel_filters = np.asarray(feature_extractor.mel_filters)
         self._mel_filters = torch.as_tensor(mel_filters, dtype=torch.float32, device=device)
         self._window = torch.hann_window(self._n_fft, device=device)
@@ -591,11 +747,7 @@ class WhisperEncoder(Encoder):
         hidden = hidden + encoder.embed_positions.weight[:n_positions]
         lengths = (n_mel_frames - 1) // encoder.conv2.stride[0] + 1
 
-        mask = None
-        if padded:
-            valid = torch.arange(n_positions, device=self.device)[None, :] < lengths[:, None]
-            mask = torch.zeros(len(mels), 1, 1, n_positions, dtype=hidden.dtype, device=self.device)
-            mask.masked_fill_(~valid[:, None, None, :], torch.finfo(hidden.dtype).min)
+        mask = self._attention_mask(lengths, n_positions, hidden.dtype) if padded else None
 
         states = [hidden]
         for layer in encoder.layers:
@@ -603,6 +755,29 @@ class WhisperEncoder(Encoder):
             states.append(hidden)
         states[-1] = encoder.layer_norm(hidden)
         return torch.stack(states, dim=1), lengths
+
+    def _attention_mask(self, lengths: torch.Tensor, n_positions: int, dtype: torch.dtype) -> torch.Tensor:
+        """Additive mask ``(batch, 1, 1, positions)`` hiding positions at or past each clip's length."""
+        valid = torch.arange(n_positions, device=self.device)[None, :] < lengths[:, None]
+        mask = torch.zeros(len(lengths), 1, 1, n_positions, dtype=dtype, device=self.device)
+        return mask.masked_fill_(~valid[:, None, None, :], torch.finfo(dtype).min)
+
+    can_run_top = True
+
+    def _segment_frames(self, n_samples: int) -> int:
+        n_mel_frames = math.ceil(n_samples / self._hop_length)
+        return (n_mel_frames - 1) // int(self._model.conv2.stride[0]) + 1
+
+    def _run_top(self, hidden: torch.Tensor, n_frames: torch.Tensor, top: int) -> torch.Tensor:
+        mask = None
+        if bool((n_frames < hidden.shape[1]).any()):
+            mask = self._attention_mask(n_frames, hidden.shape[1], hidden.dtype)
+        states = []
+        for layer in self._model.layers[-top:]:
+            hidden = layer(hidden, mask)
+            states.append(hidden)
+        states[-1] = self._model.layer_norm(hidden)
+        return torch.stack(states, dim=1)
 
     @property
     def n_transformer_layers(self) -> int:
@@ -677,6 +852,7 @@ class SSLEncoder(Encoder):
         self._feat_extract_norm = str(getattr(config, "feat_extract_norm", "layer"))
         self._model_type = str(config.model_type)
         self.min_samples = _min_samples(config)
+        self.samples_per_frame = int(np.prod([int(stride) for stride in config.conv_stride]))
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -730,6 +906,30 @@ class SSLEncoder(Encoder):
             warnings.filterwarnings("ignore", message=".*mismatched key_padding_mask.*")
             outputs = self._model(batch, attention_mask=attention_mask, output_hidden_states=True)
         return torch.stack(outputs.hidden_states, dim=1), self._frame_lengths(lengths).cpu()
+
+    # WavLM's first layer computes a relative position bias that the layers above reuse: running
+    # the top layers alone would need it too, so WavLM fine-tunes through the whole encoder.
+    @property
+    def can_run_top(self) -> bool:  # type: ignore[override]
+        return self._model_type in ("wav2vec2", "hubert", "data2vec-audio")
+
+    def _segment_frames(self, n_samples: int) -> int:
+        return int(self._frame_lengths(torch.tensor([int(n_samples)]))[0])
+
+    def _run_top(self, hidden: torch.Tensor, n_frames: torch.Tensor, top: int) -> torch.Tensor:
+        # As transformers' encoder runs its layers: a bidirectional mask over valid frames. The
+        # hidden states it returns never include the final layer norm of pre-norm models.
+        mask = None
+        if bool((n_frames < hidden.shape[1]).any()):
+            from transformers.masking_utils import create_bidirectional_mask
+
+            valid = torch.arange(hidden.shape[1], device=self.device)[None, :] < n_frames[:, None]
+            mask = create_bidirectional_mask(config=self._model.config, inputs_embeds=hidden, attention_mask=valid)
+        states = []
+        for layer in self._model.encoder.layers[-top:]:
+            hidden = layer(hidden, attention_mask=mask)
+            states.append(hidden)
+        return torch.stack(states, dim=1)
 
     @property
     def n_transformer_layers(self) -> int:

@@ -8,6 +8,10 @@ changed encoder or preprocessing makes a new key instead of a silent reuse.
 
 :func:`extract_features` ties a store to an encoder: cached items are read back, the others
 are computed in batches and written.
+
+Fine-tuning also caches frame-level hidden states (:func:`extract_frame_states`): for each
+clip, the input of the first trained layer, in float16, so that each training step runs only
+the top layers. They sit beside the pooled features as ``<key>.frames.npy``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ SignalSource = Union[np.ndarray, Callable[[], np.ndarray]]
 
 _KEY = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = ".npy"
+_SUFFIXES = {"features": _SUFFIX, "frames": f".frames{_SUFFIX}"}
 _TMP_SUFFIX = ".tmp"
 _STALE_TMP_SECONDS = 3600.0
 
@@ -94,13 +99,22 @@ class FeatureStore:
         return f"FeatureStore(root={str(self.root)!r})"
 
     @staticmethod
-    def key(*, audio_hash: str, encoder_fingerprint: str, preprocessing: Mapping[str, Any]) -> str:
+    def key(
+        *,
+        audio_hash: str,
+        encoder_fingerprint: str,
+        preprocessing: Mapping[str, Any],
+        content: Mapping[str, Any] | None = None,
+    ) -> str:
         """The key of one entry: sha256 over all inputs and ``FORMAT_VERSION``.
 
         Args:
             audio_hash: Content hash of the decoded audio (never a path or a label).
             encoder_fingerprint: ``Encoder.fingerprint``.
             preprocessing: ``Encoder.preprocessing`` (JSON-able; key order does not matter).
+            content: What the entry holds when it is not the pooled features, e.g.
+                ``{"frame_states": 3, "dtype": "float16"}`` (see :func:`extract_frame_states`);
+                None (pooled features) leaves the key as it always was.
 
         Returns:
             64 lowercase hex digits.
@@ -121,14 +135,17 @@ class FeatureStore:
                 raise ValueError(f"{name}: expected a non-empty str, got {value!r}")
         if not isinstance(preprocessing, Mapping):
             raise ValueError(f"preprocessing: expected a dict, got {type(preprocessing).__name__}")
+        fields = {
+            "format_version": FeatureStore.FORMAT_VERSION,
+            "audio_hash": audio_hash,
+            "encoder_fingerprint": encoder_fingerprint,
+            "preprocessing": preprocessing,
+        }
+        if content is not None:
+            fields["content"] = dict(content)
         try:
             payload = json.dumps(
-                {
-                    "format_version": FeatureStore.FORMAT_VERSION,
-                    "audio_hash": audio_hash,
-                    "encoder_fingerprint": encoder_fingerprint,
-                    "preprocessing": preprocessing,
-                },
+                fields,
                 sort_keys=True,
                 separators=(",", ":"),
                 allow_nan=False,
@@ -140,24 +157,32 @@ class FeatureStore:
             ) from exc
         return hashlib.sha256(payload.encode("utf-8")).hexdigest()
 
-    def path(self, key: str) -> Path:
+    def path(self, key: str, *, kind: str = "features") -> Path:
         """File that holds (or would hold) the entry ``key``.
 
+        Args:
+            key: From :meth:`key`.
+            kind: ``"features"`` (pooled features, ``<key>.npy``) or ``"frames"`` (frame-level
+                hidden states, ``<key>.frames.npy``): the file name tells :meth:`info` which.
+
         Raises:
-            ValueError: ``key`` is not 64 lowercase hex digits.
+            ValueError: ``key`` is not 64 lowercase hex digits, or ``kind`` is unknown.
         """
         if not isinstance(key, str) or not _KEY.match(key):
             raise ValueError(f"key: expected 64 lowercase hex digits from FeatureStore.key(), got {key!r}")
-        return self.root / key[:2] / f"{key}{_SUFFIX}"
+        if kind not in _SUFFIXES:
+            raise ValueError(f"kind: expected one of {', '.join(map(repr, _SUFFIXES))}, got {kind!r}")
+        return self.root / key[:2] / f"{key}{_SUFFIXES[kind]}"
 
     def __contains__(self, key: str) -> bool:
         return self.path(key).is_file()
 
-    def get(self, key: str) -> np.ndarray | None:
+    def get(self, key: str, *, kind: str = "features") -> np.ndarray | None:
         """Read one entry.
 
         Args:
             key: From :meth:`key`.
+            kind: ``"features"`` or ``"frames"`` (see :meth:`path`).
 
         Returns:
             The stored array, or None when there is no entry. An unreadable entry (a file
@@ -167,7 +192,7 @@ class FeatureStore:
         Raises:
             ValueError: ``key`` is malformed.
         """
-        path = self.path(key)
+        path = self.path(key, kind=kind)
         try:
             with open(path, "rb") as file:
                 return np.load(file, allow_pickle=False)
@@ -177,17 +202,18 @@ class FeatureStore:
             logger.warning("%s: unreadable feature-store entry (%s); it will be recomputed", path, exc)
             return None
 
-    def put(self, key: str, array: np.ndarray) -> None:
+    def put(self, key: str, array: np.ndarray, *, kind: str = "features") -> None:
         """Write one entry atomically; an existing entry with this key is replaced.
 
         Args:
             key: From :meth:`key`.
             array: Numeric numpy array; its dtype and shape are kept.
+            kind: ``"features"`` or ``"frames"`` (see :meth:`path`).
 
         Raises:
             ValueError: ``key`` is malformed or ``array`` is not a numeric array.
         """
-        path = self.path(key)
+        path = self.path(key, kind=kind)
         array = np.asarray(array)
         if array.dtype.hasobject or array.dtype.fields is not None or array.dtype.kind not in "biuf":
             raise ValueError(
@@ -227,17 +253,28 @@ class FeatureStore:
         """Size of the store.
 
         Returns:
-            ``{"root": str, "n_entries": int, "bytes": int}``; temporary files of writes in
-            progress are not counted.
+            ``{"root": str, "n_entries": int, "bytes": int}`` over every entry, plus, when
+            there are any, ``"frames": {"n_entries": int, "bytes": int}`` for the frame-level
+            hidden states that fine-tuning caches (:func:`extract_frame_states`), which are
+            included in the totals; temporary files of writes in progress are not counted.
         """
         n_entries = 0
         n_bytes = 0
+        n_frames = 0
+        frame_bytes = 0
         for entry in self._entries():
             if entry.name.endswith(_SUFFIX) and entry.is_file(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError):
-                    n_bytes += entry.stat(follow_symlinks=False).st_size
+                    size = entry.stat(follow_symlinks=False).st_size
+                    n_bytes += size
                     n_entries += 1
-        return {"root": str(self.root), "n_entries": n_entries, "bytes": n_bytes}
+                    if entry.name.endswith(_SUFFIXES["frames"]):
+                        frame_bytes += size
+                        n_frames += 1
+        summary: dict[str, Any] = {"root": str(self.root), "n_entries": n_entries, "bytes": n_bytes}
+        if n_frames:
+            summary["frames"] = {"n_entries": n_frames, "bytes": frame_bytes}
+        return summary
 
     def clear(self) -> int:
         """Delete every entry (and temporary files older than an hour, left by killed writers).
@@ -385,3 +422,136 @@ def extract_features(
         if progress is not None and n_duplicates:
             progress(n_duplicates)
     return output
+
+
+def frame_states_key(encoder: Encoder, audio_hash: str, *, top: int, dtype: str = "float16") -> str:
+    """Store key of the frame-level hidden state that enters the top ``top`` layers of ``encoder``.
+
+    The pooled-feature key (audio hash, encoder fingerprint, preprocessing, format version)
+    plus what the entry holds: the hidden-state index and the dtype.
+    """
+    return FeatureStore.key(
+        audio_hash=audio_hash,
+        encoder_fingerprint=encoder.fingerprint,
+        preprocessing=encoder.preprocessing,
+        content={"frame_states": encoder.frozen_state_index(top), "dtype": str(np.dtype(dtype))},
+    )
+
+
+def extract_frame_states(
+    encoder: Encoder,
+    signals: Sequence[SignalSource],
+    audio_hashes: Sequence[str],
+    store: FeatureStore | None,
+    *,
+    top: int,
+    dtype: str = "float16",
+    progress: Callable[[int], None] | None = None,
+    batch_seconds: float | None = None,
+    chunk_size: int = 64,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """What fine-tuning the top ``top`` layers keeps fixed, read from the store where cached.
+
+    Per item, the frame-level hidden state that enters the first trained layer
+    (``encoder.frozen_state_index(top)``; shape ``(n_frames, hidden_size)``, the windows of a
+    clip over 30 s concatenated in time, split again by ``encoder.window_frames(n_samples)``),
+    stored in ``dtype`` as a ``frames`` entry keyed like the pooled features plus the state
+    index and dtype; and the pooled features of every layer, the ordinary entry. Items
+    missing either are encoded once with ``encoder.frozen_states``, which gives both; a pooled
+    entry already in the store is kept and returned as it is.
+
+    Args:
+        encoder: A Whisper or wav2vec 2.0-family encoder (``can_run_top``).
+        signals: Per item, a 1-D float32 array at 16 kHz or a callable that loads one.
+        audio_hashes: Per item, the content hash of its audio.
+        store: Where to read and write; None computes everything and stores nothing.
+        top: Number of top layers that will train.
+        dtype: Dtype of the stored states (``"float16"`` halves the size; ``"float32"`` keeps
+            every bit).
+        progress: Called with the number of items finished.
+        batch_seconds: Padded audio seconds per forward pass.
+        chunk_size: Signals loaded and encoded per store write.
+
+    Returns:
+        ``(states, pooled)``: a list of ``dtype`` arrays ``(n_frames_i, hidden_size)`` and a
+        float32 array ``(n_items, n_layers, dim)``, in input order.
+
+    Raises:
+        ValueError: ``signals`` and ``audio_hashes`` differ in length, ``top`` is out of range,
+            or the encoder rejects a signal.
+    """
+    n_items = len(signals)
+    if len(audio_hashes) != n_items:
+        raise ValueError(
+            f"Expected one audio hash per signal, got {len(audio_hashes)} audio hashes for {n_items} signals"
+        )
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size: expected a positive int, got {chunk_size}")
+    dtype = str(np.dtype(dtype))
+    shape = (int(encoder.n_layers), int(encoder.dim))
+    states: list[np.ndarray | None] = [None] * n_items
+    pooled = np.empty((n_items, *shape), dtype=np.float32)
+    fingerprint, preprocessing = encoder.fingerprint, encoder.preprocessing
+
+    by_key: dict[tuple[str, str], list[int]] = {}
+    for i, audio_hash in enumerate(audio_hashes):
+        keys = (
+            FeatureStore.key(audio_hash=audio_hash, encoder_fingerprint=fingerprint, preprocessing=preprocessing),
+            frame_states_key(encoder, audio_hash, top=top, dtype=dtype),
+        )
+        by_key.setdefault(keys, []).append(i)
+
+    missing: list[tuple[str, str]] = []
+    kept_pooled: dict[tuple[str, str], np.ndarray] = {}
+    n_cached = 0
+    for keys, indices in by_key.items():
+        vector = store.get(keys[0]) if store is not None else None
+        if vector is not None and vector.shape != shape:
+            vector = None
+        frames = store.get(keys[1], kind="frames") if store is not None else None
+        if frames is not None and (frames.ndim != 2 or frames.shape[1] != encoder.hidden_size or frames.dtype != dtype):
+            logger.warning("%s: cached frame states have shape %s and dtype %s, expected (n, %d) %s; recomputing",
+                           store.path(keys[1], kind="frames"), frames.shape, frames.dtype, encoder.hidden_size, dtype)
+            frames = None
+        if vector is not None:
+            kept_pooled[keys] = vector
+        if vector is None or frames is None:
+            missing.append(keys)
+            continue
+        pooled[indices] = vector
+        for i in indices:
+            states[i] = frames
+        n_cached += len(indices)
+    if progress is not None and n_cached:
+        progress(n_cached)
+
+    for start in range(0, len(missing), chunk_size):
+        chunk = missing[start : start + chunk_size]
+        loaded = []
+        for keys in chunk:
+            index = by_key[keys][0]
+            source = signals[index]
+            loaded.append(
+                _check_signal(
+                    source() if callable(source) else source,
+                    name=f"signals[{index}] (audio hash {audio_hashes[index]})",
+                    min_samples=getattr(encoder, "min_samples", 1),
+                )
+            )
+        results = encoder.frozen_states(loaded, top=top, batch_seconds=batch_seconds, progress=progress)
+        n_duplicates = 0
+        for keys, (frames, vector) in zip(chunk, results):
+            frames = np.ascontiguousarray(frames, dtype=dtype)
+            if keys in kept_pooled:
+                vector = kept_pooled[keys]
+            elif store is not None:
+                store.put(keys[0], vector)
+            if store is not None:
+                store.put(keys[1], frames, kind="frames")
+            pooled[by_key[keys]] = vector
+            for i in by_key[keys]:
+                states[i] = frames
+            n_duplicates += len(by_key[keys]) - 1
+        if progress is not None and n_duplicates:
+            progress(n_duplicates)
+    return states, pooled  # type: ignore[return-value]

@@ -5,10 +5,18 @@ frozen path (per-layer mean + std of every hidden state, standardised, mixed, cl
 the same rules: class-weighted loss, early stopping on validation UAR, sanity alarms, fixed
 seeds, a self-describing run folder. What changes:
 
-- **Features are computed on the fly** for every training batch, differentiably
-  (:meth:`~speech_emotion.features.encoders.Encoder.pooled_features`: same windows, masked
-  batches and pooling as the inference path). The feature store only serves the *pretrained*
-  encoder's features of the training clips, which fix the head's standardisation once.
+- **Only the top layers run in a training step.** The frozen lower layers compute the same
+  thing every epoch, so they run once: the frame-level hidden state that enters the first
+  trained layer is kept, in float16, in the feature store (``<key>.frames.npy``, keyed like the
+  pooled features plus the state index and dtype; :func:`frozen_states_for`), and each step runs
+  the top layers on it (:meth:`~speech_emotion.features.encoders.Encoder.top_pooled_features`:
+  windows batched with padding and an attention mask, pooled as the inference path pools). The
+  pooled statistics of the frozen layers are the pretrained encoder's features from the store,
+  which also fix the head's standardisation once. Validation runs the same way each epoch; the
+  kept weights are scored at the end through ``Encoder.features``, the path ``Predictor`` uses.
+  Encoders that cannot run their top layers alone (WavLM) run the whole encoder each step
+  (:meth:`~speech_emotion.features.encoders.Encoder.pooled_features`), as does
+  ``fit_finetune(..., cache_states=False)``.
 - **Lower layers stay frozen** (``requires_grad`` False: they build no autograd graph). The
   unfrozen layers (and Whisper's final layer norm) get their own AdamW group: learning rate
   ``encoder_lr`` (default ``lr * 0.1``) and no weight decay, which would pull pretrained
@@ -16,7 +24,6 @@ seeds, a self-describing run folder. What changes:
 - **The encoder runs in eval mode**: no dropout, LayerDrop or SpecAugment inside it, so a
   step is deterministic and every parameter is used in every step (as DDP requires); the head
   keeps its dropout. With ``mixing="concat"`` the unused layer weights are frozen.
-- **Validation** runs each epoch through ``Encoder.features``, the path ``Predictor`` uses.
 - **The bundle carries the encoder**: ``RUN/model/encoder/`` (safetensors + config +
   feature-extractor config); ``model.json``'s encoder fingerprint is that of the folder, so
   ``Predictor``, ``ser evaluate``, ``ser predict`` and ``ser export`` use the fine-tuned weights.
@@ -63,7 +70,7 @@ from speech_emotion.data.audio import load_audio
 from speech_emotion.model.bundle import save_bundle
 from speech_emotion.model.head import EmotionHead, HeadConfig
 from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
-from speech_emotion.training.distributed import World, all_reduce_sum, broadcast
+from speech_emotion.training.distributed import World, all_reduce_sum, barrier, broadcast
 from speech_emotion.training.loop import TrainConfig, class_weights
 from speech_emotion.training.metrics import classification_metrics
 from speech_emotion.training.sanity import (
@@ -141,25 +148,98 @@ def load_finetune_encoder(resolved: dict, n: int, world: World | None = None) ->
     return encoder
 
 
+@dataclass
+class FrozenBatch:
+    """A batch for the top layers alone: cached input states and the frozen layers' statistics.
+
+    Attributes:
+        states: per clip, the hidden state entering the first trained layer, ``(n_frames, hidden)``.
+        windows: per clip, frames per window (``Encoder.window_frames``).
+        frozen: ``(n_clips, n_layers - top, dim)`` pooled statistics of the frozen states.
+    """
+
+    states: list[np.ndarray]
+    windows: list[list[int]]
+    frozen: np.ndarray
+
+
+@dataclass
+class FrozenStates:
+    """What stays fixed while the top ``top`` layers train, for a list of clips (see :func:`frozen_states_for`).
+
+    Attributes:
+        top: number of trained top layers.
+        states: per clip, the hidden state entering the first trained layer (float16 as cached).
+        windows: per clip, frames per window.
+        pooled: ``(n_clips, n_layers, dim)`` pooled features of the pretrained encoder.
+    """
+
+    top: int
+    states: list[np.ndarray]
+    windows: list[list[int]]
+    pooled: np.ndarray
+
+    def batch(self, rows: Sequence[int]) -> FrozenBatch:
+        """The clips ``rows`` as a :class:`FrozenBatch` (frozen statistics: all but the top layers')."""
+        n_frozen = self.pooled.shape[1] - self.top
+        return FrozenBatch([self.states[i] for i in rows], [self.windows[i] for i in rows], self.pooled[list(rows), :n_frozen])
+
+
+def frozen_states_for(encoder: "Encoder", signals: Sequence[np.ndarray], world: World | None = None, *, top: int,
+                      hashes: Sequence[str] | None = None, store=None, progress: Callable[[int], None] | None = None) -> FrozenStates:
+    """The cached inputs of the top ``top`` layers and the pooled features of ``signals``, the same on every rank.
+
+    With ``store`` and ``hashes`` (an encoder whose fingerprint matches its weights): each rank
+    encodes every K-th clip missing from the store and writes it (float16 states, pooled
+    features), then, after a barrier, every rank reads all of them (a rank whose store lacks
+    some, on another machine, encodes those itself). Without a store every rank encodes every
+    clip in memory.
+    """
+    from speech_emotion.features.store import extract_frame_states
+
+    world = world or World()
+    windows = [encoder.window_frames(len(signal)) for signal in signals]
+    if store is None or hashes is None:
+        computed = encoder.frozen_states(signals, top=top, progress=progress)
+        states = [np.ascontiguousarray(frames, dtype=np.float16) for frames, _ in computed]
+        pooled = np.stack([vector for _, vector in computed]) if computed else np.zeros((0, encoder.n_layers, encoder.dim), np.float32)
+        return FrozenStates(top, states, windows, pooled)
+    rows = list(range(world.rank, len(signals), world.size))
+    mine = extract_frame_states(encoder, [signals[i] for i in rows], [hashes[i] for i in rows], store, top=top, progress=progress)
+    if world.size == 1:
+        return FrozenStates(top, mine[0], windows, mine[1])
+    barrier(world)
+    states, pooled = extract_frame_states(encoder, signals, hashes, store, top=top)
+    return FrozenStates(top, states, windows, pooled)
+
+
 class FinetuneModel(nn.Module):
-    """Encoder + head as one module, signals in, logits out (what DistributedDataParallel wraps).
+    """Encoder + head as one module, clips in, logits out (what DistributedDataParallel wraps).
 
     Args:
         encoder: the :class:`~speech_emotion.features.encoders.Encoder`; its ``module`` is registered here.
         head: the :class:`EmotionHead`.
+        top: number of trained top layers (needed for :class:`FrozenBatch` input).
         batch_seconds: padded audio seconds per encoder forward pass.
     """
 
-    def __init__(self, encoder: "Encoder", head: EmotionHead, *, batch_seconds: float | None = None):
+    def __init__(self, encoder: "Encoder", head: EmotionHead, *, top: int | None = None, batch_seconds: float | None = None):
         super().__init__()
         self.encoder_module = encoder.module
         self.head = head
         self._encoder = encoder  # not a Module: a plain attribute
+        self._top = top
         self._batch_seconds = batch_seconds
 
-    def forward(self, signals: Sequence[np.ndarray]) -> torch.Tensor:
-        """Logits of shape ``(len(signals), n_classes)``."""
-        return self.head(self._encoder.pooled_features(signals, batch_seconds=self._batch_seconds))
+    def forward(self, batch: "Sequence[np.ndarray] | FrozenBatch") -> torch.Tensor:
+        """Logits of shape ``(n_clips, n_classes)``: signals through the whole encoder, or a
+        :class:`FrozenBatch` through the top layers alone."""
+        if isinstance(batch, FrozenBatch):
+            if self._top is None:
+                raise ValueError("FinetuneModel: a FrozenBatch needs top=N (the number of trained layers) at construction")
+            return self.head(self._encoder.top_pooled_features(batch.states, batch.windows, batch.frozen, top=self._top,
+                                                               batch_seconds=self._batch_seconds))
+        return self.head(self._encoder.pooled_features(batch, batch_seconds=self._batch_seconds))
 
 
 @dataclass
@@ -219,6 +299,21 @@ def head_logits(head: EmotionHead, features: np.ndarray) -> np.ndarray:
         return head(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)).cpu().numpy()
 
 
+def cached_logits(model: FinetuneModel, frozen: FrozenStates, world: World, *, chunk: int = 64) -> np.ndarray:
+    """Logits ``(n, K)`` of the head (eval mode) on cached states through the top layers, clips sharded over ranks."""
+    head = model.head
+    logits = torch.zeros((len(frozen.states), head.n_outputs), dtype=torch.float32)
+    rows = list(range(world.rank, len(frozen.states), world.size))
+    training = head.training
+    head.eval()
+    with torch.no_grad():
+        for start in range(0, len(rows), chunk):
+            part = rows[start : start + chunk]
+            logits[part] = model(frozen.batch(part)).float().cpu()
+    head.train(training)
+    return all_reduce_sum(logits, world).numpy()
+
+
 def sharded_logits(encoder: "Encoder", head: EmotionHead, signals: Sequence[np.ndarray], world: World) -> np.ndarray:
     """Logits ``(n, K)`` through the inference path (``Encoder.features``), clips sharded over ranks."""
     if not len(signals):
@@ -239,6 +334,9 @@ def fit_finetune(
     scaler_features: np.ndarray | None = None,
     world: World | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    frozen: FrozenStates | None = None,
+    val_frozen: FrozenStates | None = None,
+    cache_states: bool = True,
 ) -> FinetuneResult:
     """Train a head and the top ``config.finetune`` layers of ``encoder``; keep the best validation UAR.
 
@@ -258,6 +356,11 @@ def fit_finetune(
             set the head's standardisation (computed here when None).
         world: this process's place in the job (default: a single process).
         on_epoch: called with each epoch's metrics dict (the same on every rank).
+        frozen, val_frozen: the training and validation clips' cached top-layer inputs
+            (:func:`frozen_states_for`, through the feature store); computed here, in memory,
+            when None.
+        cache_states: run only the top layers in each step, on cached states (default, when
+            the encoder can: ``encoder.can_run_top``); False runs the whole encoder every step.
 
     Returns:
         A :class:`FinetuneResult`.
@@ -294,13 +397,26 @@ def fit_finetune(
         torch.manual_seed(config.seed + 7919 * (world.rank + 1))
 
     trainable = unfreeze_top(encoder, config.finetune)
+    use_cache = cache_states and encoder.can_run_top
+    if use_cache:
+        if frozen is None:
+            frozen = frozen_states_for(encoder, train_signals, world, top=config.finetune)
+        if val_frozen is None:
+            val_frozen = frozen_states_for(encoder, val_signals, world, top=config.finetune)
+        if len(frozen.states) != len(train_signals) or len(val_frozen.states) != len(val_signals) or config.finetune not in (frozen.top, val_frozen.top):
+            raise ValueError(f"frozen states: expected {len(train_signals)} training and {len(val_signals)} validation clips for top-{config.finetune}, "
+                             f"got {len(frozen.states)} and {len(val_frozen.states)} for top-{frozen.top}/top-{val_frozen.top}")
+        if scaler_features is None:
+            scaler_features = frozen.pooled
+        else:  # the frozen layers' statistics come from the pretrained features given (the feature store's)
+            frozen = FrozenStates(frozen.top, frozen.states, frozen.windows, np.asarray(scaler_features, dtype=np.float32))
     if scaler_features is None:
         scaler_features = sharded_features(encoder, train_signals, world)
     head.fit_scaler(torch.from_numpy(np.ascontiguousarray(scaler_features, dtype=np.float32)))
     if config.mixing == "concat":
         head.layer_logits.requires_grad_(False)  # unused: every layer goes to the classifier side by side
     head.to(device)
-    model = FinetuneModel(encoder, head)
+    model = FinetuneModel(encoder, head, top=config.finetune)
     network: nn.Module = model
     if world.size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -330,7 +446,7 @@ def fit_finetune(
         total, seen = 0.0, 0.0
         for start in range(0, len(order), local_batch):
             rows = order[start : start + local_batch]
-            logits = network([train_signals[i] for i in rows])
+            logits = network(frozen.batch(rows) if use_cache else [train_signals[i] for i in rows])
             target = targets[rows]
             weight = weight_of[target]
             weighted = (weight * nn.functional.cross_entropy(logits, target, reduction="none")).sum()
@@ -343,7 +459,7 @@ def fit_finetune(
             total += float(sums[1] / sums[0]) * float(sums[2])
             seen += float(sums[2])
         record = {"epoch": epoch, "train_loss": total / seen}
-        val_logits = sharded_logits(encoder, head, val_signals, world)
+        val_logits = cached_logits(model, val_frozen, world) if use_cache else sharded_logits(encoder, head, val_signals, world)
         metrics = classification_metrics(y_val, val_logits.argmax(axis=1), classes)
         val_loss = nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val), weight=torch.tensor(weights, dtype=torch.float32))
         record |= {"val_loss": float(val_loss), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
@@ -452,10 +568,24 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
             advance(1)
 
     train_rows, val_rows = parts["train"], parts["val"]
-    status.stage("encoding", total=len(range(world.rank, len(train_rows), world.size)))
-    with tracked(f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))) as advance:
-        scaler_features = sharded_features(encoder, [signals[i] for i in train_rows], world, hashes=[dataset.hashes[i] for i in train_rows],
-                                           store=store if store is not None else FeatureStore(), progress=advance)
+    store = store if store is not None else FeatureStore()
+    frozen = val_frozen = None
+    if encoder.can_run_top:  # one pass over training and validation clips: pooled features and the top layers' input, cached
+        rows = train_rows + val_rows
+        share = len(range(world.rank, len(rows), world.size))
+        status.stage("encoding", total=share)
+        with tracked(f"encoding ({encoder.family}, pretrained; top-{config.finetune} inputs cached)", share) as advance:
+            cached = frozen_states_for(encoder, [signals[i] for i in rows], world, top=config.finetune, hashes=[dataset.hashes[i] for i in rows],
+                                       store=store, progress=advance)
+        n_train = len(train_rows)
+        frozen = FrozenStates(cached.top, cached.states[:n_train], cached.windows[:n_train], cached.pooled[:n_train])
+        val_frozen = FrozenStates(cached.top, cached.states[n_train:], cached.windows[n_train:], cached.pooled[n_train:])
+        scaler_features = frozen.pooled
+    else:
+        status.stage("encoding", total=len(range(world.rank, len(train_rows), world.size)))
+        with tracked(f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))) as advance:
+            scaler_features = sharded_features(encoder, [signals[i] for i in train_rows], world, hashes=[dataset.hashes[i] for i in train_rows],
+                                               store=store, progress=advance)
     encoded = time.perf_counter()
 
     metrics_file = out / "metrics.jsonl"
@@ -474,7 +604,7 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
 
         fit = fit_finetune(encoder, [signals[i] for i in train_rows], dataset.y[train_rows], [signals[i] for i in val_rows], dataset.y[val_rows],
                            n_classes=len(classes), config=config, classes=classes, scaler_features=scaler_features, world=world,
-                           on_epoch=record_epoch)
+                           on_epoch=record_epoch, frozen=frozen, val_frozen=val_frozen)
     trained = time.perf_counter()
     status.update(best_epoch=fit.best_epoch)
 
@@ -502,6 +632,7 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
             "trainable_values": int(sum(p.numel() for n, p in encoder.module.named_parameters() if n in trainable)),
             "processes": world.size,
             "device": str(encoder.device),
+            "cached_states": frozen is not None,  # the top layers alone ran in each step, on float16 states from the feature store
         },
     }
     for name, part_logits in logits.items():
