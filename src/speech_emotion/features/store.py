@@ -396,17 +396,7 @@ def extract_features(
 
     for start in range(0, len(missing), chunk_size):
         keys = missing[start : start + chunk_size]
-        loaded = []
-        for key in keys:
-            index = indices_by_key[key][0]
-            source = signals[index]
-            loaded.append(
-                _check_signal(
-                    source() if callable(source) else source,
-                    name=f"signals[{index}] (audio hash {audio_hashes[index]})",
-                    min_samples=getattr(encoder, "min_samples", 1),
-                )
-            )
+        loaded = [_load_signal(encoder, signals, audio_hashes, indices_by_key[key][0]) for key in keys]
         results = encoder.features(loaded, batch_seconds=batch_seconds, progress=progress)
         if len(results) != len(keys):
             raise ValueError(f"{encoder!r}: returned {len(results)} feature arrays for {len(keys)} signals")
@@ -422,6 +412,16 @@ def extract_features(
         if progress is not None and n_duplicates:
             progress(n_duplicates)
     return output
+
+
+def _load_signal(encoder: Encoder, signals: Sequence, audio_hashes: Sequence[str], index: int) -> np.ndarray:
+    """Signal ``index`` (decoded now when given as a loader), checked for the encoder."""
+    source = signals[index]
+    return _check_signal(
+        source() if callable(source) else source,
+        name=f"signals[{index}] (audio hash {audio_hashes[index]})",
+        min_samples=getattr(encoder, "min_samples", 1),
+    )
 
 
 def frame_states_key(encoder: Encoder, audio_hash: str, *, top: int, dtype: str = "float16") -> str:
@@ -527,17 +527,7 @@ def extract_frame_states(
 
     for start in range(0, len(missing), chunk_size):
         chunk = missing[start : start + chunk_size]
-        loaded = []
-        for keys in chunk:
-            index = by_key[keys][0]
-            source = signals[index]
-            loaded.append(
-                _check_signal(
-                    source() if callable(source) else source,
-                    name=f"signals[{index}] (audio hash {audio_hashes[index]})",
-                    min_samples=getattr(encoder, "min_samples", 1),
-                )
-            )
+        loaded = [_load_signal(encoder, signals, audio_hashes, by_key[keys][0]) for keys in chunk]
         results = encoder.frozen_states(loaded, top=top, batch_seconds=batch_seconds, progress=progress)
         n_duplicates = 0
         for keys, (frames, vector) in zip(chunk, results):

@@ -71,12 +71,11 @@ from speech_emotion.model.bundle import save_bundle
 from speech_emotion.model.head import EmotionHead, HeadConfig
 from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
 from speech_emotion.training.distributed import World, all_reduce_sum, barrier, broadcast
-from speech_emotion.training.loop import TrainConfig, class_weights
+from speech_emotion.training.loop import TrainConfig, class_weights, close_epoch
 from speech_emotion.training.metrics import classification_metrics
 from speech_emotion.training.sanity import (
     Alarm,
     check_encoded_labels,
-    check_epoch,
     check_output_size,
     check_predictions,
     check_split_classes,
@@ -463,17 +462,8 @@ def fit_finetune(
         metrics = classification_metrics(y_val, val_logits.argmax(axis=1), classes)
         val_loss = nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val), weight=torch.tensor(weights, dtype=torch.float32))
         record |= {"val_loss": float(val_loss), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
-        epoch_alarms = check_epoch(epoch, record["train_loss"], record["val_accuracy"])
-        record["alarms"] = [a.check for a in epoch_alarms]
         record["seconds"] = round(time.perf_counter() - started, 2)
-        history.append(record)
-        alarms += epoch_alarms
-        for alarm in epoch_alarms:
-            log.warning("epoch %d: %s", epoch, alarm.message)
-        if on_epoch:
-            on_epoch(record)
-        if config.stop_on_alarm:
-            raise_errors(epoch_alarms)
+        close_epoch(record, history, alarms, on_epoch=on_epoch, stop_on_alarm=config.stop_on_alarm)
         improved = record["val_uar"] > best_uar
         stop = not improved and stale + 1 >= config.patience
         improved, stop = (bool(v) for v in broadcast(torch.tensor([improved, stop], dtype=torch.int64), world).tolist())  # rank 0 decides

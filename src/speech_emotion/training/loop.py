@@ -207,16 +207,7 @@ def fit_head(
             val_pred = logits.argmax(dim=1).numpy()
             metrics = classification_metrics(y_val, val_pred, classes)
             record |= {"val_loss": float(loss_fn(logits, torch.from_numpy(np.asarray(y_val))).item()), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
-        epoch_alarms = check_epoch(epoch, record["train_loss"], record.get("val_accuracy"))
-        record["alarms"] = [a.check for a in epoch_alarms]
-        history.append(record)
-        alarms += epoch_alarms
-        for alarm in epoch_alarms:
-            log.warning("epoch %d: %s", epoch, alarm.message)
-        if on_epoch:
-            on_epoch(record)
-        if config.stop_on_alarm:
-            raise_errors(epoch_alarms)
+        close_epoch(record, history, alarms, on_epoch=on_epoch, stop_on_alarm=config.stop_on_alarm)
         score = record.get("val_uar", -record["train_loss"])
         if score > best_uar:
             best_uar, best_epoch, stale = score, epoch, 0
@@ -239,6 +230,20 @@ def fit_head(
             log.warning(alarm.message)
         alarms += final
     return FitResult(head, history, best_epoch, weights.tolist(), alarms)
+
+
+def close_epoch(record: dict, history: list[dict], alarms: list[Alarm], *, on_epoch: Callable[[dict], None] | None, stop_on_alarm: bool) -> None:
+    """Run the per-epoch sanity checks on ``record``, add it to ``history``, report it, stop on an error alarm."""
+    epoch_alarms = check_epoch(record["epoch"], record["train_loss"], record.get("val_accuracy"))
+    record["alarms"] = [a.check for a in epoch_alarms]
+    history.append(record)
+    alarms += epoch_alarms
+    for alarm in epoch_alarms:
+        log.warning("epoch %d: %s", record["epoch"], alarm.message)
+    if on_epoch:
+        on_epoch(record)
+    if stop_on_alarm:
+        raise_errors(epoch_alarms)
 
 
 def _adamw_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
