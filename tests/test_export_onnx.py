@@ -108,9 +108,12 @@ def test_onnx_folder_runs_without_torch_or_transformers(whisper_run, whisper_onn
         "import json, sys\n"
         "import numpy as np\n"
         "import speech_emotion\n"
+        "from speech_emotion.inference.timeline import predict_timeline\n"
         f"predictor = speech_emotion.Predictor.from_pretrained({str(whisper_onnx)!r})\n"
         f"from_file = predictor({str(clip)!r})\n"
         "from_array = predictor.predict([np.zeros(8000, dtype=np.float32) + 0.01])[0]\n"
+        f"list(predict_timeline(predictor, {str(clip)!r}))  # with the voice-activity detector\n"
+        "assert 'onnxruntime' in sys.modules\n"
         "print(json.dumps({'file': from_file, 'array': from_array, 'backend': predictor.backend_name,\n"
         "                  'torch': 'torch' in sys.modules, 'transformers': 'transformers' in sys.modules}))\n"
     )

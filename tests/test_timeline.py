@@ -162,7 +162,7 @@ def test_batched_silero_matches_the_packaged_frame_by_frame_model(ravdess):
     signal, _ = sf.read(next((ravdess / "Actor_16").glob("03-01-05-02-*.flac")), dtype="float32", always_2d=True)
     signal = np.concatenate([signal.mean(axis=1), np.zeros(16000, np.float32)])
     signal = signal[: len(signal) // 512 * 512]
-    torch.set_num_threads(1)  # the frame-by-frame loop is slow otherwise (see SileroVAD.__call__)
+    torch.set_num_threads(1)  # the frame-by-frame loop is slow on several threads (see SileroVAD.__init__)
     torch.set_flush_denormal(True)
     try:
         with torch.inference_mode(), torch.jit.optimized_execution(False):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from speech_emotion import Predictor
@@ -162,6 +163,36 @@ def test_lbfgs_linear_head_is_the_logistic_regression_probe():
     fit = fit_head(X, y, None, None, n_classes=3, config=config)
     reference = LogisticRegression(C=1 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000).fit(X.reshape(len(y), -1), y)
     np.testing.assert_allclose(predict_proba(fit.head, X), reference.predict_proba(X.reshape(len(y), -1)), atol=2e-4)
+
+
+def test_mixup_softens_an_overconfident_probe_and_still_learns():
+    from speech_emotion.training.loop import fit_head, predict_proba
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 30)
+    X = (rng.normal(size=(len(y), 1, 4)) + 3.0 * np.eye(4)[y][:, None, :]).astype(np.float32)  # separable
+    held_y = np.repeat([0, 1, 2], 20)
+    held_X = (rng.normal(size=(len(held_y), 1, 4)) + 3.0 * np.eye(4)[held_y][:, None, :]).astype(np.float32)
+
+    def fit(mixup: float, seed: int = 0):
+        return fit_head(X, y, None, None, n_classes=3, config=TrainConfig(weight_decay=1e-4, max_epochs=50, mixup=mixup, seed=seed)).head
+
+    plain, mixed = fit(0.0), fit(1.0)
+    # Without mixup a weak L2 penalty lets separable classes drive the margins up; mixed
+    # examples ask for intermediate probabilities between classes, which keeps them moderate.
+    assert predict_proba(plain, X).max(axis=1).mean() > 0.99
+    assert predict_proba(mixed, X).max(axis=1).mean() < 0.97
+    assert (predict_proba(mixed, held_X).argmax(axis=1) == held_y).mean() >= 0.9
+    same = fit(1.0)
+    assert all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), same.state_dict().values()))
+    other = fit(1.0, seed=1)
+    assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), other.state_dict().values()))
+
+
+@pytest.mark.parametrize("kwargs, message", [({"mixup": -0.5}, "mixup: expected"), ({"mixup": 0.4, "finetune": 1}, "drop --mixup or --finetune")])
+def test_mixup_settings_are_checked(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
 
 
 def test_default_recipe_learns_pitch_classes(synth_corpus, tiny_wav2vec2, tmp_path):

@@ -36,3 +36,26 @@ class BundleError(ValueError):
 
 class SanityError(RuntimeError):
     """Training looks wrong in a way that almost always means a data bug."""
+
+
+class RemoteError(RuntimeError):
+    """A command on the remote host, or the connection to it, failed."""
+
+
+class TrackingError(ValueError):
+    """The tracking server could not be used (unreachable, refused, wrong URI)."""
+
+
+class UploadError(ValueError):
+    """An upload the server refuses, with the HTTP status and a short error code.
+
+    Attributes:
+        status_code: 400 (bad request), 413 (too large or too long), 415 (not an accepted
+            audio format) or 422 (an audio format that does not decode into usable samples).
+        code: machine-readable kind, e.g. ``"too_large"``, ``"unsupported_format"``.
+    """
+
+    def __init__(self, status_code: int, code: str, message: str):
+        self.status_code = status_code
+        self.code = code
+        super().__init__(message)

@@ -15,7 +15,7 @@ from speech_emotion.data.splits import parse_speakers
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
 from speech_emotion.training.distributed import current_world
 from speech_emotion.training.finetune import parse_finetune
-from speech_emotion.training.loop import TrainConfig
+from speech_emotion.training.loop import MIXUP_COPIES, TrainConfig
 
 USER_ERRORS = (BundleError, CorpusError, LabelError, SanityError, SplitError, FileExistsError, FileNotFoundError, OSError, ValueError)
 
@@ -36,6 +36,7 @@ LrOpt = Annotated[float, typer.Option(help="AdamW learning rate (--optimizer ada
 OptimizerOpt = Annotated[str, typer.Option(help="lbfgs: full-batch L-BFGS on the loss plus an L2 penalty (with a linear head, a logistic-regression probe); "
                                                 "adamw: shuffled mini-batches with dropout and decoupled weight decay; auto: lbfgs for a linear head (--hidden 0), adamw otherwise.")]
 WeightDecayOpt = Annotated[float, typer.Option(help="lbfgs: L2 penalty weight_decay/2·‖W‖² on the head's weight matrices; adamw: decoupled weight decay.")]
+MixupOpt = Annotated[float, typer.Option(help=f"Mixup: add {MIXUP_COPIES} mixtures of two training examples (features and labels, weight ~ Beta(a, a)) per example; 0: off.")]
 HiddenOpt = Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")]
 MixingOpt = Annotated[str, typer.Option(help="How the head combines encoder layers: concat (all layers side by side) or softmax (learned weighted sum).")]
 SpeakerNormOpt = Annotated[
@@ -77,6 +78,7 @@ def train(
     lr: LrOpt = TrainConfig.lr,
     optimizer: OptimizerOpt = TrainConfig.optimizer,
     weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
+    mixup: MixupOpt = TrainConfig.mixup,
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
@@ -131,7 +133,7 @@ def train(
         raise fail("--encoder-lr sets the learning rate of fine-tuned encoder layers: add --finetune top-N, or drop --encoder-lr")
     try:
         top = parse_finetune(finetune) if finetune else 0
-        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm,
+        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, mixup=mixup, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm,
                              hf_compatible=hf_compatible, stop_on_alarm=not warn_only, batch_size=batch_size, finetune=top, encoder_lr=encoder_lr)
     except ValueError as error:
         raise fail(error) from None
@@ -222,6 +224,7 @@ def cv(
     lr: LrOpt = TrainConfig.lr,
     optimizer: OptimizerOpt = TrainConfig.optimizer,
     weight_decay: WeightDecayOpt = TrainConfig.weight_decay,
+    mixup: MixupOpt = TrainConfig.mixup,
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
@@ -240,7 +243,7 @@ def cv(
     from speech_emotion.training.cv import cross_validate
 
     try:
-        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
+        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, mixup=mixup, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
         summary = cross_validate(data, encoder=encoder, folds=folds, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
                                  config=config, skip_bad=skip_bad, force=force, progress=progress_bar)
     except USER_ERRORS as error:

@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import warnings
 from collections import deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -88,16 +87,18 @@ _SILENCE_PEAK = 1e-5  # the audio loader's definition of digital silence (-100 d
 class SileroVAD:
     """Silero VAD on 16 kHz audio, streaming: speech probability per 32 ms frame.
 
-    The model is the TorchScript file inside the ``silero-vad`` package (no download). Its
-    per-frame convolutional encoder runs on all frames of a block at once and its LSTM
-    decoder runs over the block as one sequence, which gives the same numbers as Silero's
-    frame-by-frame loop (within 1e-5) at a hundred times its speed. State (the LSTM's and
-    the last 64 samples of context) carries over between calls, so a recording can be fed
-    in blocks of any multiple of :data:`VAD_FRAME` samples.
+    The model is the sequence ONNX file inside the ``silero-vad`` package (no download), run
+    with onnxruntime: neither torch nor the package's Python code is imported, so the
+    torch-free ONNX backend stays torch-free with ``--timeline``. It scores all frames of a
+    block in one call (its LSTM runs over the block as one sequence), which gives the same
+    numbers as Silero's frame-by-frame loop (within 1e-5) at a hundred times its speed. State
+    (the LSTM's and the last 64 samples of context) carries over between calls, so a
+    recording can be fed in blocks of any multiple of :data:`VAD_FRAME` samples.
 
     Raises:
-        ImportError: ``silero-vad`` is not installed (``ModuleNotFoundError``), or its model
-            has another layout than release :data:`SILERO_VAD_VERSION`'s.
+        ImportError: ``silero-vad`` or ``onnxruntime`` is not installed
+            (``ModuleNotFoundError``), or the model file is not where release
+            :data:`SILERO_VAD_VERSION` keeps it.
 
     Example:
         >>> import numpy as np
@@ -109,47 +110,44 @@ class SileroVAD:
 
     frame_samples = VAD_FRAME
     sampling_rate = SAMPLING_RATE
+    context_samples = 64
+    """Samples of the previous frame that the model sees before each frame (its input is 576 wide)."""
 
     def __init__(self) -> None:
-        import torch
-
         spec = importlib.util.find_spec("silero_vad")
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(
                 "voice-activity detection needs the silero-vad package: "
                 f"pip install 'silero-vad=={SILERO_VAD_VERSION}' (or 'speech-emotion[all]'), or pass vad=False (--no-vad)"
             )
-        # Load the model file directly: importing the silero_vad package would call
-        # torch.set_num_threads(1) for the whole process and slow the encoder down.
-        model_file = Path(spec.origin).parent / "data" / "silero_vad.jit"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: still the way to read TorchScript
-            scripted = torch.jit.load(str(model_file), map_location="cpu").eval()
-        try:
-            inner = scripted._model
-            weights = dict(inner.decoder.named_parameters())
-            lstm = torch.nn.LSTM(input_size=weights["rnn.weight_ih"].shape[1], hidden_size=weights["rnn.weight_hh"].shape[1])
-            lstm.weight_ih_l0.data = weights["rnn.weight_ih"].detach().clone()
-            lstm.weight_hh_l0.data = weights["rnn.weight_hh"].detach().clone()
-            lstm.bias_ih_l0.data = weights["rnn.bias_ih"].detach().clone()
-            lstm.bias_hh_l0.data = weights["rnn.bias_hh"].detach().clone()
-            self._out_weight = weights["decoder.2.weight"].detach().clone()
-            self._out_bias = weights["decoder.2.bias"].detach().clone()
-            self._context_samples = int(inner.context_size_samples)
-        except (AttributeError, KeyError) as error:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ModuleNotFoundError(
+                "voice-activity detection runs Silero's ONNX model with onnxruntime: "
+                "pip install onnxruntime (or 'speech-emotion[all]'), or pass vad=False (--no-vad)"
+            )
+        import onnxruntime
+
+        # Read the file, not the package: importing silero_vad imports torch and sets it to
+        # one thread for the whole process.
+        model_file = Path(spec.origin).parent / "data" / "silero_vad_16k_sequence.onnx"
+        if not model_file.is_file():
             raise ImportError(
-                f"{model_file}: unexpected Silero VAD model layout ({error}); this code expects silero-vad=={SILERO_VAD_VERSION}: "
+                f"{model_file}: Silero VAD model not found; this code expects silero-vad=={SILERO_VAD_VERSION}: "
                 f"pip install 'silero-vad=={SILERO_VAD_VERSION}'"
-            ) from error
-        self._torch = torch
-        self._features = lambda frames: inner.encoder(inner.run_extractors(frames))
-        self._lstm = lstm.eval()
+            )
+        options = onnxruntime.SessionOptions()
+        # One thread: the LSTM is hundreds of tiny sequential steps, and waking other threads
+        # at each costs more than it gains. Its gates underflow into denormal floats on quiet
+        # input, which makes CPU arithmetic up to a thousand times slower: flush them to zero.
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.set_denormal_as_zero", "1")
+        self._session = onnxruntime.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
         self.reset()
 
     def reset(self) -> None:
         """Forget the state: the next call starts a new recording."""
-        self._context = np.zeros(self._context_samples, dtype=np.float32)
-        self._state = None
+        self._context = np.zeros(self.context_samples, dtype=np.float32)
+        self._state = (np.zeros((1, 1, 128), dtype=np.float32), np.zeros((1, 1, 128), dtype=np.float32))
 
     def __call__(self, signal: np.ndarray) -> np.ndarray:
         """Speech probabilities of consecutive frames.
@@ -161,7 +159,6 @@ class SileroVAD:
         Returns:
             float32 array of ``len(signal) // 512`` probabilities in [0, 1].
         """
-        torch = self._torch
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.shape[0] % self.frame_samples:
             raise ValueError(
@@ -169,32 +166,14 @@ class SileroVAD:
             )
         if signal.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        # Silero's LSTM gates underflow into denormal floats on quiet input, which makes CPU
-        # arithmetic up to a thousand times slower: flush them to zero during the call. One
-        # thread: the LSTM is hundreds of tiny sequential steps, and waking other threads at
-        # each of them costs far more than it gains (seconds per block on a busy machine).
-        threads = torch.get_num_threads()
-        torch.set_flush_denormal(True)
-        torch.set_num_threads(1)
-        try:
-            probabilities = self._probabilities(signal)
-        finally:
-            torch.set_num_threads(threads)
-            torch.set_flush_denormal(False)
-        self._context = signal[-self._context_samples :].copy()
-        return probabilities
-
-    def _probabilities(self, signal: np.ndarray) -> np.ndarray:
-        torch = self._torch
-        # TorchScript's optimising executor spends seconds re-specialising the graph for each
-        # new number of frames; the plain interpreter is as fast on these small convolutions.
-        with torch.inference_mode(), torch.jit.optimized_execution(False):
-            padded = torch.from_numpy(np.concatenate([self._context, signal]))
-            frames = padded.unfold(0, self.frame_samples + self._context_samples, self.frame_samples)
-            features = self._features(frames).squeeze(-1)  # (n_frames, 128)
-            hidden, self._state = self._lstm(features[:, None, :], self._state)
-            logits = torch.nn.functional.conv1d(torch.relu(hidden[:, 0, :]).T[None], self._out_weight, self._out_bias)
-            return torch.sigmoid(logits)[0, 0].numpy().astype(np.float32)
+        padded = np.concatenate([self._context, signal])
+        width = self.frame_samples + self.context_samples
+        frames = np.lib.stride_tricks.sliding_window_view(padded, width)[:: self.frame_samples]
+        h, c = self._state
+        probabilities, h, c = self._session.run(None, {"input": np.ascontiguousarray(frames), "h": h, "c": c})
+        self._state = (h, c)
+        self._context = signal[-self.context_samples :].copy()
+        return probabilities.astype(np.float32, copy=False)
 
 
 class SpeechTracker:

@@ -22,9 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-
-class RemoteError(RuntimeError):
-    """A command on the remote host, or the connection to it, failed."""
+from speech_emotion.errors import RemoteError
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ Example:
     >>> decode_upload(b"", limits=ServeLimits(), filename="clip.wav")
     Traceback (most recent call last):
     ...
-    speech_emotion.serving.uploads.UploadError: clip.wav: empty upload (0 bytes); send the audio file's bytes
+    speech_emotion.errors.UploadError: clip.wav: empty upload (0 bytes); send the audio file's bytes
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import numpy as np
 import soundfile as sf
 
 from speech_emotion.data.audio import MIN_DURATION, SAMPLING_RATE, load_audio
-from speech_emotion.errors import AudioError
+from speech_emotion.errors import AudioError, UploadError
 
 KNOWN_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff")
 """Formats the server can be told to accept (all decoded by libsndfile)."""
@@ -43,21 +43,6 @@ DEFAULT_FORMATS = ("wav", "flac", "ogg", "mp3")
 
 AUDIO_CONTENT_TYPES = ("application/octet-stream", "application/ogg")
 """Declared content types accepted besides ``audio/*`` (and none at all)."""
-
-
-class UploadError(ValueError):
-    """An upload the server refuses, with the HTTP status and a short error code.
-
-    Attributes:
-        status_code: 400 (bad request), 413 (too large or too long), 415 (not an accepted
-            audio format) or 422 (an audio format that does not decode into usable samples).
-        code: machine-readable kind, e.g. ``"too_large"``, ``"unsupported_format"``.
-    """
-
-    def __init__(self, status_code: int, code: str, message: str):
-        self.status_code = status_code
-        self.code = code
-        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -160,7 +145,7 @@ def check_content_type(content_type: str | None, *, what: str = "body") -> None:
         >>> check_content_type("text/plain")
         Traceback (most recent call last):
         ...
-        speech_emotion.serving.uploads.UploadError: body: content type 'text/plain' is not audio; send audio/* or application/octet-stream (the format is read from the file's bytes)
+        speech_emotion.errors.UploadError: body: content type 'text/plain' is not audio; send audio/* or application/octet-stream (the format is read from the file's bytes)
     """
     if not content_type:
         return

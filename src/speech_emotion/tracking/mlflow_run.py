@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from speech_emotion.atomic import write_json
+from speech_emotion.errors import TrackingError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,6 @@ DEFAULT_EXPERIMENT = "speech-emotion"
 MLFLOW_PIN = "mlflow==3.17.2"
 EPOCH_METRICS = ("train_loss", "val_loss", "val_accuracy", "val_uar")
 MAX_PARAM_LENGTH = 6000
-
-
-class TrackingError(ValueError):
-    """The tracking server could not be used (unreachable, refused, wrong URI)."""
 
 
 def _mlflow():

@@ -7,6 +7,7 @@ steps with decoupled weight decay and dropout. The default, ``"auto"``, picks L-
 linear head (a convex problem, CV-chosen: docs/accuracy.md) and AdamW for an MLP head or
 fine-tuning. Either way an "epoch" is one
 validation point for early stopping (for L-BFGS: up to ``LBFGS_ITERATIONS`` iterations).
+``TrainConfig.mixup`` adds mixed examples with soft labels to the training set (:func:`mixup`).
 
 Example:
     >>> import numpy as np
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 OPTIMIZERS = ("lbfgs", "adamw")
 LBFGS_ITERATIONS = 20  # per epoch; each epoch starts a fresh L-BFGS memory, so checkpoints need no optimizer state
 
+MIXUP_COPIES = 8
+"""Mixed examples added per training example when ``TrainConfig.mixup`` is on."""
 
 ENCODER_LR_FACTOR = 0.1
 """Default learning rate of fine-tuned encoder layers, as a fraction of the head's ``lr``."""
@@ -62,6 +65,7 @@ class TrainConfig:
     stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
     finetune: int = 0  # > 0: the top N transformer layers of the encoder train with the head (training/finetune.py)
     encoder_lr: float | None = None  # learning rate of the unfrozen layers; None with finetune: lr * ENCODER_LR_FACTOR
+    mixup: float = 0.0  # > 0: Beta(mixup, mixup) mixup of training features and labels (MIXUP_COPIES per example); 0: off
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + ("auto",):
@@ -78,6 +82,10 @@ class TrainConfig:
             object.__setattr__(self, "optimizer", "lbfgs" if not self.hidden and not self.finetune else "adamw")
         if self.finetune and self.encoder_lr is None:
             object.__setattr__(self, "encoder_lr", self.lr * ENCODER_LR_FACTOR)
+        if not self.mixup >= 0:
+            raise ValueError(f"mixup: expected the Beta distribution's alpha (> 0) or 0 for no mixup, got {self.mixup}")
+        if self.mixup and self.finetune:
+            raise ValueError("mixup mixes pooled features, which fine-tuning does not have: drop --mixup or --finetune")
         if self.encoder_lr is not None and not self.encoder_lr > 0:
             raise ValueError(f"encoder_lr: expected a positive learning rate, got {self.encoder_lr}")
         if self.hf_compatible:
@@ -176,6 +184,8 @@ def fit_head(
     y = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
     head.fit_scaler(X)
     weights = class_weights(np.asarray(y_train), n_classes)
+    if config.mixup:
+        X, y = mixup(X, y, n_classes=n_classes, alpha=config.mixup, copies=MIXUP_COPIES, seed=config.seed)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw" else None
     Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
@@ -230,6 +240,32 @@ def fit_head(
             log.warning(alarm.message)
         alarms += final
     return FitResult(head, history, best_epoch, weights.tolist(), alarms)
+
+
+def mixup(X: torch.Tensor, y: torch.Tensor, *, n_classes: int, alpha: float, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training set plus ``copies`` mixed examples per example, with soft targets.
+
+    Each mixed example is ``lam * a + (1 - lam) * b`` of two random training examples, its
+    target the same mixture of their one-hot labels, ``lam ~ Beta(alpha, alpha)`` (Zhang et
+    al., 2018). Drawn once, from ``seed``, so that full-batch L-BFGS sees one fixed problem and
+    a resumed run the same one. Class-weighted cross-entropy on one-hot targets equals the
+    hard-label loss here because the weights are balanced (they sum to n over the examples).
+
+    >>> X2, T = mixup(torch.eye(2), torch.tensor([0, 1]), n_classes=2, alpha=1.0, copies=3, seed=0)
+    >>> X2.shape, T.shape, bool(torch.allclose(X2[:, 0], T[:, 0]))
+    (torch.Size([8, 2]), torch.Size([8, 2]), True)
+    """
+    rng = np.random.default_rng(seed)
+    n = len(X) * copies
+    a, b = torch.from_numpy(rng.integers(len(X), size=n)), torch.from_numpy(rng.integers(len(X), size=n))
+    lam = torch.from_numpy(rng.beta(alpha, alpha, size=n).astype(np.float32))
+    T = nn.functional.one_hot(y, n_classes).float()
+
+    def mix(V: torch.Tensor) -> torch.Tensor:
+        weight = lam.view(-1, *[1] * (V.ndim - 1))
+        return weight * V[a] + (1 - weight) * V[b]
+
+    return torch.cat([X, mix(X)]), torch.cat([T, mix(T)])
 
 
 def close_epoch(record: dict, history: list[dict], alarms: list[Alarm], *, on_epoch: Callable[[dict], None] | None, stop_on_alarm: bool) -> None:
