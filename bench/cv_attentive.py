@@ -44,6 +44,7 @@ def main() -> None:
     from speech_emotion.data.audio import load_audio
     from speech_emotion.data.splits import leave_speakers_out
     from speech_emotion.features.encoders import load_encoder
+    from speech_emotion.training.loop import class_weights
     from speech_emotion.training.metrics import classification_metrics
 
     dataset = load_dataset(SHARED / "data" / "ravdess-speech-16k", labels="ravdess-8")
@@ -98,8 +99,7 @@ def main() -> None:
         del frames
         stats = np.stack([np.concatenate([c.mean(1), c.std(1)], 1) for c in ((clips[i] - frame_mean[:, None]) / frame_std[:, None] for i in train)])
         model = AttentivePooling(frame_mean, frame_std, stats.mean(0), stats.std(0) + 1e-5)
-        counts = np.bincount(y[train], minlength=len(classes))
-        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(len(train) / (len(classes) * counts), dtype=torch.float32))
+        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weights(y[train], len(classes)), dtype=torch.float32))
         target = torch.from_numpy(y[train])
         standardised = torch.from_numpy(((stats - stats.mean(0)) / (stats.std(0) + 1e-5)).reshape(len(train), -1).astype(np.float32))
         lbfgs = torch.optim.LBFGS(model.out.parameters(), max_iter=500, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)

@@ -189,7 +189,7 @@ def test_mixup_softens_an_overconfident_probe_and_still_learns():
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), other.state_dict().values()))
 
 
-@pytest.mark.parametrize("kwargs, message", [({"mixup": -0.5}, "mixup: expected"), ({"mixup": 0.4, "finetune": 1}, "drop --mixup or --finetune")])
+@pytest.mark.parametrize("kwargs, message", [({"mixup": -0.5}, "mixup: expected"), ({"mixup": float("inf")}, "mixup: expected"), ({"mixup": 0.4, "finetune": 1}, "drop --mixup or --finetune")])
 def test_mixup_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)

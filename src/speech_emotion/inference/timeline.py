@@ -120,12 +120,13 @@ class SileroVAD:
                 "voice-activity detection needs the silero-vad package: "
                 f"pip install 'silero-vad=={SILERO_VAD_VERSION}' (or 'speech-emotion[all]'), or pass vad=False (--no-vad)"
             )
-        if importlib.util.find_spec("onnxruntime") is None:
+        try:
+            import onnxruntime
+        except ModuleNotFoundError as error:
             raise ModuleNotFoundError(
                 "voice-activity detection runs Silero's ONNX model with onnxruntime: "
                 "pip install onnxruntime (or 'speech-emotion[all]'), or pass vad=False (--no-vad)"
-            )
-        import onnxruntime
+            ) from error
 
         # Read the file, not the package: importing silero_vad imports torch and sets it to
         # one thread for the whole process.

@@ -82,8 +82,8 @@ class TrainConfig:
             object.__setattr__(self, "optimizer", "lbfgs" if not self.hidden and not self.finetune else "adamw")
         if self.finetune and self.encoder_lr is None:
             object.__setattr__(self, "encoder_lr", self.lr * ENCODER_LR_FACTOR)
-        if not self.mixup >= 0:
-            raise ValueError(f"mixup: expected the Beta distribution's alpha (> 0) or 0 for no mixup, got {self.mixup}")
+        if not 0 <= self.mixup < float("inf"):
+            raise ValueError(f"mixup: expected the Beta distribution's alpha (a finite number > 0) or 0 for no mixup, got {self.mixup}")
         if self.mixup and self.finetune:
             raise ValueError("mixup mixes pooled features, which fine-tuning does not have: drop --mixup or --finetune")
         if self.encoder_lr is not None and not self.encoder_lr > 0:
