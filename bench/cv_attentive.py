@@ -73,7 +73,11 @@ def main() -> None:
         def __init__(self, frame_mean, frame_std, stat_mean, stat_std):
             super().__init__()
             self.scale = [torch.from_numpy(a.astype(np.float32)) for a in (frame_mean, frame_std, stat_mean, stat_std)]
-            self.score = torch.nn.Sequential(torch.nn.Linear(n_layers * dim, args.attention_dim), torch.nn.Tanh(), torch.nn.Linear(args.attention_dim, 1, bias=False))
+            self.score = torch.nn.Sequential(
+                torch.nn.Linear(n_layers * dim, args.attention_dim),
+                torch.nn.Tanh(),
+                torch.nn.Linear(args.attention_dim, 1, bias=False),
+            )
             torch.nn.init.zeros_(self.score[2].weight)  # uniform weights: the default features
             self.out = torch.nn.Linear(n_layers * 2 * dim, len(classes))
 
@@ -97,12 +101,23 @@ def main() -> None:
         frames = np.concatenate([clips[i] for i in train], axis=1).astype(np.float32)
         frame_mean, frame_std = frames.mean(1), frames.std(1) + 1e-5
         del frames
-        stats = np.stack([np.concatenate([c.mean(1), c.std(1)], 1) for c in ((clips[i] - frame_mean[:, None]) / frame_std[:, None] for i in train)])
+        stats = np.stack(
+            [
+                np.concatenate([c.mean(1), c.std(1)], 1)
+                for c in ((clips[i] - frame_mean[:, None]) / frame_std[:, None] for i in train)
+            ]
+        )
         model = AttentivePooling(frame_mean, frame_std, stats.mean(0), stats.std(0) + 1e-5)
-        loss_fn = torch.nn.CrossEntropyLoss(weight=torch.tensor(class_weights(y[train], len(classes)), dtype=torch.float32))
+        loss_fn = torch.nn.CrossEntropyLoss(
+            weight=torch.tensor(class_weights(y[train], len(classes)), dtype=torch.float32)
+        )
         target = torch.from_numpy(y[train])
-        standardised = torch.from_numpy(((stats - stats.mean(0)) / (stats.std(0) + 1e-5)).reshape(len(train), -1).astype(np.float32))
-        lbfgs = torch.optim.LBFGS(model.out.parameters(), max_iter=500, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6)
+        standardised = torch.from_numpy(
+            ((stats - stats.mean(0)) / (stats.std(0) + 1e-5)).reshape(len(train), -1).astype(np.float32)
+        )
+        lbfgs = torch.optim.LBFGS(
+            model.out.parameters(), max_iter=500, history_size=20, line_search_fn="strong_wolfe", tolerance_grad=1e-6
+        )
 
         def objective():
             lbfgs.zero_grad()
@@ -113,13 +128,17 @@ def main() -> None:
         lbfgs.step(objective)
         start = score(model, test)["accuracy"]
         best, best_state, stale = score(model, val)["uar"], {k: v.clone() for k, v in model.state_dict().items()}, 0
-        adam = torch.optim.Adam([{"params": model.score.parameters(), "lr": 1e-3}, {"params": model.out.parameters(), "lr": 1e-4}])
+        adam = torch.optim.Adam(
+            [{"params": model.score.parameters(), "lr": 1e-3}, {"params": model.out.parameters(), "lr": 1e-4}]
+        )
         for _ in range(args.epochs):
             model.train()
             order = rng.permutation(train)
             for b in range(0, len(order), 32):
                 idx = order[b : b + 32]
-                loss = loss_fn(model(*batch(idx)), torch.from_numpy(y[idx])) + args.l2 / 2 * model.out.weight.pow(2).sum()
+                loss = (
+                    loss_fn(model(*batch(idx)), torch.from_numpy(y[idx])) + args.l2 / 2 * model.out.weight.pow(2).sum()
+                )
                 adam.zero_grad()
                 loss.backward()
                 adam.step()
@@ -131,10 +150,17 @@ def main() -> None:
         model.load_state_dict(best_state)
         final = score(model, test)
         rows.append((start, final["accuracy"], final["uar"]))
-        print(f"test {','.join(split.speakers['test'])}: L-BFGS start {start:.1%} → attentive {final['accuracy']:.1%} (UAR {final['uar']:.1%})", flush=True)
+        print(
+            f"test {','.join(split.speakers['test'])}: L-BFGS start {start:.1%} → attentive {final['accuracy']:.1%} "
+            f"(UAR {final['uar']:.1%})",
+            flush=True,
+        )
     a = np.array(rows)
-    print(f"start (default probe): {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}; attentive pooling: accuracy {a[:, 1].mean():.1%} ± {a[:, 1].std():.1%}, "
-          f"UAR {a[:, 2].mean():.1%} ± {a[:, 2].std():.1%} ({time.perf_counter() - started:.0f} s)")
+    print(
+        f"start (default probe): {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}; attentive pooling: accuracy "
+        f"{a[:, 1].mean():.1%} ± {a[:, 1].std():.1%}, "
+        f"UAR {a[:, 2].mean():.1%} ± {a[:, 2].std():.1%} ({time.perf_counter() - started:.0f} s)"
+    )
 
 
 if __name__ == "__main__":

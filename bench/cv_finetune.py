@@ -43,12 +43,26 @@ def main() -> None:
     scores = []
     for fold, split in enumerate(leave_speakers_out(dataset.speakers, 6, seed=0), start=1):
         speakers = {part: sorted({dataset.speakers[i] for i in rows}) for part, rows in split.parts.items()}
-        results = train(data, encoder=args.encoder, out=args.out / f"fold{fold}", labels="ravdess-8",
-                        test_speakers=speakers["test"], val_speakers=speakers["val"], config=config, force=True)
+        results = train(
+            data,
+            encoder=args.encoder,
+            out=args.out / f"fold{fold}",
+            labels="ravdess-8",
+            test_speakers=speakers["test"],
+            val_speakers=speakers["val"],
+            config=config,
+            force=True,
+        )
         scores.append((results["test"]["accuracy"], results["test"]["uar"]))
-        print(f"fold {fold} test {','.join(speakers['test'])}: accuracy {scores[-1][0]:.1%}, UAR {scores[-1][1]:.1%}", flush=True)
+        print(
+            f"fold {fold} test {','.join(speakers['test'])}: accuracy {scores[-1][0]:.1%}, UAR {scores[-1][1]:.1%}",
+            flush=True,
+        )
     a = np.array(scores)
-    print(f"top-{args.top}: accuracy {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}, UAR {a[:, 1].mean():.1%} ± {a[:, 1].std():.1%}")
+    print(
+        f"top-{args.top}: accuracy {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}, UAR {a[:, 1].mean():.1%} ± "
+        f"{a[:, 1].std():.1%}"
+    )
 
 
 if __name__ == "__main__":

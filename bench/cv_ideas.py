@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    HF_HUB_OFFLINE=1 python bench/cv_ideas.py bag            # 5 heads per fold, each early-stopped on other validation actors
+    HF_HUB_OFFLINE=1 python bench/cv_ideas.py bag            # 5 heads per fold, each early-stopped on other val actors
     HF_HUB_OFFLINE=1 python bench/cv_ideas.py tiny           # whisper-base + whisper-tiny.en features side by side
     HF_HUB_OFFLINE=1 python bench/cv_ideas.py egemaps        # whisper-base + eGeMAPS
     HF_HUB_OFFLINE=1 python bench/cv_ideas.py tiny+egemaps   # all three
@@ -26,7 +26,11 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 SHARED = Path(os.environ.get("SER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
-ENCODERS = {"base": str(SHARED / "models" / "whisper-base-encoder"), "tiny": str(SHARED / "models" / "whisper-tiny.en-encoder"), "egemaps": "egemaps"}
+ENCODERS = {
+    "base": str(SHARED / "models" / "whisper-base-encoder"),
+    "tiny": str(SHARED / "models" / "whisper-tiny.en-encoder"),
+    "egemaps": "egemaps",
+}
 
 
 def main() -> None:
@@ -54,15 +58,24 @@ def main() -> None:
         if args.mode == "bag":
             rest = np.array(sorted(set(speakers[np.concatenate([train, val])])))
             groups = np.array_split(np.random.default_rng(0).permutation(rest), 5)
-            parts = [(np.flatnonzero(~np.isin(speakers, g) & np.isin(speakers, rest)), np.flatnonzero(np.isin(speakers, g))) for g in groups]
+            parts = [
+                (np.flatnonzero(~np.isin(speakers, g) & np.isin(speakers, rest)), np.flatnonzero(np.isin(speakers, g)))
+                for g in groups
+            ]
         else:
             parts = [(train, val)]
-        proba = sum(predict_proba(fit_head(X[t], y[t], X[v], y[v], n_classes=len(classes), config=config).head, X[test]) for t, v in parts)
+        proba = sum(
+            predict_proba(fit_head(X[t], y[t], X[v], y[v], n_classes=len(classes), config=config).head, X[test])
+            for t, v in parts
+        )
         metrics = classification_metrics(y[test], proba.argmax(axis=1), classes)
         scores.append((metrics["accuracy"], metrics["uar"]))
     a = np.array(scores)
-    print(f"{args.mode}: accuracy {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}, UAR {a[:, 1].mean():.1%} ± {a[:, 1].std():.1%}; "
-          f"folds {', '.join(f'{v:.1%}' for v in a[:, 0])}")
+    print(
+        f"{args.mode}: accuracy {a[:, 0].mean():.1%} ± {a[:, 0].std():.1%}, UAR {a[:, 1].mean():.1%} ± "
+        f"{a[:, 1].std():.1%}; "
+        f"folds {', '.join(f'{v:.1%}' for v in a[:, 0])}"
+    )
 
 
 if __name__ == "__main__":

@@ -112,5 +112,6 @@ def stock_seconds_per_clip(folder: str, clips: list[np.ndarray]) -> float:
             model(mel, output_hidden_states=True)
     return (time.perf_counter() - start) / len(clips)
 
+
 if __name__ == "__main__":
     main()

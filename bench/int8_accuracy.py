@@ -35,7 +35,9 @@ SHARED = Path(os.environ.get("SER_SHARED", Path(__file__).resolve().parents[2] /
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--export", type=Path, required=True, help="Folder made by `ser export … --quantize int8`.")
-    parser.add_argument("--fp32-export", type=Path, help="Folder made by `ser export …` without --quantize (optional third column).")
+    parser.add_argument(
+        "--fp32-export", type=Path, help="Folder made by `ser export …` without --quantize (optional third column)."
+    )
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "ravdess-speech-16k")
     parser.add_argument("--labels", default="ravdess-8")
     parser.add_argument("--folds", type=int, default=6)
@@ -70,8 +72,11 @@ def main() -> None:
 
     accuracy = {name: float(hits.mean()) for name, hits in right.items()}
     result = {
-        "protocol": f"leave-speakers-out {args.folds}-fold CV, heads trained on PyTorch fp32 features, {len(y)} test clips",
-        "encoder": reference, "export": str(args.export), "accuracy": accuracy,
+        "protocol": f"leave-speakers-out {args.folds}-fold CV, heads trained on PyTorch fp32 features, {len(y)} test "
+        "clips",
+        "encoder": reference,
+        "export": str(args.export),
+        "accuracy": accuracy,
         "int8_minus_torch_points": 100 * (accuracy["int8"] - accuracy["torch"]),
         "clips_changed": int((right["int8"] != right["torch"]).sum()),
     }
@@ -82,7 +87,10 @@ def main() -> None:
     print(f"{'features':<10} {'accuracy':>9}")
     for name, value in accuracy.items():
         print(f"{name:<10} {value:>9.2%}")
-    print(f"int8 − torch: {result['int8_minus_torch_points']:+.2f} points ({result['clips_changed']} of {len(y)} clips change right/wrong)")
+    print(
+        f"int8 − torch: {result['int8_minus_torch_points']:+.2f} points ({result['clips_changed']} of {len(y)} clips "
+        "change right/wrong)"
+    )
 
 
 if __name__ == "__main__":

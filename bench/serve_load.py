@@ -34,7 +34,11 @@ HOST = "127.0.0.1"  # loopback only: this script never sends traffic off the mac
 
 def read_clips(n_clips: int) -> list[tuple[str, bytes]]:
     """``n_clips`` RAVDESS files of actors 16-18, spread over emotions, as (name, bytes)."""
-    files = sorted(f for actor in ("16", "17", "18") for f in (SHARED / "data" / "ravdess-speech-16k" / f"Actor_{actor}").glob("*.flac"))
+    files = sorted(
+        f
+        for actor in ("16", "17", "18")
+        for f in (SHARED / "data" / "ravdess-speech-16k" / f"Actor_{actor}").glob("*.flac")
+    )
     if not files:
         raise SystemExit(f"no clips under {SHARED / 'data' / 'ravdess-speech-16k'}; set SER_SHARED")
     step = max(1, len(files) // n_clips)
@@ -72,9 +76,23 @@ def rss_mib(pid: int) -> float:
 
 def start_server(model: str, port: int, args) -> subprocess.Popen:
     command = [
-        sys.executable, "-c", "from speech_emotion.cli.app import main; main()",
-        "serve", model, "--host", HOST, "--port", str(port), "--log-level", "warning",
-        "--workers", str(args.workers), "--max-concurrent", str(args.max_concurrent), "--max-queue", "1024",
+        sys.executable,
+        "-c",
+        "from speech_emotion.cli.app import main; main()",
+        "serve",
+        model,
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--workers",
+        str(args.workers),
+        "--max-concurrent",
+        str(args.max_concurrent),
+        "--max-queue",
+        "1024",
     ]
     process = subprocess.Popen(command, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 180
@@ -91,7 +109,9 @@ def start_server(model: str, port: int, args) -> subprocess.Popen:
     raise SystemExit("ser serve did not answer within 180 s")
 
 
-async def run_level(url: str, clips, expected: dict[str, str], *, concurrency: int, n_requests: int, time_cap: float) -> dict:
+async def run_level(
+    url: str, clips, expected: dict[str, str], *, concurrency: int, n_requests: int, time_cap: float
+) -> dict:
     """``n_requests`` requests from ``concurrency`` clients; none issued after ``time_cap`` seconds."""
     latencies: list[float] = []
     errors: list[str] = []
@@ -121,8 +141,13 @@ async def run_level(url: str, clips, expected: dict[str, str], *, concurrency: i
     wall = time.perf_counter() - start
     lat = np.array(latencies) if latencies else np.array([np.nan])
     return {
-        "concurrency": concurrency, "n": len(latencies), "errors": errors, "wall": wall,
-        "p50": float(np.percentile(lat, 50)), "p95": float(np.percentile(lat, 95)), "throughput": len(latencies) / wall,
+        "concurrency": concurrency,
+        "n": len(latencies),
+        "errors": errors,
+        "wall": wall,
+        "p50": float(np.percentile(lat, 50)),
+        "p95": float(np.percentile(lat, 95)),
+        "throughput": len(latencies) / wall,
         "capped": issued < n_requests,
     }
 
@@ -132,7 +157,9 @@ def main() -> None:
     parser.add_argument("model", help="run folder or model bundle folder")
     parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16])
-    parser.add_argument("--time-cap", type=float, default=120.0, help="seconds per level after which no new request is sent")
+    parser.add_argument(
+        "--time-cap", type=float, default=120.0, help="seconds per level after which no new request is sent"
+    )
     parser.add_argument("--n-clips", type=int, default=16)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--max-concurrent", type=int, default=1, help="ser serve --max-concurrent")
@@ -151,19 +178,33 @@ def main() -> None:
             expected[name] = body["label"]
             seconds.append(body["duration"])
         rss = [("after warm-up", rss_mib(server.pid))]
-        print(f"model {args.model}; {len(clips)} clips, mean {np.mean(seconds):.2f} s; server workers={args.workers} max-concurrent={args.max_concurrent}; loopback {HOST}:{port}")
+        print(
+            f"model {args.model}; {len(clips)} clips, mean {np.mean(seconds):.2f} s; server workers={args.workers} "
+            f"max-concurrent={args.max_concurrent}; loopback {HOST}:{port}"
+        )
         print(f"{'clients':>7} {'requests':>8} {'errors':>6} {'p50 s':>7} {'p95 s':>7} {'req/s':>7} {'RSS MiB':>8}")
         results = []
         for concurrency in args.concurrency:
-            result = asyncio.run(run_level(url, clips, expected, concurrency=concurrency, n_requests=args.requests, time_cap=args.time_cap))
+            result = asyncio.run(
+                run_level(
+                    url, clips, expected, concurrency=concurrency, n_requests=args.requests, time_cap=args.time_cap
+                )
+            )
             rss.append((f"after {concurrency} clients", rss_mib(server.pid)))
             results.append(result)
             capped = " (time cap reached)" if result["capped"] else ""
-            print(f"{concurrency:>7} {result['n']:>8} {len(result['errors']):>6} {result['p50']:>7.3f} {result['p95']:>7.3f} {result['throughput']:>7.2f} {rss[-1][1]:>8.0f}{capped}")
+            print(
+                f"{concurrency:>7} {result['n']:>8} {len(result['errors']):>6} {result['p50']:>7.3f} "
+                f"{result['p95']:>7.3f} {result['throughput']:>7.2f} {rss[-1][1]:>8.0f}{capped}"
+            )
             for error in result["errors"][:5]:
                 print(f"        error: {error}")
         growth = rss[-1][1] - rss[0][1]
-        print("server RSS: " + ", ".join(f"{label} {value:.0f} MiB" for label, value in rss) + f"; growth {growth:+.0f} MiB")
+        print(
+            "server RSS: "
+            + ", ".join(f"{label} {value:.0f} MiB" for label, value in rss)
+            + f"; growth {growth:+.0f} MiB"
+        )
         healthy = httpx.get(f"http://{HOST}:{port}/health", timeout=10).json()["status"] == "ok"
         print(f"health after the run: {'ok' if healthy else 'NOT OK'}")
     finally:

@@ -159,7 +159,10 @@ class Worker:
         spec = {"kind": kind, "model": model, "clips": [str(c) for c in clips], "encoder": encoder_folder}
         self.kind = kind
         self.process = subprocess.Popen(
-            [sys.executable, __file__, "--worker", json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, "--worker", json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         self.info = self._read()
         self.info["times_s"] = []
@@ -196,7 +199,9 @@ def ser_predict_timer(model: str, clips: list[Path]):
     def call(paths: list[Path]) -> tuple[float, float]:
         with tempfile.TemporaryFile() as stdout, tempfile.TemporaryFile() as stderr:
             start = time.perf_counter()
-            process = subprocess.Popen([*command, "predict", model, *map(str, paths), "--json"], stdout=stdout, stderr=stderr)
+            process = subprocess.Popen(
+                [*command, "predict", model, *map(str, paths), "--json"], stdout=stdout, stderr=stderr
+            )
             _, status, usage = os.wait4(process.pid, 0)  # this child's own peak RSS
             seconds = time.perf_counter() - start
             process.returncode = os.waitstatus_to_exitcode(status)
@@ -216,7 +221,10 @@ def ser_predict_timer(model: str, clips: list[Path]):
         one, _ = call(clips[:1])
         full, rss = call(clips)
         if full <= one:
-            raise SystemExit(f"ser predict: {len(clips)} clips took {full:.1f} s, 1 clip {one:.1f} s; too few clips to tell start-up apart (use more --clips)")
+            raise SystemExit(
+                f"ser predict: {len(clips)} clips took {full:.1f} s, 1 clip {one:.1f} s; too few clips to tell "
+                "start-up apart (use more --clips)"
+            )
         info["startup_s"].append(one)
         info["times_s"].append((full - one) * len(clips) / (len(clips) - 1))
         info["peak_rss_mb"] = max(info["peak_rss_mb"], rss)
@@ -247,8 +255,12 @@ def untrained_model(folder: Path, encoder_folder: str) -> Path:
         "classes": list(schema.classes),
         "schema": schema.to_dict(),
         "encoder": {
-            "reference": encoder_folder, "path": str(Path(encoder_folder).resolve()), "family": encoder.family,
-            "fingerprint": encoder.fingerprint, "n_layers": encoder.n_layers, "dim": encoder.dim,
+            "reference": encoder_folder,
+            "path": str(Path(encoder_folder).resolve()),
+            "family": encoder.family,
+            "fingerprint": encoder.fingerprint,
+            "n_layers": encoder.n_layers,
+            "dim": encoder.dim,
         },
         "preprocessing": encoder.preprocessing,
         "note": "untrained head, built by bench/speed.py for timing only",
@@ -311,8 +323,10 @@ def summarise(results: dict[str, dict], n_clips: int, audio_s: float) -> dict[st
 
 def print_table(report: dict) -> None:
     print(
-        f"{report['n_clips']} clips, {report['audio_s']:.1f} s of audio (mean {report['audio_s'] / report['n_clips']:.2f} s), "
-        f"{report['repeats']} repeats, {report['cpus']} CPUs, OMP_WAIT_POLICY={report['omp_wait_policy']}, load average {report['load_before'][0]:.2f} before / "
+        f"{report['n_clips']} clips, {report['audio_s']:.1f} s of audio (mean "
+        f"{report['audio_s'] / report['n_clips']:.2f} s), "
+        f"{report['repeats']} repeats, {report['cpus']} CPUs, OMP_WAIT_POLICY={report['omp_wait_policy']}, load "
+        f"average {report['load_before'][0]:.2f} before / "
         f"{report['load_after'][0]:.2f} after"
     )
     print(f"model: {report['model']}")
@@ -320,20 +334,30 @@ def print_table(report: dict) -> None:
     for kind, row in report["paths"].items():
         speedup = f"{row['speedup_vs_pipeline']:.1f}" if row["speedup_vs_pipeline"] is not None else "-"
         print(
-            f"{LABELS[kind]:<46}{row['clips_per_s']:>9.2f}{row['real_time_factor']:>9.4f}{row['peak_rss_mb']:>13}{speedup:>8}   "
+            f"{LABELS[kind]:<46}{row['clips_per_s']:>9.2f}{row['real_time_factor']:>9.4f}{row['peak_rss_mb']:>13}{speedup:>8}   "  # noqa: E501
             f"{', '.join(f'{r:.2f}' for r in row['clips_per_s_all'])}"
         )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="run folder made by `ser train` on Whisper-base (default: an untrained head, timing only)")
-    parser.add_argument("--encoder", default=str(WHISPER_BASE), help="Whisper-base folder for (a) and the default model")
+    parser.add_argument(
+        "--model", help="run folder made by `ser train` on Whisper-base (default: an untrained head, timing only)"
+    )
+    parser.add_argument(
+        "--encoder", default=str(WHISPER_BASE), help="Whisper-base folder for (a) and the default model"
+    )
     parser.add_argument("--clips", type=int, default=100, help="number of real clips (default 100)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per path; the median counts (default 3)")
     parser.add_argument("--pipeline-repeats", type=int, help="timed passes for (a), which is slow (default: --repeats)")
-    parser.add_argument("--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time (default: all)")
-    parser.add_argument("--work", type=Path, help="folder for the default model and ONNX exports, reused across runs (default: temporary)")
+    parser.add_argument(
+        "--paths", nargs="+", choices=PATHS, default=list(PATHS), help="which paths to time (default: all)"
+    )
+    parser.add_argument(
+        "--work",
+        type=Path,
+        help="folder for the default model and ONNX exports, reused across runs (default: temporary)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -75,7 +75,9 @@ def build_recording(clips: list[Path], out: Path, minutes: float, seed: int = 0)
                 signal = signal.mean(axis=1)
                 sound.write(signal)
                 end = t + len(signal) / 16000
-                spans.append({"path": str(path), "start": t, "end": end, "label": EMOTIONS[int(path.name.split("-")[2])]})
+                spans.append(
+                    {"path": str(path), "start": t, "end": end, "label": EMOTIONS[int(path.name.split("-")[2])]}
+                )
                 sound.write((0.001 * rng.standard_normal(int(SILENCE * 16000))).astype(np.float32))
                 t = end + SILENCE
                 if t >= target:
@@ -86,7 +88,16 @@ def build_recording(clips: list[Path], out: Path, minutes: float, seed: int = 0)
 def run_timeline(run: Path, recording: Path, window: float, workdir: Path) -> dict:
     """Run `ser predict --timeline --json` as a child process; wall time and its own peak RSS."""
     ser = Path(sys.executable).with_name("ser")
-    command = [str(ser) if ser.exists() else "ser", "predict", str(run), str(recording), "--timeline", "--json", "--window", str(window)]
+    command = [
+        str(ser) if ser.exists() else "ser",
+        "predict",
+        str(run),
+        str(recording),
+        "--timeline",
+        "--json",
+        "--window",
+        str(window),
+    ]
     stdout, stderr = workdir / f"{recording.stem}.jsonl", workdir / f"{recording.stem}.err"
     samples: list[tuple[float, float]] = []  # (seconds since start, RSS MB), polled from /proc
 
@@ -114,9 +125,17 @@ def run_timeline(run: Path, recording: Path, window: float, workdir: Path) -> di
     if child.returncode:
         raise SystemExit(f"{' '.join(command)} failed ({child.returncode}):\n{stderr.read_text()[-3000:]}")
     segments = [json.loads(line) for line in stdout.read_text().splitlines()]
-    quarters = [max((rss for t, rss in samples if q * wall / 4 <= t < (q + 1) * wall / 4), default=float("nan")) for q in range(4)]
-    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "peak_rss_mb": usage.ru_maxrss / 1024,
-            "rss_mb_by_quarter": quarters, "segments": segments}
+    quarters = [
+        max((rss for t, rss in samples if q * wall / 4 <= t < (q + 1) * wall / 4), default=float("nan"))
+        for q in range(4)
+    ]
+    return {
+        "wall_s": wall,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "rss_mb_by_quarter": quarters,
+        "segments": segments,
+    }
 
 
 def score(segments: list[dict], spans: list[dict]) -> dict:
@@ -137,7 +156,9 @@ def score(segments: list[dict], spans: list[dict]) -> dict:
             continue
         found += 1
         mid = (a + b) / 2
-        at_mid = [s for s in overlapping if s["start"] <= mid <= s["end"]] or [max(overlapping, key=lambda s: min(s["end"], b) - max(s["start"], a))]
+        at_mid = [s for s in overlapping if s["start"] <= mid <= s["end"]] or [
+            max(overlapping, key=lambda s: min(s["end"], b) - max(s["start"], a))
+        ]
         correct += at_mid[0]["label"] == span["label"]
     return {
         "n_segments": len(segments),
@@ -165,14 +186,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=Path("/tmp/runs/base"), help="run folder made by ser train")
     parser.add_argument("--minutes", type=float, default=10.0)
-    parser.add_argument("--long-minutes", type=float, default=60.0, help="flat-memory check on a recording this long (0: skip)")
+    parser.add_argument(
+        "--long-minutes", type=float, default=60.0, help="flat-memory check on a recording this long (0: skip)"
+    )
     parser.add_argument("--window", type=float, default=4.0)
     parser.add_argument("--clip-baseline", action="store_true", help="also classify each whole clip of the recording")
-    parser.add_argument("--workdir", type=Path, default=None, help="where recordings are written (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where recordings are written (default: a temporary folder)"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
     if not (args.model / "model" / "model.json").is_file():
-        raise SystemExit(f"{args.model}: no trained run there; make one with the `ser train` command in this script's docstring")
+        raise SystemExit(
+            f"{args.model}: no trained run there; make one with the `ser train` command in this script's docstring"
+        )
     if str(Path(args.workdir or tempfile.gettempdir()).resolve()).startswith(str(SHARED.resolve())):
         raise SystemExit("--workdir must not be inside ../shared")
 
@@ -198,37 +225,58 @@ def main() -> None:
             if minutes == args.minutes and args.clip_baseline:
                 report["clip_baseline_accuracy_pct"] = clip_baseline(args.model, spans)
             result = run_timeline(args.model, recording, args.window, workdir)
-            report["runs"].append({
-                "minutes": minutes,
-                "duration_s": duration,
-                "file_mb": recording.stat().st_size / 2**20,
-                "wall_s": result["wall_s"],
-                "x_real_time": duration / result["wall_s"],
-                "cpu_s": result["cpu_s"],
-                "peak_rss_mb": result["peak_rss_mb"],
-                "rss_mb_by_quarter": result["rss_mb_by_quarter"],
-                **score(result["segments"], spans),
-            })
+            report["runs"].append(
+                {
+                    "minutes": minutes,
+                    "duration_s": duration,
+                    "file_mb": recording.stat().st_size / 2**20,
+                    "wall_s": result["wall_s"],
+                    "x_real_time": duration / result["wall_s"],
+                    "cpu_s": result["cpu_s"],
+                    "peak_rss_mb": result["peak_rss_mb"],
+                    "rss_mb_by_quarter": result["rss_mb_by_quarter"],
+                    **score(result["segments"], spans),
+                }
+            )
         report["load_average_after"] = os.getloadavg()
 
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"model    {report['model']}  encoder {report['encoder']}  classes {len(report['classes'] or [])}")
-    print(f"baseline test accuracy on whole clips of speakers {report['test_speakers']}: {report['model_test_accuracy_pct']:.1f}%"
-          + (f"; on the clips of the recording: {report['clip_baseline_accuracy_pct']:.1f}%" if "clip_baseline_accuracy_pct" in report else ""))
-    print(f"machine  {report['cpu_count']} CPUs, load average {report['load_average'][0]:.1f} before, {report['load_average_after'][0]:.1f} after")
-    header = f"{'recording':>10}{'wall s':>9}{'CPU s':>8}{'× real time':>13}{'peak RSS MB':>13}{'segments':>10}{'in silence':>12}{'clips found':>13}{'midpoint right':>16}"
+    print(
+        f"baseline test accuracy on whole clips of speakers {report['test_speakers']}: "
+        f"{report['model_test_accuracy_pct']:.1f}%"
+        + (
+            f"; on the clips of the recording: {report['clip_baseline_accuracy_pct']:.1f}%"
+            if "clip_baseline_accuracy_pct" in report
+            else ""
+        )
+    )
+    print(
+        f"machine  {report['cpu_count']} CPUs, load average {report['load_average'][0]:.1f} before, "
+        f"{report['load_average_after'][0]:.1f} after"
+    )
+    header = f"{'recording':>10}{'wall s':>9}{'CPU s':>8}{'× real time':>13}{'peak RSS MB':>13}{'segments':>10}{'in silence':>12}{'clips found':>13}{'midpoint right':>16}"  # noqa: E501
     print("\n" + header)
     for r in report["runs"]:
-        print(f"{r['duration_s'] / 60:>8.1f} m{r['wall_s']:>9.1f}{r['cpu_s']:>8.1f}{r['x_real_time']:>12.1f}×{r['peak_rss_mb']:>13.0f}{r['n_segments']:>10}"
-              f"{r['segments_in_silence_pct']:>11.1f}%{r['clips_found_pct']:>12.1f}%{r['midpoint_label_right_pct']:>15.1f}%")
+        print(
+            f"{r['duration_s'] / 60:>8.1f} "
+            f"m{r['wall_s']:>9.1f}{r['cpu_s']:>8.1f}{r['x_real_time']:>12.1f}×{r['peak_rss_mb']:>13.0f}{r['n_segments']:>10}"
+            f"{r['segments_in_silence_pct']:>11.1f}%{r['clips_found_pct']:>12.1f}%{r['midpoint_label_right_pct']:>15.1f}%"
+        )
     for r in report["runs"]:
-        print(f"{r['minutes']:g} min: largest RSS in each quarter of the run (MB): " + ", ".join(f"{q:.0f}" for q in r["rss_mb_by_quarter"]))
+        print(
+            f"{r['minutes']:g} min: largest RSS in each quarter of the run (MB): "
+            + ", ".join(f"{q:.0f}" for q in r["rss_mb_by_quarter"])
+        )
     if len(report["runs"]) > 1:
         first, last = report["runs"][0], report["runs"][-1]
-        print(f"\nflat memory: peak RSS {last['peak_rss_mb']:.0f} MB for {last['minutes']:g} min vs {first['peak_rss_mb']:.0f} MB for {first['minutes']:g} min "
-              f"(ratio {last['peak_rss_mb'] / first['peak_rss_mb']:.2f})")
+        print(
+            f"\nflat memory: peak RSS {last['peak_rss_mb']:.0f} MB for {last['minutes']:g} min vs "
+            f"{first['peak_rss_mb']:.0f} MB for {first['minutes']:g} min "
+            f"(ratio {last['peak_rss_mb'] / first['peak_rss_mb']:.2f})"
+        )
 
 
 if __name__ == "__main__":

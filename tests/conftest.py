@@ -39,7 +39,16 @@ def whisper_tiny() -> Path:
     return WHISPER_TINY
 
 
-def tone(path: Path, *, freq: float = 220.0, seconds: float = 1.0, sampling_rate: int = 16000, channels: int = 1, noise: float = 0.0, seed: int = 0) -> Path:
+def tone(
+    path: Path,
+    *,
+    freq: float = 220.0,
+    seconds: float = 1.0,
+    sampling_rate: int = 16000,
+    channels: int = 1,
+    noise: float = 0.0,
+    seed: int = 0,
+) -> Path:
     """Write a sine tone (optionally with noise) as an audio file and return its path."""
     t = np.arange(int(seconds * sampling_rate)) / sampling_rate
     signal = 0.3 * np.sin(2 * np.pi * freq * t)
@@ -92,13 +101,23 @@ def tiny_wav2vec2(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("tiny-wav2vec2")
     config = Wav2Vec2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4),
-        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=True,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=True,
     )
     import torch
 
     torch.manual_seed(0)
     Wav2Vec2Model(config).save_pretrained(folder)
-    Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True).save_pretrained(folder)
+    Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    ).save_pretrained(folder)
     return folder

@@ -23,7 +23,17 @@ def config():
     """The tiny recipe both the test's single process and the ranks use (dropout 0: ranks draw no masks)."""
     from speech_emotion.training.loop import TrainConfig
 
-    return TrainConfig(max_epochs=3, patience=10, lr=1e-3, encoder_lr=1e-2, hidden=0, dropout=0.0, batch_size=12, finetune=1, stop_on_alarm=False)
+    return TrainConfig(
+        max_epochs=3,
+        patience=10,
+        lr=1e-3,
+        encoder_lr=1e-2,
+        hidden=0,
+        dropout=0.0,
+        batch_size=12,
+        finetune=1,
+        stop_on_alarm=False,
+    )
 
 
 def main(corpus: str, encoder: str, run: str, dump: str) -> None:
@@ -31,11 +41,11 @@ def main(corpus: str, encoder: str, run: str, dump: str) -> None:
     from safetensors.torch import save_file
 
     from speech_emotion.data.audio import load_audio
+    from speech_emotion.data.dataset import load_dataset
     from speech_emotion.features.encoders import load_encoder
     from speech_emotion.training.distributed import current_world, process_group
     from speech_emotion.training.finetune import fit_finetune
     from speech_emotion.training.run import make_split, train
-    from speech_emotion.data.dataset import load_dataset
 
     world = current_world()
     with process_group(world):  # one group for both calls (train() uses it and leaves it alone)
@@ -45,15 +55,33 @@ def main(corpus: str, encoder: str, run: str, dump: str) -> None:
         split = make_split(dataset, test_speakers=TEST_SPEAKERS, val_speakers=VAL_SPEAKERS)
         signals = [load_audio(path)[0] for path in dataset.paths]
         train_rows, val_rows = split.parts["train"], split.parts["val"]
-        fit = fit_finetune(load_encoder(encoder), [signals[i] for i in train_rows], dataset.y[train_rows], [signals[i] for i in val_rows],
-                           dataset.y[val_rows], n_classes=dataset.schema.n_classes, config=config(), world=world)
+        fit = fit_finetune(
+            load_encoder(encoder),
+            [signals[i] for i in train_rows],
+            dataset.y[train_rows],
+            [signals[i] for i in val_rows],
+            dataset.y[val_rows],
+            n_classes=dataset.schema.n_classes,
+            config=config(),
+            world=world,
+        )
     trained = set(fit.trainable)
     tensors = {f"head.{k}": v.detach().cpu().contiguous() for k, v in fit.head.state_dict().items()}
-    tensors |= {f"encoder.{k}": v.detach().cpu().contiguous() for k, v in fit.encoder.module.state_dict().items() if k in trained}
+    tensors |= {
+        f"encoder.{k}": v.detach().cpu().contiguous()
+        for k, v in fit.encoder.module.state_dict().items()
+        if k in trained
+    }
     Path(dump).mkdir(parents=True, exist_ok=True)
     save_file(tensors, os.path.join(dump, f"rank{world.rank}.safetensors"))
-    info = {"rank": world.rank, "world_size": world.size, "pid": os.getpid(), "best_epoch": fit.best_epoch,
-            "history": fit.history, "torch_threads": torch.get_num_threads()}
+    info = {
+        "rank": world.rank,
+        "world_size": world.size,
+        "pid": os.getpid(),
+        "best_epoch": fit.best_epoch,
+        "history": fit.history,
+        "torch_threads": torch.get_num_threads(),
+    }
     Path(dump, f"rank{world.rank}.json").write_text(json.dumps(info))
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
 
+from conftest import tone
 from speech_emotion.data import SAMPLING_RATE, audio_hash, check_signal, load_audio
 from speech_emotion.data.audio import MIN_DURATION
 from speech_emotion.errors import AudioError
@@ -70,7 +70,9 @@ def test_audio_error_is_a_value_error(tmp_path):
 def test_random_bytes_named_wav_is_unreadable(tmp_path):
     path = tmp_path / "noise.wav"
     path.write_bytes(np.random.default_rng(0).bytes(4000))
-    with pytest.raises(AudioError, match=r"noise\.wav: cannot decode audio \(.*\); is the file truncated or not audio\?"):
+    with pytest.raises(
+        AudioError, match=r"noise\.wav: cannot decode audio \(.*\); is the file truncated or not audio\?"
+    ):
         load_audio(path)
 
 
@@ -104,7 +106,9 @@ def test_truncated_wav_is_refused_not_shortened(tmp_path, subtype, bytes_per_fra
     # libsndfile alone reads the half that is left, with no complaint
     assert 0 < sf.read(str(path))[0].shape[0] < 16000
 
-    with pytest.raises(AudioError, match=r"cut\.wav: truncated: the WAV header declares \d+ bytes of samples, the file holds \d+"):
+    with pytest.raises(
+        AudioError, match=r"cut\.wav: truncated: the WAV header declares \d+ bytes of samples, the file holds \d+"
+    ):
         load_audio(path)
 
 
@@ -127,7 +131,10 @@ def test_truncated_ogg_is_refused_however_it_was_cut(tmp_path, seconds, keep):
     # libsndfile fails on some cuts and silently returns fewer (or zero) samples on others
     path = tone(tmp_path / "cut.ogg", seconds=seconds, noise=0.05)
     _chop(path, int(path.stat().st_size * keep))
-    with pytest.raises(AudioError, match=r"cut\.ogg: (truncated: the Ogg stream ends without its end-of-stream page|cannot decode audio)"):
+    with pytest.raises(
+        AudioError,
+        match=r"cut\.ogg: (truncated: the Ogg stream ends without its end-of-stream page|cannot decode audio)",
+    ):
         load_audio(path)
 
 
@@ -182,7 +189,9 @@ def test_non_finite_samples(tmp_path, bad):
 def test_check_signal_validates_arrays():
     signal, sampling_rate = check_signal(0.1 * np.ones((8000, 2)), 16000)
     assert signal.shape == (8000,) and sampling_rate == 16000
-    with pytest.raises(AudioError, match=r"<array>: expected samples of shape \(n,\) or \(n, channels\), got \(2, 2, 2\)"):
+    with pytest.raises(
+        AudioError, match=r"<array>: expected samples of shape \(n,\) or \(n, channels\), got \(2, 2, 2\)"
+    ):
         check_signal(np.ones((2, 2, 2)), 16000)
     with pytest.raises(AudioError, match=r"clip: empty"):
         check_signal(np.zeros(0), 16000, path="clip")

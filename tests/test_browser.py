@@ -54,7 +54,11 @@ def run_dir(synth_corpus, whisper_tiny, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("browser") / "synth-whisper-tiny"
     train(
-        synth_corpus, encoder=str(whisper_tiny), out=out, test_speakers=["05", "06"], val_speakers=["04"],
+        synth_corpus,
+        encoder=str(whisper_tiny),
+        out=out,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
         config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
         store=FeatureStore(root=tmp_path_factory.mktemp("browser-cache")),
     )
@@ -73,11 +77,22 @@ def server(run_dir, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("server-log") / "serve.log"
     command = [
-        sys.executable, "-c", "from speech_emotion.cli.app import main; main()",  # `ser`, whichever bin/ it is in
-        "serve", str(run_dir), "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        sys.executable,
+        "-c",
+        "from speech_emotion.cli.app import main; main()",  # `ser`, whichever bin/ it is in
+        "serve",
+        str(run_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
     ]
     with open(log, "wb") as stream:
-        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        process = subprocess.Popen(
+            command, stdout=stream, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"}
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 120
@@ -110,10 +125,17 @@ def driver(tmp_path_factory):
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
-        "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run", "--window-size=900,1100",
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--no-first-run",
+        "--window-size=900,1100",
         # a fake microphone (a beeping tone) that needs no permission prompt, for the recording test
-        "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
         f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}",
     ):
         options.add_argument(flag)
@@ -136,7 +158,9 @@ def clip(synth_corpus) -> Path:
 def _wait_for_result(driver, timeout: float = 90.0) -> str:
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, timeout).until(lambda d: d.find_element("id", "result").get_attribute("data-state") in ("done", "error"))
+    WebDriverWait(driver, timeout).until(
+        lambda d: d.find_element("id", "result").get_attribute("data-state") in ("done", "error")
+    )
     return driver.find_element("id", "result").get_attribute("data-state")
 
 
@@ -159,7 +183,9 @@ def _save_screenshot(driver, tmp_path: Path, name: str) -> Path:
 
 
 def test_page_upload_shows_the_api_label(driver, server, clip, tmp_path):
-    api = httpx.post(server + "predict", files={"file": (clip.name, clip.read_bytes(), "audio/flac")}, timeout=60).json()
+    api = httpx.post(
+        server + "predict", files={"file": (clip.name, clip.read_bytes(), "audio/flac")}, timeout=60
+    ).json()
     _open_page(driver, server)
     assert "3 classes: neutral, happy, sad" in driver.find_element("id", "model-line").text
     driver.find_element("id", "file").send_keys(str(clip))
@@ -170,8 +196,13 @@ def test_page_upload_shows_the_api_label(driver, server, clip, tmp_path):
     bars = driver.find_elements("css selector", "#bars .bar")
     assert {bar.get_attribute("data-class") for bar in bars} == set(api["probabilities"])
     for bar in bars:
-        assert float(bar.get_attribute("data-probability")) == pytest.approx(api["probabilities"][bar.get_attribute("data-class")], abs=1e-6)
-        assert bar.find_element("css selector", ".value").text == f"{100 * api['probabilities'][bar.get_attribute('data-class')]:.1f}%"
+        assert float(bar.get_attribute("data-probability")) == pytest.approx(
+            api["probabilities"][bar.get_attribute("data-class")], abs=1e-6
+        )
+        assert (
+            bar.find_element("css selector", ".value").text
+            == f"{100 * api['probabilities'][bar.get_attribute('data-class')]:.1f}%"
+        )
     assert "top" in bars[0].get_attribute("class") and bars[0].get_attribute("data-class") == api["label"]
     assert clip.name in driver.find_element("id", "clip-line").text
     _save_screenshot(driver, tmp_path, "serve.png")

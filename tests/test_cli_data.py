@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import tone
 from typer.testing import CliRunner
 
+from conftest import tone
 from speech_emotion.cli.app import app
 from speech_emotion.data import Split, load_dataset, speaker_disjoint_split
 from speech_emotion.data.splits import RANDOM
@@ -19,8 +19,26 @@ from speech_emotion.data.splits import RANDOM
 runner = CliRunner()
 
 RAVDESS_7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
-SEED_HOLE_MAPPING = {"neutral": 0, "calm": 0, "happy": 2, "sad": 3, "angry": 4, "fearful": 5, "disgust": 6, "surprise": 7}
-SEED_FIXED_MAPPING = {"neutral": 0, "calm": 0, "happy": 1, "sad": 2, "angry": 3, "fearful": 4, "disgust": 5, "surprise": 6}
+SEED_HOLE_MAPPING = {
+    "neutral": 0,
+    "calm": 0,
+    "happy": 2,
+    "sad": 3,
+    "angry": 4,
+    "fearful": 5,
+    "disgust": 6,
+    "surprise": 7,
+}
+SEED_FIXED_MAPPING = {
+    "neutral": 0,
+    "calm": 0,
+    "happy": 1,
+    "sad": 2,
+    "angry": 3,
+    "fearful": 4,
+    "disgust": 5,
+    "surprise": 6,
+}
 
 
 def ser(*args):
@@ -112,7 +130,10 @@ def test_inspect_refuses_the_seed_hole_mapping(tones, hole_json):
     stderr = one_line(result.stderr)
     assert "seed_labels.json: label_to_index indices are not contiguous" in stderr
     assert "(index 1 is unused)" in stderr
-    assert 'Corrected mapping: {"neutral": 0, "calm": 0, "happy": 1, "sad": 2, "angry": 3, "fearful": 4, "disgust": 5, "surprise": 6}' in stderr
+    assert (
+        'Corrected mapping: {"neutral": 0, "calm": 0, "happy": 1, "sad": 2, "angry": 3, "fearful": 4, "disgust": 5, '
+        '"surprise": 6}' in stderr
+    )
     assert "Traceback" not in result.stderr
 
 
@@ -202,7 +223,9 @@ def test_inspect_problems_also_on_stderr_without_json(messy):
     assert result.stdout == ""
     lines = [line for line in result.stderr.splitlines() if line.startswith("problem:")]
     assert len(lines) == 5
-    assert any(line.endswith("interview_take3.wav: file name does not follow the ravdess naming scheme") for line in lines)
+    assert any(
+        line.endswith("interview_take3.wav: file name does not follow the ravdess naming scheme") for line in lines
+    )
 
 
 def test_stereo_48k_clip_is_loaded_as_mono_16k(messy):
@@ -220,7 +243,13 @@ def test_inspect_folder_corpus_with_speaker_pattern_and_synonyms(tmp_path):
     out = json_out(ser("data", "inspect", tmp_path / "c", "--speaker-pattern", r"(spk\d)_", "--json"))
     assert out["speakers"] == ["spk0", "spk1"]
     assert out["classes"] == ["happy", "sad", "angry", "fearful", "surprised"]
-    assert out["synonyms"] == {"anger": "angry", "fear": "fearful", "happiness": "happy", "sadness": "sad", "surprise": "surprised"}
+    assert out["synonyms"] == {
+        "anger": "angry",
+        "fear": "fearful",
+        "happiness": "happy",
+        "sadness": "sad",
+        "surprise": "surprised",
+    }
     assert out["problems"] == []
 
 
@@ -269,13 +298,34 @@ def test_inspect_unknown_corpus_and_missing_data(tones, tmp_path):
 
 
 def test_split_real_ravdess_by_speaker_lists(ravdess):
-    out = json_out(ser("data", "split", ravdess, "--labels", "ravdess-7", "--test-speakers", "16-18", "--val-speakers", "14,15", "--json"))
+    out = json_out(
+        ser(
+            "data",
+            "split",
+            ravdess,
+            "--labels",
+            "ravdess-7",
+            "--test-speakers",
+            "16-18",
+            "--val-speakers",
+            "14,15",
+            "--json",
+        )
+    )
     parts = out["parts"]
     assert parts["test"]["speakers"] == ["16", "17", "18"]
     assert parts["val"]["speakers"] == ["14", "15"]
     assert parts["train"]["speakers"] == [f"{i:02d}" for i in range(1, 14)]
     assert (parts["train"]["n"], parts["val"]["n"], parts["test"]["n"]) == (780, 120, 180)
-    assert parts["test"]["counts"] == {"neutral": 36, "happy": 24, "sad": 24, "angry": 24, "fearful": 24, "disgust": 24, "surprised": 24}
+    assert parts["test"]["counts"] == {
+        "neutral": 36,
+        "happy": 24,
+        "sad": 24,
+        "angry": 24,
+        "fearful": 24,
+        "disgust": 24,
+        "surprised": 24,
+    }
     assert out["leakage"]["ok"] is True
     assert out["leakage"]["speaker_overlap"] == [] and out["leakage"]["content_overlap"] == []
     assert out["protocol"] == "speaker-disjoint"
@@ -354,9 +404,15 @@ def test_split_folds(tones):
     "args, message",
     [
         ([], "give exactly one of --test-speakers, --test-fraction, --folds (got 0)"),
-        (["--test-speakers", "01", "--folds", "2"], "give exactly one of --test-speakers, --test-fraction, --folds (got 2)"),
+        (
+            ["--test-speakers", "01", "--folds", "2"],
+            "give exactly one of --test-speakers, --test-fraction, --folds (got 2)",
+        ),
         (["--folds", "5"], "Cannot have n_splits=5 greater than the number of speakers: 4."),
-        (["--test-speakers", "19-24"], "speaker(s) 19, 20, 21, 22, 23, 24 not in the data; known speakers: 01, 02, 03, 04"),
+        (
+            ["--test-speakers", "19-24"],
+            "speaker(s) 19, 20, 21, 22, 23, 24 not in the data; known speakers: 01, 02, 03, 04",
+        ),
         (["--test-speakers", "01", "--val-speakers", "01"], "speaker(s) 01 asked for in both val and test"),
     ],
 )
@@ -369,7 +425,19 @@ def test_split_errors(tones, args, message):
 
 def test_split_out_round_trips_and_refuses_to_overwrite(tones, tmp_path):
     out_file = tmp_path / "splits" / "split.json"
-    result = ser("data", "split", tones, "--labels", "ravdess-7", "--test-speakers", "04", "--val-speakers", "1", "--out", out_file)
+    result = ser(
+        "data",
+        "split",
+        tones,
+        "--labels",
+        "ravdess-7",
+        "--test-speakers",
+        "04",
+        "--val-speakers",
+        "1",
+        "--out",
+        out_file,
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""
     saved = json.loads(out_file.read_text())
@@ -395,7 +463,9 @@ def test_split_out_round_trips_and_refuses_to_overwrite(tones, tmp_path):
 
 def test_random_split_out_round_trips_by_file(tones, tmp_path):
     out_file = tmp_path / "random.json"
-    result = ser("data", "split", tones, "--test-fraction", "0.3", "--allow-speaker-overlap", "--seed", "1", "--out", out_file)
+    result = ser(
+        "data", "split", tones, "--test-fraction", "0.3", "--allow-speaker-overlap", "--seed", "1", "--out", out_file
+    )
     assert result.exit_code == 0, result.stderr
     saved = json.loads(out_file.read_text())
     dataset = load_dataset(tones)

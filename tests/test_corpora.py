@@ -127,7 +127,10 @@ def test_ravdess_names_out_of_range_are_problems(tmp_path):
     touch(tmp_path, "03-01-09-01-01-01-05.wav", "03-03-01-01-01-01-05.wav")
     manifest = read_corpus(tmp_path)
     assert len(manifest) == 3
-    assert sorted(Path(p.path).name for p in manifest.problems) == ["03-01-09-01-01-01-05.wav", "03-03-01-01-01-01-05.wav"]
+    assert sorted(Path(p.path).name for p in manifest.problems) == [
+        "03-01-09-01-01-01-05.wav",
+        "03-03-01-01-01-01-05.wav",
+    ]
 
 
 def test_crema_d(tmp_path):
@@ -231,8 +234,14 @@ def write_table(path: Path, delimiter: str) -> Path:
 def test_table_manifest(tmp_path, name, delimiter):
     table = write_table(tmp_path / "data" / name, delimiter)
     manifest = read_corpus(table)
-    assert [Path(p) for p in manifest.paths] == [(tmp_path / "data" / "clips" / f).resolve() for f in ("a.wav", "b.wav", "c.wav")]
-    assert [(u.speaker, u.label, u.corpus) for u in manifest] == [("s1", "fearful", "csv"), ("s2", "angry", "csv"), ("s1", "happy", "csv")]
+    assert [Path(p) for p in manifest.paths] == [
+        (tmp_path / "data" / "clips" / f).resolve() for f in ("a.wav", "b.wav", "c.wav")
+    ]
+    assert [(u.speaker, u.label, u.corpus) for u in manifest] == [
+        ("s1", "fearful", "csv"),
+        ("s2", "angry", "csv"),
+        ("s1", "happy", "csv"),
+    ]
     assert manifest[0].fields == {"gender": "f", "session": "1"}
     assert manifest.synonyms == {"fear": "fearful", "Anger": "angry"}
     assert read_corpus(table, corpus="csv").paths == manifest.paths
@@ -249,7 +258,11 @@ def test_table_absolute_paths_kept(tmp_path):
 def test_table_missing_columns(tmp_path):
     table = tmp_path / "m.csv"
     table.write_text("file,emotion,speaker\na.wav,sad,s1\n")
-    with pytest.raises(CorpusError, match=r"m\.csv: missing column\(s\) label, path; expected a header with path,label,speaker \(got file, emotion, speaker\)"):
+    with pytest.raises(
+        CorpusError,
+        match=r"m\.csv: missing column\(s\) label, path; expected a header with path,label,speaker \(got file, "
+        r"emotion, speaker\)",
+    ):
         read_corpus(table)
 
 
@@ -258,7 +271,9 @@ def test_table_row_without_label_is_a_problem(tmp_path):
     table.write_text("path,label,speaker\na.wav,sad,s1\nb.wav,,s2\n")
     manifest = read_corpus(table)
     assert len(manifest) == 1
-    assert [(Path(p.path).name, p.reason) for p in manifest.problems] == [("b.wav", "m.csv line 3: empty label or speaker")]
+    assert [(Path(p.path).name, p.reason) for p in manifest.problems] == [
+        ("b.wav", "m.csv line 3: empty label or speaker")
+    ]
 
 
 def test_table_that_is_not_text(tmp_path):
@@ -301,7 +316,10 @@ def test_corpus_override_that_does_not_fit_reports_every_file(tmp_path):
 
 def test_unknown_corpus_name(tmp_path):
     ravdess_folder(tmp_path)
-    with pytest.raises(CorpusError, match=r"unknown corpus 'iemocap'; expected one of: ravdess, crema-d, tess, savee, emodb, folder, csv"):
+    with pytest.raises(
+        CorpusError,
+        match=r"unknown corpus 'iemocap'; expected one of: ravdess, crema-d, tess, savee, emodb, folder, csv",
+    ):
         read_corpus(tmp_path, corpus="iemocap")
     assert CORPORA == ("ravdess", "crema-d", "tess", "savee", "emodb", "folder", "csv")
 
@@ -316,7 +334,10 @@ def test_missing_data_and_empty_folder(tmp_path):
 
 def test_undetectable_corpus_names_the_best_guess(tmp_path):
     touch(tmp_path, "a.wav", "b.wav", "c.wav", "03-01-05-01-01-01-05.wav")
-    with pytest.raises(CorpusError, match=r"cannot tell which corpus this is: .* 4 audio files \(best: ravdess, 1 files\); pass --corpus"):
+    with pytest.raises(
+        CorpusError,
+        match=r"cannot tell which corpus this is: .* 4 audio files \(best: ravdess, 1 files\); pass --corpus",
+    ):
         read_corpus(tmp_path)
 
 
@@ -340,7 +361,10 @@ def test_non_audio_ignored_and_unparseable_audio_reported_by_name(tmp_path):
     manifest = read_corpus(tmp_path)
     assert len(manifest) == 4
     assert [p.to_dict() for p in manifest.problems] == [
-        {"path": str(tmp_path / "Actor_05" / "take_two.wav"), "reason": "file name does not follow the ravdess naming scheme"}
+        {
+            "path": str(tmp_path / "Actor_05" / "take_two.wav"),
+            "reason": "file name does not follow the ravdess naming scheme",
+        }
     ]
     assert not any("README" in p for p in manifest.paths)
 

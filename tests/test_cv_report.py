@@ -17,7 +17,21 @@ FAST = ["--epochs", "40", "--lr", "3e-3", "--hidden", "32", "--warn-only"]
 
 
 def test_cv_tests_every_speaker_once(synth_corpus, tiny_wav2vec2, tmp_path):
-    result = runner.invoke(app, ["cv", str(synth_corpus), "--folds", "3", "--encoder", str(tiny_wav2vec2), "--out", str(tmp_path / "cv"), "--json", *FAST])
+    result = runner.invoke(
+        app,
+        [
+            "cv",
+            str(synth_corpus),
+            "--folds",
+            "3",
+            "--encoder",
+            str(tiny_wav2vec2),
+            "--out",
+            str(tmp_path / "cv"),
+            "--json",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     tested = [s for fold in summary["folds"] for s in fold["test_speakers"]]
@@ -32,8 +46,24 @@ def test_cv_tests_every_speaker_once(synth_corpus, tiny_wav2vec2, tmp_path):
 
 def test_speaker_norm_is_recorded_and_refuses_single_clips(synth_corpus, tiny_wav2vec2, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(synth_corpus), "--encoder", str(tiny_wav2vec2), "--out", str(run),
-                                 "--test-speakers", "06", "--val-speakers", "05", "--speaker-norm", "--json", *FAST])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_corpus),
+            "--encoder",
+            str(tiny_wav2vec2),
+            "--out",
+            str(run),
+            "--test-speakers",
+            "06",
+            "--val-speakers",
+            "05",
+            "--speaker-norm",
+            "--json",
+            *FAST,
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "speaker-norm" in json.loads(result.stdout)["protocol"]
     meta = json.loads((run / "model" / "model.json").read_text())
@@ -48,13 +78,33 @@ def test_speaker_norm_is_recorded_and_refuses_single_clips(synth_corpus, tiny_wa
 
 def test_report_and_calibration(synth_corpus, tiny_wav2vec2, tmp_path):
     run = tmp_path / "run"
-    results = train(synth_corpus, encoder=str(tiny_wav2vec2), out=run, test_speakers=["06"], val_speakers=["05"],
-                    config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False))
+    results = train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=run,
+        test_speakers=["06"],
+        val_speakers=["05"],
+        config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
+    )
     calibration = results["calibration"]
-    assert calibration["temperature"] > 0 and {"ece_val_before", "ece_val_after", "ece_test_before", "ece_test_after"} <= set(calibration)
+    assert calibration["temperature"] > 0 and {
+        "ece_val_before",
+        "ece_val_after",
+        "ece_test_before",
+        "ece_test_after",
+    } <= set(calibration)
     assert calibration["ece_val_after"] <= calibration["ece_val_before"] + 1e-6  # fitted to minimise NLL on val
     page = (run / "report.html").read_text()
-    for section in ("Labels", "Split and leakage", "Training curves", "Confusion", "Per class", "per speaker", "Calibration", "Sanity monitors"):
+    for section in (
+        "Labels",
+        "Split and leakage",
+        "Training curves",
+        "Confusion",
+        "Per class",
+        "per speaker",
+        "Calibration",
+        "Sanity monitors",
+    ):
         assert section in page, section
     for png in ("curves.png", "confusion.png", "reliability.png"):
         assert (run / "report" / png).stat().st_size > 1000

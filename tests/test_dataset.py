@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import tone
 
+from conftest import tone
 from speech_emotion.data import load_dataset
 from speech_emotion.errors import CorpusError, LabelError
 

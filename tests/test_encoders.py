@@ -17,9 +17,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from speech_emotion.features import SSLEncoder  # noqa: E402
-from speech_emotion.features import WhisperEncoder  # noqa: E402
-from speech_emotion.features import load_encoder  # noqa: E402
+from speech_emotion.features import (
+    SSLEncoder,  # noqa: E402
+    WhisperEncoder,  # noqa: E402
+    load_encoder,  # noqa: E402
+)
 
 SHARED = Path(os.environ.get("SER_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 WHISPER_TINY = SHARED / "models" / "whisper-tiny.en-encoder"
@@ -174,8 +176,7 @@ def test_fingerprint_changes_with_weights_or_config(wav2vec2_folder, tmp_path):
 
 def test_fingerprint_ignores_parameters_missing_from_the_checkpoint(tmp_path):
     """masked_spec_embed (training only) is absent from some checkpoints and then random."""
-    from safetensors.torch import load_file
-    from safetensors.torch import save_file
+    from safetensors.torch import load_file, save_file
 
     folder = save_tiny_ssl(tmp_path, "wav2vec2-layer", mask_time_prob=0.05)
     weights = load_file(folder / "model.safetensors")
@@ -240,8 +241,7 @@ def test_unsupported_model_type(tmp_path):
 
 def test_missing_weights_are_an_error(tmp_path):
     from safetensors.torch import save_file
-    from transformers import Wav2Vec2Config
-    from transformers import Wav2Vec2FeatureExtractor
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor
 
     Wav2Vec2Config(**SMALL).save_pretrained(tmp_path)
     Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
@@ -317,8 +317,7 @@ def test_whisper_log_mel_equals_feature_extractor(whisper_tiny):
 @needs_whisper
 def test_whisper_forward_equals_transformers_on_30_s(whisper_tiny):
     """On a full 30 s input the hand-written forward is transformers' own encoder."""
-    from transformers import WhisperFeatureExtractor
-    from transformers import WhisperForAudioClassification
+    from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
     extractor = WhisperFeatureExtractor.from_pretrained(WHISPER_TINY)
     mel = extractor(noise(480000), sampling_rate=16000, return_tensors="pt")["input_features"]
@@ -346,9 +345,7 @@ def test_whisper_fingerprint_same_for_a_copied_folder(whisper_tiny, tmp_path):
 
 def test_whisper_full_seq2seq_checkpoint(tmp_path):
     """Hub checkpoints such as openai/whisper-base hold model.encoder.* and a decoder."""
-    from transformers import WhisperConfig
-    from transformers import WhisperFeatureExtractor
-    from transformers import WhisperForConditionalGeneration
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration
 
     config = WhisperConfig(
         d_model=32,

@@ -48,7 +48,15 @@ def store(tmp_path_factory) -> FeatureStore:
 def w2v_run(synth_corpus, tiny_wav2vec2, tmp_path_factory, store):
     """A run with an hf_compatible linear head on a tiny random wav2vec 2.0."""
     run = tmp_path_factory.mktemp("w2v") / "run"
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=run, test_speakers=["05", "06"], val_speakers=["04"], config=LINEAR, store=store)
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=run,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=LINEAR,
+        store=store,
+    )
     return run
 
 
@@ -83,9 +91,18 @@ def test_head_weights_compute_the_same_logits():
 @pytest.mark.parametrize(
     ("config", "match"),
     [
-        (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=16), r"hidden layer \(hidden=16\).*--hidden 0 --hf-compatible"),
-        (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0), r"mean\+std pooled features.*--hidden 0 --hf-compatible"),
-        (HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0, mixing="concat"), r"concatenates the encoder layers \(mixing='concat'\)"),
+        (
+            HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=16),
+            r"hidden layer \(hidden=16\).*--hidden 0 --hf-compatible",
+        ),
+        (
+            HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0),
+            r"mean\+std pooled features.*--hidden 0 --hf-compatible",
+        ),
+        (
+            HeadConfig(n_layers=3, dim=8, n_classes=2, hidden=0, mixing="concat"),
+            r"concatenates the encoder layers \(mixing='concat'\)",
+        ),
     ],
 )
 def test_unrepresentable_heads_name_the_fix(config, match):
@@ -95,7 +112,9 @@ def test_unrepresentable_heads_name_the_fix(config, match):
 
 def test_per_layer_scales_are_refused():
     head = EmotionHead(HeadConfig(n_layers=2, dim=4, n_classes=2, hidden=0, hf_compatible=True))
-    head.feature_scale.copy_(torch.tensor([[1.0, 2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]]))  # not shared × per-layer factor
+    head.feature_scale.copy_(
+        torch.tensor([[1.0, 2.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]])
+    )  # not shared × per-layer factor
     with pytest.raises(BundleError, match="not one vector shared by all layers"):
         hf_head_weights(head)
 
@@ -111,7 +130,9 @@ def test_wav2vec2_export_agrees_with_predict(w2v_run, synth_corpus, tmp_path, st
     out = tmp_path / "hf"
     summary = export_huggingface(w2v_run, out, store=store)
     assert summary["architecture"] == "Wav2Vec2ForSequenceClassification"
-    assert sorted(p.name for p in out.iterdir()) == sorted(["config.json", "model.safetensors", "preprocessor_config.json", "README.md", EXPORT_INFO])
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["config.json", "model.safetensors", "preprocessor_config.json", "README.md", EXPORT_INFO]
+    )
     assert not list(out.glob("*.py"))  # nothing to execute: stock class only
 
     config = json.loads((out / "config.json").read_text())
@@ -124,7 +145,10 @@ def test_wav2vec2_export_agrees_with_predict(w2v_run, synth_corpus, tmp_path, st
     clips = sorted((synth_corpus / "Actor_05").glob("*.wav")) + sorted((synth_corpus / "Actor_06").glob("*.wav"))
     signals = [load_audio(c)[0] for c in clips]
     # A longer clip and one that is not a training-like tone.
-    signals += [np.concatenate(signals[:3]), (0.05 * np.random.default_rng(1).standard_normal(12345)).astype(np.float32)]
+    signals += [
+        np.concatenate(signals[:3]),
+        (0.05 * np.random.default_rng(1).standard_normal(12345)).astype(np.float32),
+    ]
     expected = np.asarray([[r["probabilities"][c] for c in predictor.classes] for r in predictor.predict(signals)])
     got = pipeline_probabilities(out, signals, predictor.classes)
     assert np.abs(got - expected).max() < 1e-4, np.abs(got - expected).max()
@@ -135,15 +159,30 @@ def test_wav2vec2_export_agrees_with_predict(w2v_run, synth_corpus, tmp_path, st
     assert info["check"]["pipeline"]["accuracy"] == info["check"]["ser_predict"]["accuracy"]
     card = (out / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers\npipeline_tag: audio-classification")
-    for text in ("| 0 | neutral |", "| 2 | sad |", "speaker-disjoint", "05, 06", "01, 02, 03", "exact", "Intended use and limits",
-                 predictor.bundle.meta["encoder"]["fingerprint"]):
+    for text in (
+        "| 0 | neutral |",
+        "| 2 | sad |",
+        "speaker-disjoint",
+        "05, 06",
+        "01, 02, 03",
+        "exact",
+        "Intended use and limits",
+        predictor.bundle.meta["encoder"]["fingerprint"],
+    ):
         assert text in card, text
 
 
 def test_export_refuses_a_head_with_a_hidden_layer(synth_corpus, tiny_wav2vec2, tmp_path, store):
     run = tmp_path / "run"
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=run, test_speakers=["05", "06"], val_speakers=["04"],
-          config=TrainConfig(max_epochs=2, hidden=8, stop_on_alarm=False), store=store)
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=run,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=TrainConfig(max_epochs=2, hidden=8, stop_on_alarm=False),
+        store=store,
+    )
     result = runner.invoke(app, ["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")])
     assert result.exit_code == 1
     message = " ".join(result.stderr.split())
@@ -156,8 +195,15 @@ def whisper_run(whisper_tiny, tmp_path_factory, store):
     """whisper-tiny.en on a small synthetic corpus: 4 speakers × 3 pitch classes × 2 takes."""
     corpus = write_synth_corpus(tmp_path_factory.mktemp("small"), n_speakers=4, n_takes=2)
     run = tmp_path_factory.mktemp("whisper") / "run"
-    train(corpus, encoder=str(whisper_tiny), out=run, test_speakers=["04"], val_speakers=["03"],
-          config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False), store=store)
+    train(
+        corpus,
+        encoder=str(whisper_tiny),
+        out=run,
+        test_speakers=["04"],
+        val_speakers=["03"],
+        config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
+        store=store,
+    )
     return run
 
 

@@ -21,7 +21,6 @@ pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (pip ins
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'speech-emotion[all]')")
 
 from conftest import synth_clip  # noqa: E402
-
 from speech_emotion import Predictor  # noqa: E402
 from speech_emotion.cli.app import app  # noqa: E402
 from speech_emotion.errors import BundleError  # noqa: E402
@@ -35,7 +34,11 @@ TEMPERATURE = 100.0  # spreads the synthetic-data head's probabilities, so agree
 
 def _train(corpus: Path, encoder: Path, out: Path) -> Path:
     train(
-        corpus, encoder=str(encoder), out=out, test_speakers=["05", "06"], val_speakers=["04"],
+        corpus,
+        encoder=str(encoder),
+        out=out,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
         config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
     )
     meta_file = out / "model" / "model.json"
@@ -96,7 +99,9 @@ def test_numpy_log_mel_equals_torch(whisper_run, real_clips):
 
 def test_long_input_windows_merge_like_pytorch(whisper_run, whisper_onnx):
     # 35 s is encoded in two windows of 17.5 s whose statistics are merged
-    signal = np.concatenate([synth_clip(f0, seconds=5.0, seed=i) for i, f0 in enumerate([130.0, 260.0, 520.0] * 2 + [260.0])])
+    signal = np.concatenate(
+        [synth_clip(f0, seconds=5.0, seed=i) for i, f0 in enumerate([130.0, 260.0, 520.0] * 2 + [260.0])]
+    )
     torch_features = Predictor.from_pretrained(whisper_run).encoder.features([signal])[0]
     onnx_features = Predictor.from_pretrained(whisper_onnx).encoder.features([signal])[0]
     assert np.abs(onnx_features - torch_features).max() < 1e-3 * max(1.0, np.abs(torch_features).max())
@@ -175,7 +180,10 @@ def test_int8_export_is_smaller_and_close(whisper_run, whisper_onnx, synth_corpu
     clips = sorted(synth_corpus.glob("Actor_0[56]/*.wav"))
     fp32 = Predictor.from_pretrained(whisper_onnx)
     int8 = Predictor.from_pretrained(tmp_path / "int8")
-    p_fp32, p_int8 = _matrix(list(fp32.predict_files(clips)), fp32.classes), _matrix(list(int8.predict_files(clips)), fp32.classes)
+    p_fp32, p_int8 = (
+        _matrix(list(fp32.predict_files(clips)), fp32.classes),
+        _matrix(list(int8.predict_files(clips)), fp32.classes),
+    )
     assert np.abs(p_int8 - p_fp32).max() < 0.1
     assert (p_int8.argmax(1) == p_fp32.argmax(1)).mean() >= 0.9
     # dynamic quantization scales by the batch's range: int8 runs clip by clip, so a clip's
@@ -191,7 +199,10 @@ def test_wav2vec2_export_agrees(synth_corpus, tiny_wav2vec2, tmp_path):
     export_onnx(run, tmp_path / "onnx")
     torch_predictor, onnx_predictor = Predictor.from_pretrained(run), Predictor.from_pretrained(tmp_path / "onnx")
     # clips of different lengths share a padded, masked batch
-    signals = [synth_clip(f0, seconds=s, seed=i) for i, (f0, s) in enumerate([(130.0, 0.7), (260.0, 1.3), (520.0, 2.1), (260.0, 1.0)])]
+    signals = [
+        synth_clip(f0, seconds=s, seed=i)
+        for i, (f0, s) in enumerate([(130.0, 0.7), (260.0, 1.3), (520.0, 2.1), (260.0, 1.0)])
+    ]
     p_torch = _matrix(torch_predictor.predict(signals), torch_predictor.classes)
     p_onnx = _matrix(onnx_predictor.predict(signals), torch_predictor.classes)
     assert np.abs(p_onnx - p_torch).max() < 1e-4
@@ -209,8 +220,17 @@ def test_group_norm_wav2vec2_export_runs_clip_by_clip(tmp_path):
     from speech_emotion.model.head import EmotionHead, HeadConfig
 
     folder = tmp_path / "w2v2-group"
-    config = Wav2Vec2Config(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, conv_dim=(16, 16),
-                            conv_stride=(5, 4), conv_kernel=(10, 8), num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
     assert config.feat_extract_norm == "group"
     torch.manual_seed(0)
     Wav2Vec2Model(config).save_pretrained(folder)
@@ -218,15 +238,34 @@ def test_group_norm_wav2vec2_export_runs_clip_by_clip(tmp_path):
     encoder = load_encoder(str(folder))
     signals = [synth_clip(200.0 + 50 * i, seconds=0.5 + 0.4 * i, seed=i) for i in range(4)]
     schema = LabelSchema.from_name("ravdess-8")
-    head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes, hidden=8)).eval()
+    head = EmotionHead(
+        HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes, hidden=8)
+    ).eval()
     head.fit_scaler(torch.from_numpy(np.stack(encoder.features(signals))))
-    encoder_meta = {"reference": str(folder), "path": str(folder), "family": "ssl", "fingerprint": encoder.fingerprint,
-                    "n_layers": encoder.n_layers, "dim": encoder.dim}
-    save_bundle(tmp_path / "run" / "model", head, {"classes": list(schema.classes), "schema": schema.to_dict(), "encoder": encoder_meta,
-                                                   "preprocessing": encoder.preprocessing})
+    encoder_meta = {
+        "reference": str(folder),
+        "path": str(folder),
+        "family": "ssl",
+        "fingerprint": encoder.fingerprint,
+        "n_layers": encoder.n_layers,
+        "dim": encoder.dim,
+    }
+    save_bundle(
+        tmp_path / "run" / "model",
+        head,
+        {
+            "classes": list(schema.classes),
+            "schema": schema.to_dict(),
+            "encoder": encoder_meta,
+            "preprocessing": encoder.preprocessing,
+        },
+    )
     export_onnx(tmp_path / "run", tmp_path / "onnx")
     assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"]["input"]["names"] == ["input_values"]
-    torch_predictor, onnx_predictor = Predictor.from_pretrained(tmp_path / "run"), Predictor.from_pretrained(tmp_path / "onnx")
+    torch_predictor, onnx_predictor = (
+        Predictor.from_pretrained(tmp_path / "run"),
+        Predictor.from_pretrained(tmp_path / "onnx"),
+    )
     p_torch = _matrix(torch_predictor.predict(signals), torch_predictor.classes)
     p_onnx = _matrix(onnx_predictor.predict(signals), torch_predictor.classes)
     assert np.abs(p_onnx - p_torch).max() < 1e-4
@@ -263,7 +302,7 @@ def test_cli_export_predict_evaluate(whisper_run, synth_corpus, tmp_path):
 
     result = runner.invoke(app, ["evaluate", str(out), str(synth_corpus), "--json"])
     assert result.exit_code == 0, result.output
-    scores = json.loads(result.stdout[result.stdout.index("{"):])
+    scores = json.loads(result.stdout[result.stdout.index("{") :])
     assert scores["n"] == 24 and scores["speakers"] == ["05", "06"]  # training speakers counted apart
 
     result = runner.invoke(app, ["export", str(whisper_run), "--format", "onnx", "--out", str(out)])

@@ -24,7 +24,13 @@ from speech_emotion.errors import BundleError
 from speech_emotion.features.encoders import load_encoder
 from speech_emotion.inference.evaluate import evaluate
 from speech_emotion.training.calibration import softmax
-from speech_emotion.training.finetune import fit_finetune, head_logits, parse_finetune, save_finetuned_bundle, unfreeze_top
+from speech_emotion.training.finetune import (
+    fit_finetune,
+    head_logits,
+    parse_finetune,
+    save_finetuned_bundle,
+    unfreeze_top,
+)
 from speech_emotion.training.loop import TrainConfig
 from speech_emotion.training.run import make_split, resume, train
 
@@ -50,7 +56,9 @@ def parts(synth_corpus):
     dataset = load_dataset(synth_corpus)
     split = make_split(dataset, test_speakers=worker.TEST_SPEAKERS, val_speakers=worker.VAL_SPEAKERS)
     signals = [load_audio(path)[0] for path in dataset.paths]
-    return {name: ([signals[i] for i in rows], dataset.y[rows]) for name, rows in split.parts.items()} | {"dataset": dataset}
+    return {name: ([signals[i] for i in rows], dataset.y[rows]) for name, rows in split.parts.items()} | {
+        "dataset": dataset
+    }
 
 
 def test_options_and_refusals(synth_corpus, tiny_wav2vec2, tmp_path, monkeypatch):
@@ -98,14 +106,26 @@ def test_pooled_features_equal_the_inference_path_and_only_the_top_gets_gradient
             assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
         else:
             assert parameter.grad is None, name
-    with pytest.raises(ValueError, match=f"has {last + 1} transformer layers; expected top-N with N from 1 to {last + 1}"):
+    with pytest.raises(
+        ValueError, match=f"has {last + 1} transformer layers; expected top-N with N from 1 to {last + 1}"
+    ):
         encoder.top_layers(last + 2)
 
 
 def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny_wav2vec2, tmp_path):
     # lr 0 for the head: it stays at its random initialisation, so whatever is learned is learned
     # by the encoder's top layer, through the differentiable pooling.
-    config = TrainConfig(max_epochs=6, patience=100, lr=0.0, encoder_lr=1e-2, hidden=0, dropout=0.0, batch_size=12, finetune=1, stop_on_alarm=False)
+    config = TrainConfig(
+        max_epochs=6,
+        patience=100,
+        lr=0.0,
+        encoder_lr=1e-2,
+        hidden=0,
+        dropout=0.0,
+        batch_size=12,
+        finetune=1,
+        stop_on_alarm=False,
+    )
     encoder = load_encoder(str(tiny_wav2vec2))
     before = {k: v.clone() for k, v in encoder.module.state_dict().items()}
     (train_x, train_y), (val_x, val_y), (test_x, test_y) = parts["train"], parts["val"], parts["test"]
@@ -125,9 +145,19 @@ def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny
             assert torch.equal(value, after[name]), f"{name} is frozen but changed"
 
     dataset = parts["dataset"]
-    meta = {"classes": list(dataset.schema.classes), "schema": dataset.schema.to_dict(), "preprocessing": encoder.preprocessing,
-            "encoder": {"reference": str(tiny_wav2vec2), "path": str(tiny_wav2vec2), "family": "ssl", "fingerprint": encoder.fingerprint,
-                        "n_layers": encoder.n_layers, "dim": encoder.dim}}
+    meta = {
+        "classes": list(dataset.schema.classes),
+        "schema": dataset.schema.to_dict(),
+        "preprocessing": encoder.preprocessing,
+        "encoder": {
+            "reference": str(tiny_wav2vec2),
+            "path": str(tiny_wav2vec2),
+            "family": "ssl",
+            "fingerprint": encoder.fingerprint,
+            "n_layers": encoder.n_layers,
+            "dim": encoder.dim,
+        },
+    }
     written = save_finetuned_bundle(tmp_path / "model", fit.head, fit.encoder, meta)
     assert written["encoder"]["bundled"] == "encoder" and written["encoder"]["path"] is None
     assert written["encoder"]["base_fingerprint"] == encoder.fingerprint != written["encoder"]["fingerprint"]
@@ -143,7 +173,14 @@ def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny
 def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_tiny, tmp_path):
     run = tmp_path / "run"
     config = TrainConfig(max_epochs=3, lr=3e-3, hidden=0, batch_size=12, finetune=1, stop_on_alarm=False)
-    results = train(synth_corpus, encoder=str(whisper_tiny), out=run, test_speakers=worker.TEST_SPEAKERS, val_speakers=worker.VAL_SPEAKERS, config=config)
+    results = train(
+        synth_corpus,
+        encoder=str(whisper_tiny),
+        out=run,
+        test_speakers=worker.TEST_SPEAKERS,
+        val_speakers=worker.VAL_SPEAKERS,
+        config=config,
+    )
     assert results["test"]["accuracy"] >= 0.9 and results["test"]["n"] == 24
     assert results["finetune"]["top"] == 1 and results["finetune"]["processes"] == 1
     saved_config = json.loads((run / "config.json").read_text())["train"]
@@ -154,7 +191,10 @@ def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_
     for name in ("config.json", "preprocessor_config.json", "model.safetensors"):
         assert (run / "model" / "encoder" / name).is_file(), name
 
-    base, tuned = load_file(whisper_tiny / "model.safetensors"), load_file(run / "model" / "encoder" / "model.safetensors")
+    base, tuned = (
+        load_file(whisper_tiny / "model.safetensors"),
+        load_file(run / "model" / "encoder" / "model.safetensors"),
+    )
     top = ("encoder.layers.3.", "encoder.layer_norm.")
     assert set(tuned) <= set(base)
     for name, value in tuned.items():
@@ -164,7 +204,10 @@ def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_
             assert torch.equal(value, base[name]), f"{name} is frozen but changed"
 
     meta = json.loads((run / "model" / "model.json").read_text())
-    assert meta["encoder"]["bundled"] == "encoder" and meta["encoder"]["base_fingerprint"] != meta["encoder"]["fingerprint"]
+    assert (
+        meta["encoder"]["bundled"] == "encoder"
+        and meta["encoder"]["base_fingerprint"] != meta["encoder"]["fingerprint"]
+    )
     predictor = Predictor.from_pretrained(run)  # loads model/encoder, fingerprint checked
     rows = [line.split(",") for line in (run / "predictions.csv").read_text().splitlines()[1:]]
     test_rows = [row for row in rows if row[0] == "test"]
@@ -173,9 +216,15 @@ def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_
     features = np.stack(predictor.encoder.features(clips))
     np.testing.assert_allclose(head_logits(predictor.bundle.head, features), in_memory, rtol=1e-4, atol=1e-4)
     loaded = [predictor(row[1])["probabilities"] for row in test_rows]
-    np.testing.assert_allclose([[p[c] for c in predictor.classes] for p in loaded], softmax(in_memory / predictor.bundle.temperature), atol=1e-4)
+    np.testing.assert_allclose(
+        [[p[c] for c in predictor.classes] for p in loaded],
+        softmax(in_memory / predictor.bundle.temperature),
+        atol=1e-4,
+    )
     pretrained = np.stack(load_encoder(str(whisper_tiny)).features(clips))
-    np.testing.assert_allclose(pretrained[:, :-1], features[:, :-1], rtol=1e-5, atol=1e-5)  # frozen layers: same statistics
+    np.testing.assert_allclose(
+        pretrained[:, :-1], features[:, :-1], rtol=1e-5, atol=1e-5
+    )  # frozen layers: same statistics
     assert np.abs(pretrained[:, -1] - features[:, -1]).max() > 1e-2  # the top layer's moved
 
     report = evaluate(run, synth_corpus)  # through the feature store, keyed by the fine-tuned fingerprint
@@ -198,14 +247,37 @@ def _free_port() -> int:
 
 
 def test_two_processes_match_one_process(synth_corpus, tiny_wav2vec2, tmp_path):
-    """torchrun, 2 CPU processes (gloo), batch 12 = 2 × 6: the same weights on both ranks and as one process with batch 12."""
+    """torchrun, 2 CPU processes (gloo), batch 12 = 2 × 6: the same weights on both ranks and as one process with batch
+    12.
+    """
     one = tmp_path / "one"
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=one, test_speakers=worker.TEST_SPEAKERS, val_speakers=worker.VAL_SPEAKERS, config=worker.config())
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=one,
+        test_speakers=worker.TEST_SPEAKERS,
+        val_speakers=worker.VAL_SPEAKERS,
+        config=worker.config(),
+    )
 
     two, dump = tmp_path / "two", tmp_path / "dump"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(_free_port()),
-               str(TESTS / "ddp_finetune_worker.py"), str(synth_corpus), str(tiny_wav2vec2), str(two), str(dump)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-addr",
+        "127.0.0.1",
+        "--master-port",
+        str(_free_port()),
+        str(TESTS / "ddp_finetune_worker.py"),
+        str(synth_corpus),
+        str(tiny_wav2vec2),
+        str(two),
+        str(dump),
+    ]
     done = subprocess.run(command, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-4000:]
 
@@ -218,7 +290,10 @@ def test_two_processes_match_one_process(synth_corpus, tiny_wav2vec2, tmp_path):
     assert info[0]["best_epoch"] == 3  # improved to the end: every step is compared below
 
     def bundle(run: Path) -> dict:
-        head, encoder = load_file(run / "model" / "model.safetensors"), load_file(run / "model" / "encoder" / "model.safetensors")
+        head, encoder = (
+            load_file(run / "model" / "model.safetensors"),
+            load_file(run / "model" / "encoder" / "model.safetensors"),
+        )
         return {k: head[k[5:]] if k.startswith("head.") else encoder[k[8:]] for k in ranks[0]}
 
     base = load_file(tiny_wav2vec2 / "model.safetensors")
@@ -239,14 +314,34 @@ def test_two_processes_match_one_process(synth_corpus, tiny_wav2vec2, tmp_path):
     assert sorted(p.name for p in two.iterdir()) == sorted(p.name for p in one.iterdir())
     results = json.loads((two / "results.json").read_text())
     assert results["finetune"]["processes"] == 2 and results["test"]["accuracy"] == pytest.approx(
-        json.loads((one / "results.json").read_text())["test"]["accuracy"])
+        json.loads((one / "results.json").read_text())["test"]["accuracy"]
+    )
 
 
 def test_cli_finetune_and_its_errors(synth_corpus, tiny_wav2vec2, tmp_path):
     run = tmp_path / "run"
     common = ["--test-speakers", "05-06", "--val-speakers", "04", "--warn-only"]
-    done = runner.invoke(app, ["train", str(synth_corpus), "--encoder", str(tiny_wav2vec2), "--out", str(run), *common,
-                               "--finetune", "top-1", "--epochs", "2", "--batch-size", "12", "--encoder-lr", "1e-3", "--json"])
+    done = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_corpus),
+            "--encoder",
+            str(tiny_wav2vec2),
+            "--out",
+            str(run),
+            *common,
+            "--finetune",
+            "top-1",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "12",
+            "--encoder-lr",
+            "1e-3",
+            "--json",
+        ],
+    )
     assert done.exit_code == 0, done.output
     results = json.loads(done.stdout)
     assert results["finetune"]["top"] == 1 and results["finetune"]["encoder_lr"] == 1e-3 and results["epochs_run"] == 2
@@ -260,7 +355,10 @@ def test_cli_finetune_and_its_errors(synth_corpus, tiny_wav2vec2, tmp_path):
     assert refused.exit_code == 1 and "cannot be resumed" in refused.stderr
 
     cases = [
-        (["--encoder", str(tiny_wav2vec2), "--finetune", "top-3"], "has 2 transformer layers; expected top-N with N from 1 to 2"),
+        (
+            ["--encoder", str(tiny_wav2vec2), "--finetune", "top-3"],
+            "has 2 transformer layers; expected top-N with N from 1 to 2",
+        ),
         (["--encoder", "egemaps", "--finetune", "top-1"], "nothing to fine-tune"),
         (["--encoder", str(tiny_wav2vec2), "--finetune", "all"], "expected top-N with N >= 1"),
         (["--encoder", str(tiny_wav2vec2), "--encoder-lr", "1e-4"], "add --finetune top-N"),
@@ -279,10 +377,22 @@ def _tiny_ssl(folder: Path, model_type: str) -> Path:
     """A tiny random HuBERT or WavLM folder (post-norm HuBERT: the other layer-norm placement than the fixture's)."""
     import transformers
 
-    config_class, model_class = {"hubert": ("HubertConfig", "HubertModel"), "wavlm": ("WavLMConfig", "WavLMModel")}[model_type]
-    config = getattr(transformers, config_class)(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                                                 conv_dim=(32, 32, 32), conv_stride=(5, 4, 4), conv_kernel=(10, 8, 4), num_conv_pos_embeddings=16,
-                                                 num_conv_pos_embedding_groups=2, feat_extract_norm="layer", do_stable_layer_norm=False)
+    config_class, model_class = {"hubert": ("HubertConfig", "HubertModel"), "wavlm": ("WavLMConfig", "WavLMModel")}[
+        model_type
+    ]
+    config = getattr(transformers, config_class)(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        conv_dim=(32, 32, 32),
+        conv_stride=(5, 4, 4),
+        conv_kernel=(10, 8, 4),
+        num_conv_pos_embeddings=16,
+        num_conv_pos_embedding_groups=2,
+        feat_extract_norm="layer",
+        do_stable_layer_norm=False,
+    )
     torch.manual_seed(0)
     getattr(transformers, model_class)(config).save_pretrained(folder)
     transformers.Wav2Vec2FeatureExtractor(return_attention_mask=True).save_pretrained(folder)
@@ -296,7 +406,9 @@ def test_top_layers_on_cached_states_equal_the_whole_encoder(which, tiny_wav2vec
     encoder = load_encoder(str(folder))
     assert encoder.can_run_top
     rng = np.random.default_rng(1)
-    lengths = [8000, 20800, 32000, 12345] + ([31 * 16000] if which == "whisper" else [])  # whisper: a 31 s clip is two windows
+    lengths = [8000, 20800, 32000, 12345] + (
+        [31 * 16000] if which == "whisper" else []
+    )  # whisper: a 31 s clip is two windows
     signals = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in lengths]
     for top in sorted({1, encoder.n_transformer_layers}):  # whisper top-4: from the convolutions' output + positions
         n_frozen = encoder.n_layers - top
@@ -315,18 +427,24 @@ def test_top_layers_on_cached_states_equal_the_whole_encoder(which, tiny_wav2vec
         full_grads = {n: p.grad.clone() for n, p in encoder.module.named_parameters() if p.grad is not None}
         encoder.module.zero_grad(set_to_none=True)
 
-        exact = encoder.top_pooled_features([s for s, _ in computed], windows, pooled[:, :n_frozen], top=top, batch_seconds=4.0)
+        exact = encoder.top_pooled_features(
+            [s for s, _ in computed], windows, pooled[:, :n_frozen], top=top, batch_seconds=4.0
+        )
         assert exact.shape == full.shape and exact.requires_grad
         np.testing.assert_allclose(exact.detach().numpy(), full.detach().numpy(), rtol=1e-5, atol=1e-5)
         exact[:, n_frozen:].pow(2).sum().backward()
         grads = {n: p.grad.clone() for n, p in encoder.module.named_parameters() if p.grad is not None}
         assert grads.keys() == full_grads.keys() and grads  # the same parameters get gradients: the top layers'
         flat, reference = (torch.cat([g[n].flatten() for n in sorted(g)]) for g in (grads, full_grads))
-        assert float((flat - reference).norm() / reference.norm()) < 1e-5  # (near-zero tensors such as k_proj's differ by rounding only)
+        assert (
+            float((flat - reference).norm() / reference.norm()) < 1e-5
+        )  # (near-zero tensors such as k_proj's differ by rounding only)
         encoder.module.zero_grad(set_to_none=True)
 
         with torch.no_grad():  # float16, as cached: its own rounding, about 1e-3 of the values' scale
-            half = encoder.top_pooled_features([s.astype(np.float16) for s, _ in computed], windows, pooled[:, :n_frozen], top=top)
+            half = encoder.top_pooled_features(
+                [s.astype(np.float16) for s, _ in computed], windows, pooled[:, :n_frozen], top=top
+            )
         scale = np.abs(full.detach().numpy()[:, n_frozen:]).max()
         error = np.abs(half.numpy() - full.detach().numpy()).max()
         assert 0 < error < 3e-3 * scale, (error, scale)
@@ -345,9 +463,21 @@ def test_wavlm_runs_the_whole_encoder(tmp_path):
 
 def test_fit_finetune_runs_only_the_top_layers_and_matches_the_whole_encoder(parts, tiny_wav2vec2, monkeypatch):
     """The cached path never runs the whole encoder during training, and trains like it (float16 rounding aside)."""
-    config = TrainConfig(max_epochs=2, patience=10, lr=1e-3, encoder_lr=1e-2, hidden=0, dropout=0.0, batch_size=12, finetune=1, stop_on_alarm=False)
+    config = TrainConfig(
+        max_epochs=2,
+        patience=10,
+        lr=1e-3,
+        encoder_lr=1e-2,
+        hidden=0,
+        dropout=0.0,
+        batch_size=12,
+        finetune=1,
+        stop_on_alarm=False,
+    )
     (train_x, train_y), (val_x, val_y) = parts["train"], parts["val"]
-    whole = fit_finetune(load_encoder(str(tiny_wav2vec2)), train_x, train_y, val_x, val_y, n_classes=3, config=config, cache_states=False)
+    whole = fit_finetune(
+        load_encoder(str(tiny_wav2vec2)), train_x, train_y, val_x, val_y, n_classes=3, config=config, cache_states=False
+    )
 
     encoder = load_encoder(str(tiny_wav2vec2))
     calls = []
@@ -356,9 +486,13 @@ def test_fit_finetune_runs_only_the_top_layers_and_matches_the_whole_encoder(par
     cached = fit_finetune(encoder, train_x, train_y, val_x, val_y, n_classes=3, config=config)
     assert calls == []  # no step ran the lower layers
     for a, b in zip(whole.history, cached.history):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3) and a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-3)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-3) and a["val_loss"] == pytest.approx(
+            b["val_loss"], rel=1e-3
+        )
     trained = dict(cached.encoder.module.named_parameters())
     for name, value in whole.encoder.module.named_parameters():
         torch.testing.assert_close(trained[name], value, atol=1e-3, rtol=0, msg=name)
     # The kept weights are scored through the inference path at the end: what the bundle will predict.
-    np.testing.assert_allclose(cached.val_logits, head_logits(cached.head, np.stack(cached.encoder.features(val_x))), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        cached.val_logits, head_logits(cached.head, np.stack(cached.encoder.features(val_x))), rtol=1e-5, atol=1e-5
+    )

@@ -15,8 +15,26 @@ RAVDESS_8 = ["neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "
 RAVDESS_7 = ["neutral", "happy", "sad", "angry", "fearful", "disgust", "surprised"]
 
 # The mapping from the project's origin story: calm merged into neutral left index 1 unused.
-SEED_HOLE_MAPPING = {"neutral": 0, "calm": 0, "happy": 2, "sad": 3, "angry": 4, "fearful": 5, "disgust": 6, "surprise": 7}
-SEED_FIXED_MAPPING = {"neutral": 0, "calm": 0, "happy": 1, "sad": 2, "angry": 3, "fearful": 4, "disgust": 5, "surprise": 6}
+SEED_HOLE_MAPPING = {
+    "neutral": 0,
+    "calm": 0,
+    "happy": 2,
+    "sad": 3,
+    "angry": 4,
+    "fearful": 5,
+    "disgust": 6,
+    "surprise": 7,
+}
+SEED_FIXED_MAPPING = {
+    "neutral": 0,
+    "calm": 0,
+    "happy": 1,
+    "sad": 2,
+    "angry": 3,
+    "fearful": 4,
+    "disgust": 5,
+    "surprise": 6,
+}
 
 
 def manifest_of(*pairs) -> Manifest:
@@ -59,7 +77,15 @@ def test_ravdess_7_on_the_real_corpus(ravdess):
     assert report["classes"] == RAVDESS_7
     assert report["counts_before"]["neutral"] == 72
     assert report["counts_before"]["calm"] == 144
-    assert report["counts_after"] == {"neutral": 216, "happy": 144, "sad": 144, "angry": 144, "fearful": 144, "disgust": 144, "surprised": 144}
+    assert report["counts_after"] == {
+        "neutral": 216,
+        "happy": 144,
+        "sad": 144,
+        "angry": 144,
+        "fearful": 144,
+        "disgust": 144,
+        "surprised": 144,
+    }
     assert report["encoded_values"] == [0, 1, 2, 3, 4, 5, 6]
     assert report["merged"] == {"calm": "neutral"}
     assert np.bincount(labelled.y).tolist() == [216, 144, 144, 144, 144, 144, 144]
@@ -72,12 +98,17 @@ def test_ravdess_8_on_the_real_corpus(ravdess):
 
 
 def test_unknown_builtin_name():
-    with pytest.raises(LabelError, match=r"unknown schema name 'ravdess-6'; built-in: ravdess-8, ravdess-7, or pass a YAML/JSON file"):
+    with pytest.raises(
+        LabelError, match=r"unknown schema name 'ravdess-6'; built-in: ravdess-8, ravdess-7, or pass a YAML/JSON file"
+    ):
         LabelSchema.from_name("ravdess-6")
 
 
 def test_resolve_rejects_a_name_that_is_neither_builtin_nor_a_file(tmp_path):
-    with pytest.raises(LabelError, match=r"--labels 'ravdess7': not a built-in schema \(ravdess-8, ravdess-7\) nor an existing YAML/JSON file"):
+    with pytest.raises(
+        LabelError,
+        match=r"--labels 'ravdess7': not a built-in schema \(ravdess-8, ravdess-7\) nor an existing YAML/JSON file",
+    ):
         LabelSchema.resolve("ravdess7")
 
 
@@ -89,7 +120,9 @@ def _corrected_from(message: str) -> dict:
 
 
 def test_seed_hole_mapping_is_refused_naming_index_1_and_printing_the_fix():
-    with pytest.raises(LabelError, match=r"indices are not contiguous: expected 0\.\.6, got 0, 2, 3, 4, 5, 6, 7 \(index 1 is unused\)") as info:
+    with pytest.raises(
+        LabelError, match=r"indices are not contiguous: expected 0\.\.6, got 0, 2, 3, 4, 5, 6, 7 \(index 1 is unused\)"
+    ) as info:
         LabelSchema.from_mapping(SEED_HOLE_MAPPING)
     assert _corrected_from(str(info.value)) == SEED_FIXED_MAPPING
 
@@ -100,7 +133,10 @@ def test_seed_hole_mapping_is_refused_naming_index_1_and_printing_the_fix():
     ids=["dict", "label_to_index-key", "inline-json"],
 )
 def test_seed_hole_mapping_is_refused_however_it_arrives(spec):
-    with pytest.raises(LabelError, match=r"not contiguous.*index 1 is unused.*Corrected mapping: \{\"neutral\": 0, \"calm\": 0, \"happy\": 1"):
+    with pytest.raises(
+        LabelError,
+        match=r"not contiguous.*index 1 is unused.*Corrected mapping: \{\"neutral\": 0, \"calm\": 0, \"happy\": 1",
+    ):
         LabelSchema.resolve(spec)
 
 
@@ -108,7 +144,9 @@ def test_seed_hole_mapping_is_refused_however_it_arrives(spec):
 def test_seed_hole_mapping_is_refused_from_a_file(tmp_path, suffix):
     path = tmp_path / f"labels{suffix}"
     path.write_text(json.dumps(SEED_HOLE_MAPPING))  # JSON is valid YAML
-    with pytest.raises(LabelError, match=rf"labels\{suffix}: label_to_index indices are not contiguous.*index 1 is unused") as info:
+    with pytest.raises(
+        LabelError, match=rf"labels\{suffix}: label_to_index indices are not contiguous.*index 1 is unused"
+    ) as info:
         LabelSchema.resolve(str(path))
     assert _corrected_from(str(info.value)) == SEED_FIXED_MAPPING
 
@@ -161,7 +199,9 @@ def test_labels_sharing_an_index_merge_into_the_first_listed():
 
 def test_yaml_schema_file_with_classes_merge_drop(tmp_path):
     path = tmp_path / "schema.yaml"
-    path.write_text("classes: [neutral, happy, sad, angry]\nmerge:\n  calm: neutral\ndrop: [fearful, disgust, surprised]\n")
+    path.write_text(
+        "classes: [neutral, happy, sad, angry]\nmerge:\n  calm: neutral\ndrop: [fearful, disgust, surprised]\n"
+    )
     schema = LabelSchema.resolve(str(path))
     assert schema.classes == ("neutral", "happy", "sad", "angry")
     assert schema.merge == {"calm": "neutral"}
@@ -199,12 +239,16 @@ def test_unreadable_schema_file(tmp_path):
     with pytest.raises(LabelError, match=r"bad\.yaml: cannot read label schema"):
         LabelSchema.from_file(path)
     path.write_text("- a\n- b\n")
-    with pytest.raises(LabelError, match=r"bad\.yaml: expected a mapping with classes/merge/drop or label_to_index, got list"):
+    with pytest.raises(
+        LabelError, match=r"bad\.yaml: expected a mapping with classes/merge/drop or label_to_index, got list"
+    ):
         LabelSchema.from_file(path)
 
 
 def test_schema_with_unknown_keys(tmp_path):
-    with pytest.raises(LabelError, match=r"a schema has keys classes, merge, drop \(or label_to_index\); got classes, rename"):
+    with pytest.raises(
+        LabelError, match=r"a schema has keys classes, merge, drop \(or label_to_index\); got classes, rename"
+    ):
         LabelSchema.from_dict({"classes": ["a"], "rename": {"b": "a"}})
 
 
@@ -232,12 +276,16 @@ def test_empty_classes():
 
 
 def test_merge_into_unknown_class():
-    with pytest.raises(LabelError, match=r"merge targets must be classes; neutral is not in classes \['happy', 'sad'\]"):
+    with pytest.raises(
+        LabelError, match=r"merge targets must be classes; neutral is not in classes \['happy', 'sad'\]"
+    ):
         LabelSchema(("happy", "sad"), {"calm": "neutral"})
 
 
 def test_label_both_kept_and_dropped():
-    with pytest.raises(LabelError, match=r"each raw label is kept, merged or dropped, not two of these; sad is in more than one"):
+    with pytest.raises(
+        LabelError, match=r"each raw label is kept, merged or dropped, not two of these; sad is in more than one"
+    ):
         LabelSchema(("happy", "sad"), drop=frozenset({"sad"}))
 
 
@@ -256,7 +304,11 @@ def test_label_both_merged_and_dropped():
 
 def test_raw_label_not_covered_is_an_error_naming_it_and_its_files():
     manifest = manifest_of(("happy", 2), ("boredom", 2), ("sad", 1))
-    with pytest.raises(LabelError, match=r"neither keeps, merges nor drops:\n  'boredom' \(2 files, e\.g\. /data/boredom_0\.wav, /data/boredom_1\.wav\)") as info:
+    with pytest.raises(
+        LabelError,
+        match=r"neither keeps, merges nor drops:\n  'boredom' \(2 files, e\.g\. /data/boredom_0\.wav, "
+        r"/data/boredom_1\.wav\)",
+    ) as info:
         LabelSchema(("happy", "sad")).apply(manifest)
     assert "schema classes: ['happy', 'sad']; add them to classes, merge or drop" in str(info.value)
 
@@ -280,7 +332,13 @@ def test_synonyms_resolve_in_classes_merge_and_drop():
     assert schema.classes == ("angry", "happy", "sad")
     assert schema.merge == {"fearful": "angry"}
     assert schema.drop == frozenset({"surprised"})
-    assert schema.synonyms == {"anger": "angry", "happiness": "happy", "sadness": "sad", "fear": "fearful", "surprise": "surprised"}
+    assert schema.synonyms == {
+        "anger": "angry",
+        "happiness": "happy",
+        "sadness": "sad",
+        "fear": "fearful",
+        "surprise": "surprised",
+    }
     assert schema.encode(["Anger", "fearful", "sadness"]).tolist() == [0, 0, 2]
 
 
@@ -315,4 +373,3 @@ def test_to_dict_round_trip():
     spec = schema.to_dict()
     assert spec == {"classes": ["neutral", "happy"], "merge": {"calm": "neutral"}, "drop": ["angry", "sad"]}
     assert LabelSchema.from_dict(json.loads(json.dumps(spec))) == schema
-

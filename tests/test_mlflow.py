@@ -39,9 +39,27 @@ def mlflow_server(tmp_path_factory):
     port = free_port()
     log = open(root / "server.log", "wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts")],
-        cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+        ],
+        cwd=root,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},  # no background job workers: not needed here
     )
     uri = f"http://127.0.0.1:{port}"
@@ -49,7 +67,9 @@ def mlflow_server(tmp_path_factory):
     try:
         while True:
             if server.poll() is not None:
-                pytest.fail(f"mlflow server exited with {server.returncode}:\n{(root / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server exited with {server.returncode}:\n{(root / 'server.log').read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
                     if response.status == 200:
@@ -57,7 +77,9 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"mlflow server not healthy after {SERVER_START_S} s:\n{(root / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server not healthy after {SERVER_START_S} s:\n{(root / 'server.log').read_text()[-3000:]}"
+                )
             time.sleep(0.5)
         yield uri, root
     finally:
@@ -75,9 +97,31 @@ def test_train_logs_params_epochs_reports_and_bundle(mlflow_server, synth_corpus
 
     uri, root = mlflow_server
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(synth_corpus), "--encoder", str(tiny_wav2vec2), "--out", str(run), "--test-speakers", "05-06",
-                                 "--val-speakers", "04", "--epochs", "6", "--lr", "3e-3", "--hidden", "32", "--warn-only",
-                                 "--tracking-uri", uri, "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_corpus),
+            "--encoder",
+            str(tiny_wav2vec2),
+            "--out",
+            str(run),
+            "--test-speakers",
+            "05-06",
+            "--val-speakers",
+            "04",
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--hidden",
+            "32",
+            "--warn-only",
+            "--tracking-uri",
+            uri,
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     tracking = json.loads((run / "tracking.json").read_text())
@@ -87,7 +131,11 @@ def test_train_logs_params_epochs_reports_and_bundle(mlflow_server, synth_corpus
     logged = client.get_run(tracking["run_id"])
     assert logged.info.status == "FINISHED" and logged.info.run_name == "run"
     params = logged.data.params
-    assert params["encoder"] == str(tiny_wav2vec2) and params["test_speakers"] == "05,06" and params["val_speakers"] == "04"
+    assert (
+        params["encoder"] == str(tiny_wav2vec2)
+        and params["test_speakers"] == "05,06"
+        and params["val_speakers"] == "04"
+    )
     assert params["train.lr"] == "0.003" and params["train.hidden"] == "32" and params["train.max_epochs"] == "6"
     assert params["train.stop_on_alarm"] == "False" and params["data"] == str(synth_corpus.resolve())
 
@@ -101,9 +149,20 @@ def test_train_logs_params_epochs_reports_and_bundle(mlflow_server, synth_corpus
     assert logged.data.metrics["best_val_uar"] == pytest.approx(results["val"]["uar"])
 
     top = {a.path for a in client.list_artifacts(tracking["run_id"])}
-    assert {"labels.json", "split.json", "results.json", "metrics.jsonl", "config.json", "report.html", "report", "model"} <= top
+    assert {
+        "labels.json",
+        "split.json",
+        "results.json",
+        "metrics.jsonl",
+        "config.json",
+        "report.html",
+        "report",
+        "model",
+    } <= top
     assert "report/confusion.png" in {a.path for a in client.list_artifacts(tracking["run_id"], "report")}
-    assert {"model/model.safetensors", "model/model.json"} <= {a.path for a in client.list_artifacts(tracking["run_id"], "model")}
+    assert {"model/model.safetensors", "model/model.json"} <= {
+        a.path for a in client.list_artifacts(tracking["run_id"], "model")
+    }
     downloaded = Path(client.download_artifacts(tracking["run_id"], "model/model.safetensors", str(tmp_path)))
     assert downloaded.read_bytes() == (run / "model" / "model.safetensors").read_bytes()
     split = json.loads(Path(client.download_artifacts(tracking["run_id"], "split.json", str(tmp_path))).read_text())

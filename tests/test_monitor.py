@@ -51,8 +51,15 @@ def assert_matches_metrics(output: str, run: Path) -> None:
 @pytest.fixture(scope="module")
 def finished_run(synth_corpus, tiny_wav2vec2, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("monitor")
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=root / "run", test_speakers=["05", "06"], val_speakers=["04"],
-          config=TrainConfig(max_epochs=8, lr=3e-3, hidden=32, stop_on_alarm=False), store=FeatureStore(root / "cache"))
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=root / "run",
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=TrainConfig(max_epochs=8, lr=3e-3, hidden=32, stop_on_alarm=False),
+        store=FeatureStore(root / "cache"),
+    )
     return root / "run"
 
 
@@ -76,7 +83,15 @@ def test_rich_view_shows_stage_epochs_classes_alarms_results(finished_run):
     console = Console(record=True, width=140, force_terminal=False)
     console.print(render(read_run(finished_run)))
     text = console.export_text()
-    for expected in ("finished", "Epochs (8", "train loss", "val uar", "Class distribution", "neutral", "Results (best epoch"):
+    for expected in (
+        "finished",
+        "Epochs (8",
+        "train loss",
+        "val uar",
+        "Class distribution",
+        "neutral",
+        "Results (best epoch",
+    ):
         assert expected in text, expected
     last = json.loads((finished_run / "metrics.jsonl").read_text().splitlines()[-1])
     assert f"{last['train_loss']:.4f}" in text
@@ -90,13 +105,21 @@ def test_sanity_alarms_while_running_and_at_the_end(tmp_path):
     (run / "config.json").write_text(json.dumps({"train": {"max_epochs": 10}}))
     status = RunStatus(run)  # this process plays the training run: alive
     status.stage("training", total=10, epoch=1, max_epochs=10)
-    record = {"epoch": 1, "train_loss": 0.0004, "val_loss": 0.01, "val_accuracy": 1.0, "val_uar": 1.0, "alarms": ["perfect_first_epoch", "zero_loss"]}
+    record = {
+        "epoch": 1,
+        "train_loss": 0.0004,
+        "val_loss": 0.01,
+        "val_accuracy": 1.0,
+        "val_uar": 1.0,
+        "alarms": ["perfect_first_epoch", "zero_loss"],
+    }
     (run / "metrics.jsonl").write_text(json.dumps(record) + "\n")
     result = runner.invoke(app, ["monitor", str(run), "--no-follow"])
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         "stage training epoch 1/10",
-        "epoch 1 train_loss 0.0004 val_loss 0.0100 val_accuracy 1.0000 val_uar 1.0000 alarms perfect_first_epoch,zero_loss",
+        "epoch 1 train_loss 0.0004 val_loss 0.0100 val_accuracy 1.0000 val_uar 1.0000 alarms "
+        "perfect_first_epoch,zero_loss",
         result.stdout.splitlines()[-1],
     ]
     assert result.stdout.splitlines()[-1].startswith("training epoch 1/10 (updated ")
@@ -106,11 +129,21 @@ def test_sanity_alarms_while_running_and_at_the_end(tmp_path):
     assert "training epoch 1/10" in text and "Sanity alarms" in text and "zero_loss (epoch 1)" in text
 
     message = "validation accuracy 100.0% after one epoch"
-    (run / "results.json").write_text(json.dumps({"best_epoch": 1, "epochs_run": 1, "alarms": [
-        {"check": "perfect_first_epoch", "severity": "error", "message": message, "epoch": 1}]}))
+    (run / "results.json").write_text(
+        json.dumps(
+            {
+                "best_epoch": 1,
+                "epochs_run": 1,
+                "alarms": [{"check": "perfect_first_epoch", "severity": "error", "message": message, "epoch": 1}],
+            }
+        )
+    )
     status.fail("SanityError: perfect_first_epoch")
     lines = PlainLines().update(read_run(run))
-    assert lines[-2:] == [f"alarm perfect_first_epoch (error epoch 1): {message}", "failed at training: SanityError: perfect_first_epoch"]
+    assert lines[-2:] == [
+        f"alarm perfect_first_epoch (error epoch 1): {message}",
+        "failed at training: SanityError: perfect_first_epoch",
+    ]
 
 
 def test_not_a_run(tmp_path):
@@ -124,13 +157,39 @@ def test_follows_a_live_run_until_it_dies_then_the_resumed_run_to_the_end(synth_
     run = tmp_path / "run"
     env = {**os.environ, PAUSE_ENV: "training:3"}
     training = subprocess.Popen(
-        SER + ["train", str(synth_corpus), "--encoder", str(tiny_wav2vec2), "--out", str(run), "--test-speakers", "05-06",
-               "--val-speakers", "04", "--epochs", "6", "--lr", "3e-3", "--hidden", "32", "--warn-only"],
-        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        SER
+        + [
+            "train",
+            str(synth_corpus),
+            "--encoder",
+            str(tiny_wav2vec2),
+            "--out",
+            str(run),
+            "--test-speakers",
+            "05-06",
+            "--val-speakers",
+            "04",
+            "--epochs",
+            "6",
+            "--lr",
+            "3e-3",
+            "--hidden",
+            "32",
+            "--warn-only",
+        ],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     # Non-interactive, as `ser remote monitor` runs it over ssh: stdout is a pipe, so plain lines.
-    monitor = subprocess.Popen(SER + ["monitor", str(run), "--follow", "--interval", "0.1"], stdin=subprocess.DEVNULL,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    monitor = subprocess.Popen(
+        SER + ["monitor", str(run), "--follow", "--interval", "0.1"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lines: list[str] = []
 
     def read() -> None:
@@ -141,10 +200,14 @@ def test_follows_a_live_run_until_it_dies_then_the_resumed_run_to_the_end(synth_
     reader.start()
     try:
         deadline = time.monotonic() + 180
-        while (read_status(run) or {}).get("paused") != "training:3" or not any(line.startswith("epoch 3 ") for line in lines):
+        while (read_status(run) or {}).get("paused") != "training:3" or not any(
+            line.startswith("epoch 3 ") for line in lines
+        ):
             assert training.poll() is None, training.stderr.read().decode()[-3000:]
             assert monitor.poll() is None, monitor.stderr.read()
-            assert time.monotonic() < deadline, f"the run did not reach epoch 3 with the monitor following; printed: {lines}"
+            assert time.monotonic() < deadline, (
+                f"the run did not reach epoch 3 with the monitor following; printed: {lines}"
+            )
             time.sleep(0.05)
         training.send_signal(signal.SIGKILL)
         training.wait(timeout=30)

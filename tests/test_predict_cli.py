@@ -25,8 +25,15 @@ def run(synth_corpus, whisper_tiny, tmp_path_factory):
     """A whisper-tiny.en model trained in seconds on the synthetic corpus."""
     out = tmp_path_factory.mktemp("predict-run") / "run"
     config = TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False)
-    train(synth_corpus, encoder=str(whisper_tiny), out=out, test_speakers=["05", "06"], val_speakers=["04"], config=config,
-          store=FeatureStore(tmp_path_factory.mktemp("predict-cache")))
+    train(
+        synth_corpus,
+        encoder=str(whisper_tiny),
+        out=out,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=config,
+        store=FeatureStore(tmp_path_factory.mktemp("predict-cache")),
+    )
     return out
 
 
@@ -76,7 +83,11 @@ def test_timeline_json_lines(run, recording):
 
 
 def test_timeline_csv_window_and_hop(run, recording):
-    rows = csv_rows(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--format", "csv", "--window", "1", "--hop", "0.5"]))
+    rows = csv_rows(
+        runner.invoke(
+            app, ["predict", str(run), str(recording), "--timeline", "--format", "csv", "--window", "1", "--hop", "0.5"]
+        )
+    )
     assert list(rows[0]) == ["path", "start", "end", "label", "p_neutral", "p_happy", "p_sad", "error"]
     assert len(rows) > 4  # 1 s windows every 0.5 s: several per clip, overlapping
     assert any(float(b["start"]) < float(a["end"]) for a, b in zip(rows, rows[1:]))
@@ -90,7 +101,9 @@ def test_timeline_error_row_keeps_input_order(run, recording, bad):
     lines = json_lines(runner.invoke(app, ["predict", str(run), str(bad), str(recording), "--timeline", "--json"]))
     assert lines[0] == {"path": str(bad), "error": lines[0]["error"]} and "cannot" in lines[0]["error"]
     assert [line["path"] for line in lines[1:]] == [str(recording)] * 4
-    rows = csv_rows(runner.invoke(app, ["predict", str(run), str(recording), str(bad), "--timeline", "--format", "csv"]))
+    rows = csv_rows(
+        runner.invoke(app, ["predict", str(run), str(recording), str(bad), "--timeline", "--format", "csv"])
+    )
     assert rows[-1]["path"] == str(bad) and rows[-1]["error"] and rows[-1]["label"] == "" and rows[-1]["start"] == ""
 
 

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import synth_clip, write_synth_corpus
 from typer.testing import CliRunner
 
+from conftest import synth_clip, write_synth_corpus
 from speech_emotion.cli.app import app
 from speech_emotion.remote import Host, RemoteError, fetch, monitor, status
 from speech_emotion.remote.job import RemoteRun, parse_sections, read_state
@@ -68,7 +68,9 @@ class SSHServer:
         self.folder = folder
         self.user = getpass.getuser()
         for name in ("host_key", "client_key"):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ser-test", "-f", str(folder / name)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ser-test", "-f", str(folder / name)], check=True
+            )
         self.identity = folder / "client_key"
         (folder / "authorized_keys").write_text((folder / "client_key.pub").read_text())
         self.port = free_port()
@@ -83,11 +85,14 @@ class SSHServer:
         # An ssh config name, as users have in ~/.ssh/config.
         self.config = folder / "ssh_config"
         self.config.write_text(
-            f"Host ser-test-host\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n  IdentityFile {self.identity}\n"
+            f"Host ser-test-host\n  HostName 127.0.0.1\n  Port {self.port}\n  User {self.user}\n  IdentityFile "
+            f"{self.identity}\n"
             f"  IdentitiesOnly yes\n  UserKnownHostsFile {self.known_hosts}\n  StrictHostKeyChecking yes\n"
         )
         self.log = open(folder / "sshd.log", "w")
-        self.process = subprocess.Popen([SSHD, "-D", "-f", str(folder / "sshd_config"), "-e"], stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            [SSHD, "-D", "-f", str(folder / "sshd_config"), "-e"], stdout=self.log, stderr=subprocess.STDOUT
+        )
         deadline = time.monotonic() + 15
         while True:
             if self.process.poll() is not None:
@@ -108,9 +113,21 @@ class SSHServer:
 
     def direct_flags(self) -> list[str]:
         """user@host with --port and --identity, no ssh config."""
-        return [f"{self.user}@127.0.0.1", "--port", str(self.port), "--identity", str(self.identity),
-                "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes",
-                "--ssh-config", "/dev/null"]
+        return [
+            f"{self.user}@127.0.0.1",
+            "--port",
+            str(self.port),
+            "--identity",
+            str(self.identity),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "--ssh-config",
+            "/dev/null",
+        ]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -159,9 +176,32 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
     env = ["--env", f"SER_CACHE={os.environ['SER_CACHE']}", "--env", "HF_HUB_OFFLINE=1"]
     started = time.monotonic()
     try:
-        result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/demo",
-                     "--test-speakers", "04", "--val-speakers", "03", "--epochs", "6", "--lr", "0.003", "--warn-only", *common, *env, "--json",
-                     "--", "--optimizer", "adamw")  # mini-batch epochs: L-BFGS may converge before 6; `--` passes train options through
+        result = ser(
+            "remote",
+            "launch",
+            *sshd.alias_flags(),
+            "--data",
+            tiny_corpus,
+            "--encoder",
+            whisper_tiny,
+            "--out",
+            "runs/demo",
+            "--test-speakers",
+            "04",
+            "--val-speakers",
+            "03",
+            "--epochs",
+            "6",
+            "--lr",
+            "0.003",
+            "--warn-only",
+            *common,
+            *env,
+            "--json",
+            "--",
+            "--optimizer",
+            "adamw",
+        )  # mini-batch epochs: L-BFGS may converge before 6; `--` passes train options through
         assert result.exit_code == 0, result.stderr
         launched = json.loads(result.stdout)
         err = result.stderr
@@ -170,23 +210,47 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         assert launched["synced"]["encoder"]["n_skipped"] == 0
         assert launched["synced"]["project"]["n_files"] > 10
         package = sys.modules["speech_emotion"]
-        assert launched["package"] == {"action": "checked", "version": package.__version__, "location": str(Path(package.__file__).parent), "same_source": True}
+        assert launched["package"] == {
+            "action": "checked",
+            "version": package.__version__,
+            "location": str(Path(package.__file__).parent),
+            "same_source": True,
+        }
         assert "24 files" in err and "24 sent" in err and "started" in err and "ser remote status ser-test-host" in err
         assert launched["command"][0] == sys.executable  # absolute python, not whatever PATH holds there
         try:
-            assert os.getsid(launched["pid"]) == launched["pid"]  # its own session: the end of the ssh session does not reach it
+            assert (
+                os.getsid(launched["pid"]) == launched["pid"]
+            )  # its own session: the end of the ssh session does not reach it
         except ProcessLookupError:
             pass  # already done
         assert (remote_dir / "data").is_dir() and (remote_dir / "project" / "pyproject.toml").is_file()
         assert not (remote_dir / "project" / "tests").exists()
 
-        # A second launch sends nothing the host already has (its bad `ser train` option makes a failed job, checked at the end).
-        result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/bad",
-                     *common, *env, "--json", "--", "--no-such-option")
+        # A second launch sends nothing the host already has (its bad `ser train` option makes a failed job,
+        # checked at the end).
+        result = ser(
+            "remote",
+            "launch",
+            *sshd.alias_flags(),
+            "--data",
+            tiny_corpus,
+            "--encoder",
+            whisper_tiny,
+            "--out",
+            "runs/bad",
+            *common,
+            *env,
+            "--json",
+            "--",
+            "--no-such-option",
+        )
         assert result.exit_code == 0, result.stderr
         again = json.loads(result.stdout)
         # (the project source may differ: people edit it meanwhile)
-        assert again["synced"]["data"]["n_transferred"] == again["synced"]["encoder"]["n_transferred"] == 0, again["synced"]
+        assert again["synced"]["data"]["n_transferred"] == again["synced"]["encoder"]["n_transferred"] == 0, again[
+            "synced"
+        ]
         assert "24 files (" in result.stderr and "0 sent (0 B), 24 already there" in result.stderr
 
         # The launching ssh session is over; the job runs on in its own session until it ends.
@@ -226,7 +290,14 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         fetched = json.loads(result.stdout)
         local = tmp_path / "runs/demo"
         assert fetched["to"] == "runs/demo" and "verified sha256" in result.stderr
-        assert {"model/model.json", "model/model.safetensors", "results.json", "metrics.jsonl", "config.json", "train.log"} <= set(fetched["checksums"])
+        assert {
+            "model/model.json",
+            "model/model.safetensors",
+            "results.json",
+            "metrics.jsonl",
+            "config.json",
+            "train.log",
+        } <= set(fetched["checksums"])
         for name, digest in fetched["checksums"].items():
             assert sha256(local / name) == digest == sha256(remote_dir / "runs/demo" / name)
         assert not list(tmp_path.glob("runs/.demo.fetch-*"))  # staging folder moved into place
@@ -245,10 +316,24 @@ def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tm
         assert (local / "notes.txt").read_text() == "mine"
         result = ser("remote", "fetch", *sshd.alias_flags(), "runs/demo", *common, "--to", local, "--force")
         assert result.exit_code == 0, result.stderr
-        assert not (local / "notes.txt").exists() and sha256(local / "model/model.safetensors") == fetched["checksums"]["model/model.safetensors"]
+        assert (
+            not (local / "notes.txt").exists()
+            and sha256(local / "model/model.safetensors") == fetched["checksums"]["model/model.safetensors"]
+        )
 
         # A launch onto the finished run is refused (before anything is synced).
-        result = ser("remote", "launch", *sshd.alias_flags(), "--data", tiny_corpus, "--encoder", whisper_tiny, "--out", "runs/demo", *common)
+        result = ser(
+            "remote",
+            "launch",
+            *sshd.alias_flags(),
+            "--data",
+            tiny_corpus,
+            "--encoder",
+            whisper_tiny,
+            "--out",
+            "runs/demo",
+            *common,
+        )
         assert result.exit_code == 1 and "exists and is not empty" in result.stderr and "syncing" not in result.stderr
 
         # The failed job: exit code and the end of its log.
@@ -286,7 +371,16 @@ def test_install_step_pip_installs_synced_source_into_a_fresh_python(sshd, tmp_p
     env = {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_NO_DEPS": "1"}
     before = probe_python(host, remote_dir=str(remote_dir), python=python, env=env)
     lines = []
-    package = ensure_package(host, before, python=python, remote_dir=str(remote_dir), root=project_root(), install="always", env=env, report=lines.append)
+    package = ensure_package(
+        host,
+        before,
+        python=python,
+        remote_dir=str(remote_dir),
+        root=project_root(),
+        install="always",
+        env=env,
+        report=lines.append,
+    )
     assert package["action"] == "installed" and package["same_source"]
     assert package["location"].startswith(str(venv)), package  # the venv's own copy, not the editable checkout
     assert any("pip install" in line for line in lines)
@@ -298,9 +392,26 @@ def test_install_step_pip_installs_synced_source_into_a_fresh_python(sshd, tmp_p
 def test_connection_and_python_errors_are_clear(sshd, tmp_path):
     with pytest.raises(RemoteError, match=r"check the host name, --port, --identity"):
         status(Host("127.0.0.1", port=free_port(), options=("BatchMode=yes",), config="/dev/null"), "runs/x")
-    result = ser("remote", "launch", *sshd.alias_flags(), "--data", tmp_path, "--encoder", "egemaps", "--out", "runs/x",
-                 "--remote-dir", tmp_path / "r", "--python", "/no/such/python")
-    assert result.exit_code == 1 and "/no/such/python: not found" in " ".join(result.stderr.split()) and "--python" in result.stderr
+    result = ser(
+        "remote",
+        "launch",
+        *sshd.alias_flags(),
+        "--data",
+        tmp_path,
+        "--encoder",
+        "egemaps",
+        "--out",
+        "runs/x",
+        "--remote-dir",
+        tmp_path / "r",
+        "--python",
+        "/no/such/python",
+    )
+    assert (
+        result.exit_code == 1
+        and "/no/such/python: not found" in " ".join(result.stderr.split())
+        and "--python" in result.stderr
+    )
     with pytest.raises(RemoteError, match="no run 'runs/none'"):
         status(sshd.alias_host(), "runs/none", remote_dir=str(tmp_path / "r"))
 
@@ -308,11 +419,15 @@ def test_connection_and_python_errors_are_clear(sshd, tmp_path):
 def test_read_state_from_job_files():
     run = RemoteRun("d", "runs/a")
     host = Host("h")
-    died = read_state(host, run, parse_sections("@@pid\n41\n@@alive\n@@exit\n@@now\n100\n@@started\n40\n@@job_exists\nyes\n"))
+    died = read_state(
+        host, run, parse_sections("@@pid\n41\n@@alive\n@@exit\n@@now\n100\n@@started\n40\n@@job_exists\nyes\n")
+    )
     assert died["state"] == "died" and died["elapsed_s"] == 60
     failed = read_state(host, run, parse_sections("@@pid\n41\n@@exit\n137\n@@log\nKilled\n"))
     assert failed["state"] == "failed" and failed["exit_code"] == 137 and failed["log_tail"] == ["Killed"]
-    running = read_state(host, run, parse_sections('@@pid\n41\n@@alive\nsh runs/a.job/run.sh\n@@epochs\n2\n@@last_epoch\n{"epoch": 2}\n'))
+    running = read_state(
+        host, run, parse_sections('@@pid\n41\n@@alive\nsh runs/a.job/run.sh\n@@epochs\n2\n@@last_epoch\n{"epoch": 2}\n')
+    )
     assert running["state"] == "running" and running["last_epoch"] == {"epoch": 2} and running["epochs"] == 2
     reused = read_state(host, run, parse_sections("@@pid\n41\n@@alive\n/usr/bin/some-other-program\n"))
     assert reused["state"] == "died"  # a recycled pid is not our job
@@ -321,7 +436,10 @@ def test_read_state_from_job_files():
 
 
 def test_rsync_stats_and_host_validation():
-    stats = parse_rsync_stats("Number of files: 5 (reg: 3, dir: 2)\nNumber of regular files transferred: 0\nTotal file size: 1,000 bytes\nTotal transferred file size: 0 bytes\n")
+    stats = parse_rsync_stats(
+        "Number of files: 5 (reg: 3, dir: 2)\nNumber of regular files transferred: 0\nTotal file size: 1,000 "
+        "bytes\nTotal transferred file size: 0 bytes\n"
+    )
     assert (stats.n_files, stats.n_skipped, str(stats)) == (3, 3, "3 files (1.0 kB): 0 sent (0 B), 3 already there")
     with pytest.raises(ValueError, match="user@host"):
         Host("-oProxyCommand=evil")
@@ -346,15 +464,28 @@ def test_monitor_falls_back_to_metrics_when_the_host_has_no_ser_monitor(tmp_path
     job = subprocess.Popen(["sleep", "1.5"])  # the training: followed until it ends
     threading.Thread(target=job.wait, daemon=True).start()  # reaped at once (a zombie would look alive)
     (tmp_path / "remote/runs/a.job/pid").write_text(f"{job.pid}\n")
-    follower = subprocess.Popen(["sh", "-c", monitor_script(run, str(venv / "bin" / "python"))], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        ["sh", "-c", monitor_script(run, str(venv / "bin" / "python"))],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     time.sleep(0.5)
     with open(metrics, "a") as stream:
         stream.write(json.dumps({"epoch": 2, "train_loss": 0.25, "val_uar": 0.75, "alarms": ["zero_loss"]}) + "\n")
     out, err = follower.communicate(timeout=20)
     assert follower.returncode == 0, err
     assert "ser monitor is not available on this host" in err
-    assert out.splitlines() == ["epoch 1  train_loss 0.5000  val_uar 50.0%", "epoch 2  train_loss 0.2500  val_uar 75.0%  alarms zero_loss"]
+    assert out.splitlines() == [
+        "epoch 1  train_loss 0.5000  val_uar 50.0%",
+        "epoch 2  train_loss 0.2500  val_uar 75.0%  alarms zero_loss",
+    ]
     # Ended job, --no-follow: the whole file at once.
     (tmp_path / "remote/runs/a.job/exit_code").write_text("0\n")
-    done = subprocess.run(["sh", "-c", monitor_script(run, str(venv / "bin" / "python"), follow=False)], capture_output=True, text=True, timeout=20)
+    done = subprocess.run(
+        ["sh", "-c", monitor_script(run, str(venv / "bin" / "python"), follow=False)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert done.stdout.splitlines()[-1] == "epoch 2  train_loss 0.2500  val_uar 75.0%  alarms zero_loss"

@@ -26,21 +26,50 @@ from speech_emotion.training.run import PAUSE_ENV, resume, train
 runner = CliRunner()
 SER = [sys.executable, "-c", "import sys; sys.argv[0] = 'ser'; from speech_emotion.cli.app import main; main()"]
 EPOCHS = 12
-CONFIG = TrainConfig(max_epochs=EPOCHS, patience=EPOCHS, lr=3e-3, hidden=32, stop_on_alarm=False)  # dropout 0.2: the global RNG matters
-CLI_ARGS = ["--test-speakers", "05-06", "--val-speakers", "04", "--epochs", str(EPOCHS), "--patience", str(EPOCHS), "--lr", "3e-3", "--hidden", "32", "--warn-only"]
+CONFIG = TrainConfig(
+    max_epochs=EPOCHS, patience=EPOCHS, lr=3e-3, hidden=32, stop_on_alarm=False
+)  # dropout 0.2: the global RNG matters
+CLI_ARGS = [
+    "--test-speakers",
+    "05-06",
+    "--val-speakers",
+    "04",
+    "--epochs",
+    str(EPOCHS),
+    "--patience",
+    str(EPOCHS),
+    "--lr",
+    "3e-3",
+    "--hidden",
+    "32",
+    "--warn-only",
+]
 
 
 @pytest.fixture(scope="module")
 def reference(synth_corpus, tiny_wav2vec2, tmp_path_factory) -> Path:
     """An uninterrupted run (in process, its own cold feature store) with the settings of CLI_ARGS."""
     root = tmp_path_factory.mktemp("reference")
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=root / "run", test_speakers=["05", "06"], val_speakers=["04"], config=CONFIG,
-          store=FeatureStore(root / "cache"))
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=root / "run",
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=CONFIG,
+        store=FeatureStore(root / "cache"),
+    )
     return root / "run"
 
 
 def start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(SER + args, env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    return subprocess.Popen(
+        SER + args,
+        env={**os.environ, **env},
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "wb"),
+    )
 
 
 def kill_when_paused(process: subprocess.Popen, run: Path, where: str, log: Path, timeout: float = 180.0) -> dict:
@@ -48,7 +77,9 @@ def kill_when_paused(process: subprocess.Popen, run: Path, where: str, log: Path
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(f"the run ended (rc {process.returncode}) before pausing at {where}:\n{log.read_text()[-3000:]}")
+            pytest.fail(
+                f"the run ended (rc {process.returncode}) before pausing at {where}:\n{log.read_text()[-3000:]}"
+            )
         status = read_status(run)
         if status and status.get("paused") == where:
             process.send_signal(signal.SIGKILL)
@@ -61,7 +92,9 @@ def kill_when_paused(process: subprocess.Popen, run: Path, where: str, log: Path
 
 
 def run_to_end(args: list[str], log: Path) -> None:
-    done = subprocess.run(SER + args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), timeout=300)
+    done = subprocess.run(
+        SER + args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb"), timeout=300
+    )
     assert done.returncode == 0, log.read_text()[-3000:]
 
 
@@ -86,7 +119,9 @@ def test_sigkill_during_encoding_then_training_resumes_bit_identical(synth_corpu
 
     # 2. Resumed with no other argument; killed again during training, right after epoch 5's
     #    metrics line and before epoch 5's checkpoint.
-    status = kill_when_paused(start(["train", "--resume", str(run)], log, **{PAUSE_ENV: "training:5"}), run, "training:5", log)
+    status = kill_when_paused(
+        start(["train", "--resume", str(run)], log, **{PAUSE_ENV: "training:5"}), run, "training:5", log
+    )
     assert status["stage"] == "training" and status["epoch"] == 5 and status["resumed"] == 1
     assert FeatureStore().info()["n_entries"] == 72
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]
@@ -95,11 +130,17 @@ def test_sigkill_during_encoding_then_training_resumes_bit_identical(synth_corpu
     # 3. Resumed again: continues after epoch 4; epoch 5 is recorded once.
     run_to_end(["train", "--resume", str(run)], log)
     assert_same_weights(run, reference)
-    assert (run / "metrics.jsonl").read_text() == (reference / "metrics.jsonl").read_text()  # same epochs, same numbers, no duplicates
+    assert (run / "metrics.jsonl").read_text() == (
+        reference / "metrics.jsonl"
+    ).read_text()  # same epochs, same numbers, no duplicates
     final = read_status(run)
     assert final["stage"] == "finished" and final["resumed"] == 2
     results, expected = (json.loads((r / "results.json").read_text()) for r in (run, reference))
-    assert results["test"] == expected["test"] and results["best_epoch"] == expected["best_epoch"] and results["resumed"] == 2
+    assert (
+        results["test"] == expected["test"]
+        and results["best_epoch"] == expected["best_epoch"]
+        and results["resumed"] == 2
+    )
 
     # A finished run is not resumed again; --resume takes no other settings.
     with pytest.raises(FileExistsError, match="finished already"):
@@ -110,17 +151,29 @@ def test_sigkill_during_encoding_then_training_resumes_bit_identical(synth_corpu
 
 def test_resume_refuses_a_checkpoint_from_other_settings(synth_corpus, tiny_wav2vec2, tmp_path):
     run = tmp_path / "run"
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=run, test_speakers=["05", "06"], val_speakers=["04"],
-          config=TrainConfig(max_epochs=3, lr=3e-3, hidden=32, stop_on_alarm=False))
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=run,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=TrainConfig(max_epochs=3, lr=3e-3, hidden=32, stop_on_alarm=False),
+    )
     config = json.loads((run / "config.json").read_text())
-    assert config["train"]["max_epochs"] == 3 and config["test_speakers"] == ["05", "06"] and Path(config["encoder_path"]).is_dir()
+    assert (
+        config["train"]["max_epochs"] == 3
+        and config["test_speakers"] == ["05", "06"]
+        and Path(config["encoder_path"]).is_dir()
+    )
     status = json.loads((run / "status.json").read_text())
     weights, metrics = (run / "model" / "model.safetensors").read_bytes(), (run / "metrics.jsonl").read_text()
     # Killed after its last checkpoint (while writing the bundle or the report): resuming only finishes it.
     (run / "status.json").write_text(json.dumps(status | {"stage": "failed"}))
     (run / "results.json").unlink()
     resume(run)
-    assert (run / "model" / "model.safetensors").read_bytes() == weights and (run / "metrics.jsonl").read_text() == metrics
+    assert (run / "model" / "model.safetensors").read_bytes() == weights and (
+        run / "metrics.jsonl"
+    ).read_text() == metrics
     assert json.loads((run / "results.json").read_text())["resumed"] == 1
 
     (run / "status.json").write_text(json.dumps(status | {"stage": "failed"}))
@@ -130,10 +183,18 @@ def test_resume_refuses_a_checkpoint_from_other_settings(synth_corpus, tiny_wav2
         resume(run)
 
 
-@pytest.mark.parametrize("config", [
-    TrainConfig(max_epochs=8, patience=3, hidden=16, lr=1e-2, batch_size=16),  # AdamW: moments and shuffling restored
-    TrainConfig(max_epochs=8, patience=8, hidden=0, weight_decay=0.01),  # L-BFGS: each epoch starts from the weights alone
-], ids=["adamw", "lbfgs"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        TrainConfig(
+            max_epochs=8, patience=3, hidden=16, lr=1e-2, batch_size=16
+        ),  # AdamW: moments and shuffling restored
+        TrainConfig(
+            max_epochs=8, patience=8, hidden=0, weight_decay=0.01
+        ),  # L-BFGS: each epoch starts from the weights alone
+    ],
+    ids=["adamw", "lbfgs"],
+)
 def test_fit_head_resumed_from_a_saved_checkpoint_matches_uninterrupted(tmp_path, config):
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 30)
@@ -142,8 +203,14 @@ def test_fit_head_resumed_from_a_saved_checkpoint_matches_uninterrupted(tmp_path
     args = (X[::2], y[::2], X[1::2], y[1::2])
 
     saved = []
-    full = fit_head(*args, n_classes=3, config=config, on_checkpoint=lambda state: saved.append(state.epoch) or (
-        save_checkpoint(tmp_path, state, meta={}) if state.epoch == 2 else None))
+    full = fit_head(
+        *args,
+        n_classes=3,
+        config=config,
+        on_checkpoint=lambda state: (
+            saved.append(state.epoch) or (save_checkpoint(tmp_path, state, meta={}) if state.epoch == 2 else None)
+        ),
+    )
     state, _ = load_checkpoint(tmp_path)
     assert state.epoch == 2 and len(full.history) > 2 and saved == list(range(1, len(full.history) + 1))
     torch.manual_seed(123)  # the resumed fit restores every RNG it uses

@@ -42,7 +42,14 @@ def test_zero_loss_alone(caplog):
     y = np.tile([0, 1], 1500)
     X = features(y, signal=1e3)
     with pytest.raises(SanityError, match="zero_loss.*carry the label"):
-        fit_head(X, y, None, None, n_classes=2, config=TrainConfig(max_epochs=5, lr=0.5, hidden=0, dropout=0.0, weight_decay=0.0))
+        fit_head(
+            X,
+            y,
+            None,
+            None,
+            n_classes=2,
+            config=TrainConfig(max_epochs=5, lr=0.5, hidden=0, dropout=0.0, weight_decay=0.0),
+        )
 
 
 def test_single_predicted_class_warns(caplog):
@@ -57,7 +64,15 @@ def test_single_predicted_class_warns(caplog):
 def test_class_missing_from_training_is_an_error():
     y = np.tile([0, 1], 40)
     with pytest.raises(SanityError, match="class_missing.*surprised.*train"):
-        fit_head(features(y, signal=1), y, features(y, signal=1), y, n_classes=3, classes=["neutral", "happy", "surprised"], config=CONFIG)
+        fit_head(
+            features(y, signal=1),
+            y,
+            features(y, signal=1),
+            y,
+            n_classes=3,
+            classes=["neutral", "happy", "surprised"],
+            config=CONFIG,
+        )
 
 
 def test_class_missing_from_validation_warns():

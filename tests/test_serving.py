@@ -41,7 +41,11 @@ def run_dir(synth_corpus, whisper_tiny, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("serving") / "run"
     train(
-        synth_corpus, encoder=str(whisper_tiny), out=out, test_speakers=["05", "06"], val_speakers=["04"],
+        synth_corpus,
+        encoder=str(whisper_tiny),
+        out=out,
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
         config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, mixing="softmax", weight_decay=1e-2, stop_on_alarm=False),
         store=FeatureStore(root=tmp_path_factory.mktemp("serving-cache")),
     )
@@ -119,7 +123,9 @@ def test_predict_matches_predictor(client, predictor, good_clip):
         assert set(body) == {"label", "probabilities", "duration", "model"}
         assert body["label"] == expected["label"] == "happy"
         assert list(body["probabilities"]) == predictor.classes  # class order kept
-        np.testing.assert_allclose(list(body["probabilities"].values()), list(expected["probabilities"].values()), atol=1e-6)
+        np.testing.assert_allclose(
+            list(body["probabilities"].values()), list(expected["probabilities"].values()), atol=1e-6
+        )
         assert body["duration"] == pytest.approx(1.0)
         assert body["model"] == "run"
 
@@ -137,14 +143,22 @@ def test_predict_matches_ser_predict_cli(client, run_dir, good_clip):
 
 @pytest.mark.parametrize(
     "format, subtype, sampling_rate",
-    [("FLAC", None, 16000), ("OGG", "VORBIS", 16000), ("OGG", "OPUS", 48000), ("MP3", "MPEG_LAYER_III", 44100), ("WAV", "FLOAT", 22050)],
+    [
+        ("FLAC", None, 16000),
+        ("OGG", "VORBIS", 16000),
+        ("OGG", "OPUS", 48000),
+        ("MP3", "MPEG_LAYER_III", 44100),
+        ("WAV", "FLOAT", 22050),
+    ],
     ids=["flac", "ogg-vorbis", "ogg-opus", "mp3", "wav-float-22k"],
 )
 def test_predict_accepts_each_format(client, predictor, good_clip, format, subtype, sampling_rate):
     import soxr
 
     signal, _ = sf.read(good_clip, dtype="float32")
-    data = encode(soxr.resample(signal, 16000, sampling_rate), format=format, subtype=subtype, sampling_rate=sampling_rate)
+    data = encode(
+        soxr.resample(signal, 16000, sampling_rate), format=format, subtype=subtype, sampling_rate=sampling_rate
+    )
     response = client.post("/predict", files={"file": (f"clip.{format.lower()}", data, "application/octet-stream")})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -156,8 +170,18 @@ def test_predict_accepts_each_format(client, predictor, good_clip, format, subty
 def test_health_model_and_page(client, predictor):
     health = client.get("/health").json()
     assert health == {
-        "status": "ok", "model": "run", "in_flight": 0, "waiting": 0,
-        "limits": {"max_bytes": MAX_BYTES, "max_duration": MAX_DURATION, "min_duration": 0.25, "formats": ["wav", "flac", "ogg", "mp3"], "max_concurrent": 1, "max_queue": 64},
+        "status": "ok",
+        "model": "run",
+        "in_flight": 0,
+        "waiting": 0,
+        "limits": {
+            "max_bytes": MAX_BYTES,
+            "max_duration": MAX_DURATION,
+            "min_duration": 0.25,
+            "formats": ["wav", "flac", "ogg", "mp3"],
+            "max_concurrent": 1,
+            "max_queue": 64,
+        },
     }
     model = client.get("/model").json()
     meta = predictor.bundle.meta
@@ -187,36 +211,192 @@ BAD_REQUESTS = [
     # (id, client, request builder(good_bytes) → post kwargs, status, error code, text in detail)
     ("empty-raw-body", "main", lambda g: raw(b""), 400, "empty", "empty upload"),
     ("no-body-no-type", "main", lambda g: {}, 400, "empty", "empty upload"),
-    ("empty-file-field", "main", lambda g: {"files": {"file": ("clip.wav", b"", "audio/wav")}}, 400, "empty", "clip.wav: empty upload"),
-    ("missing-file-field", "main", lambda g: {"files": {"audio": ("clip.wav", g, "audio/wav")}}, 400, "missing_file", "no file field 'file' (fields sent: 'audio')"),
-    ("file-field-is-text", "main", lambda g: {"data": {"file": "clip.wav"}, "files": {"other": ("x", b"1")}}, 400, "missing_file", "must be a file upload"),
-    ("malformed-multipart", "main", lambda g: raw(b"--nope\r\ngarbage", "multipart/form-data; boundary=abc"), 400, "bad_request", "multipart/form-data"),
+    (
+        "empty-file-field",
+        "main",
+        lambda g: {"files": {"file": ("clip.wav", b"", "audio/wav")}},
+        400,
+        "empty",
+        "clip.wav: empty upload",
+    ),
+    (
+        "missing-file-field",
+        "main",
+        lambda g: {"files": {"audio": ("clip.wav", g, "audio/wav")}},
+        400,
+        "missing_file",
+        "no file field 'file' (fields sent: 'audio')",
+    ),
+    (
+        "file-field-is-text",
+        "main",
+        lambda g: {"data": {"file": "clip.wav"}, "files": {"other": ("x", b"1")}},
+        400,
+        "missing_file",
+        "must be a file upload",
+    ),
+    (
+        "malformed-multipart",
+        "main",
+        lambda g: raw(b"--nope\r\ngarbage", "multipart/form-data; boundary=abc"),
+        400,
+        "bad_request",
+        "multipart/form-data",
+    ),
     ("multipart-without-boundary", "main", lambda g: raw(g, "multipart/form-data"), 400, "bad_request", "boundary"),
-    ("json-body", "main", lambda g: {"json": {"audio": "base64..."}}, 415, "unsupported_media_type", "'application/json' is not audio"),
+    (
+        "json-body",
+        "main",
+        lambda g: {"json": {"audio": "base64..."}},
+        415,
+        "unsupported_media_type",
+        "'application/json' is not audio",
+    ),
     ("text-body", "main", lambda g: raw(g, "text/plain"), 415, "unsupported_media_type", "'text/plain' is not audio"),
     ("urlencoded-form", "main", lambda g: {"data": {"clip": "x"}}, 415, "unsupported_media_type", "url-encoded form"),
-    ("file-part-is-image", "main", lambda g: {"files": {"file": ("cat.png", g, "image/png")}}, 415, "unsupported_media_type", "field 'file' (cat.png): content type 'image/png'"),
-    ("not-audio-bytes", "main", lambda g: raw(b"hello, this is text not audio" * 10), 415, "unsupported_format", "not a recognised audio file"),
-    ("webm-recording", "main", lambda g: raw(b"\x1aE\xdf\xa3" + bytes(400), "audio/webm"), 415, "unsupported_format", "webm audio cannot be decoded"),
-    ("mp4-audio", "main", lambda g: raw(b"\x00\x00\x00\x20ftypM4A " + bytes(400), "audio/mp4"), 415, "unsupported_format", "mp4"),
-    ("format-not-accepted", "wav_only", lambda g: raw(encode(tone(1.0), format="FLAC"), "audio/flac"), 415, "unsupported_format", "flac is not accepted by this server; send one of: wav"),
-    ("too-large-declared", "main", lambda g: raw(encode(tone(10.0))), 413, "too_large", "request body of 320044 bytes is more than this server's limit"),
-    ("too-large-streamed", "main", lambda g: raw(chunks(encode(tone(10.0)))), 413, "too_large", "passed this server's limit"),
-    ("too-large-file-field", "main", lambda g: {"files": {"file": ("long.wav", encode(tone(10.0)), "audio/wav")}}, 413, "too_large", "limit"),
-    ("too-large-under-slack", "main", lambda g: raw(encode(tone(6.3))), 413, "too_large", "more than this server's limit of 200000 bytes"),
-    ("too-long", "main", lambda g: raw(encode(tone(5.0), format="FLAC")), 413, "too_long", "5.0 s long, more than this server's limit of 3 s"),
+    (
+        "file-part-is-image",
+        "main",
+        lambda g: {"files": {"file": ("cat.png", g, "image/png")}},
+        415,
+        "unsupported_media_type",
+        "field 'file' (cat.png): content type 'image/png'",
+    ),
+    (
+        "not-audio-bytes",
+        "main",
+        lambda g: raw(b"hello, this is text not audio" * 10),
+        415,
+        "unsupported_format",
+        "not a recognised audio file",
+    ),
+    (
+        "webm-recording",
+        "main",
+        lambda g: raw(b"\x1aE\xdf\xa3" + bytes(400), "audio/webm"),
+        415,
+        "unsupported_format",
+        "webm audio cannot be decoded",
+    ),
+    (
+        "mp4-audio",
+        "main",
+        lambda g: raw(b"\x00\x00\x00\x20ftypM4A " + bytes(400), "audio/mp4"),
+        415,
+        "unsupported_format",
+        "mp4",
+    ),
+    (
+        "format-not-accepted",
+        "wav_only",
+        lambda g: raw(encode(tone(1.0), format="FLAC"), "audio/flac"),
+        415,
+        "unsupported_format",
+        "flac is not accepted by this server; send one of: wav",
+    ),
+    (
+        "too-large-declared",
+        "main",
+        lambda g: raw(encode(tone(10.0))),
+        413,
+        "too_large",
+        "request body of 320044 bytes is more than this server's limit",
+    ),
+    (
+        "too-large-streamed",
+        "main",
+        lambda g: raw(chunks(encode(tone(10.0)))),
+        413,
+        "too_large",
+        "passed this server's limit",
+    ),
+    (
+        "too-large-file-field",
+        "main",
+        lambda g: {"files": {"file": ("long.wav", encode(tone(10.0)), "audio/wav")}},
+        413,
+        "too_large",
+        "limit",
+    ),
+    (
+        "too-large-under-slack",
+        "main",
+        lambda g: raw(encode(tone(6.3))),
+        413,
+        "too_large",
+        "more than this server's limit of 200000 bytes",
+    ),
+    (
+        "too-long",
+        "main",
+        lambda g: raw(encode(tone(5.0), format="FLAC")),
+        413,
+        "too_long",
+        "5.0 s long, more than this server's limit of 3 s",
+    ),
     ("too-short", "main", lambda g: wav(tone(0.1)), 422, "unreadable_audio", "too short: 0.100 s"),
     ("silent", "main", lambda g: wav(np.zeros(16000, dtype=np.float32)), 422, "unreadable_audio", "silent"),
-    ("nan-samples", "main", lambda g: raw(encode(np.where(np.arange(16000) % 100 == 0, np.nan, tone(1.0)).astype(np.float32), subtype="FLOAT")), 422, "unreadable_audio", "NaN"),
-    ("inf-samples", "main", lambda g: raw(encode(np.where(np.arange(16000) == 5, np.inf, tone(1.0)).astype(np.float32), subtype="FLOAT")), 422, "unreadable_audio", "infinite"),
+    (
+        "nan-samples",
+        "main",
+        lambda g: raw(
+            encode(np.where(np.arange(16000) % 100 == 0, np.nan, tone(1.0)).astype(np.float32), subtype="FLOAT")
+        ),
+        422,
+        "unreadable_audio",
+        "NaN",
+    ),
+    (
+        "inf-samples",
+        "main",
+        lambda g: raw(encode(np.where(np.arange(16000) == 5, np.inf, tone(1.0)).astype(np.float32), subtype="FLOAT")),
+        422,
+        "unreadable_audio",
+        "infinite",
+    ),
     ("header-only-wav", "main", lambda g: raw(encode(np.zeros(0, dtype=np.float32))), 422, "unreadable_audio", "empty"),
     ("truncated-wav", "main", lambda g: raw(_truncated(g)), 422, "unreadable_audio", "truncated"),
     ("corrupt-wav", "main", lambda g: raw(g[:12] + bytes(range(256)) * 4), 422, "unreadable_audio", "body:"),
-    ("truncated-flac", "main", lambda g: raw(_truncated(encode(tone(1.0), format="FLAC"), 0.05), "audio/flac"), 422, "unreadable_audio", ""),
-    ("truncated-ogg", "main", lambda g: raw(_truncated(encode(noisy_tone(2.5), format="OGG", subtype="VORBIS"), 0.5), "audio/ogg"), 422, "unreadable_audio", "end-of-stream"),
-    ("corrupt-mp3", "main", lambda g: raw(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000), "audio/mpeg"), 422, "unreadable_audio", ""),
-    ("timeline-not-boolean", "main", lambda g: {**raw(g), "params": {"timeline": "maybe"}}, 422, "invalid_request", "query timeline"),
-    ("negative-window", "main", lambda g: {**raw(g), "params": {"timeline": "1", "window": "-2"}}, 422, "invalid_request", "query window"),
+    (
+        "truncated-flac",
+        "main",
+        lambda g: raw(_truncated(encode(tone(1.0), format="FLAC"), 0.05), "audio/flac"),
+        422,
+        "unreadable_audio",
+        "",
+    ),
+    (
+        "truncated-ogg",
+        "main",
+        lambda g: raw(_truncated(encode(noisy_tone(2.5), format="OGG", subtype="VORBIS"), 0.5), "audio/ogg"),
+        422,
+        "unreadable_audio",
+        "end-of-stream",
+    ),
+    (
+        "corrupt-mp3",
+        "main",
+        lambda g: raw(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000), "audio/mpeg"),
+        422,
+        "unreadable_audio",
+        "",
+    ),
+    (
+        "timeline-not-boolean",
+        "main",
+        lambda g: {**raw(g), "params": {"timeline": "maybe"}},
+        422,
+        "invalid_request",
+        "query timeline",
+    ),
+    (
+        "negative-window",
+        "main",
+        lambda g: {**raw(g), "params": {"timeline": "1", "window": "-2"}},
+        422,
+        "invalid_request",
+        "query window",
+    ),
 ]
 
 
@@ -236,7 +416,10 @@ def test_bad_request_gets_4xx_json(case, client, wav_only_client, good_clip):
 def test_wrong_method_and_route(client):
     response = client.get("/predict")
     assert response.status_code == 405
-    assert response.json() == {"error": "method_not_allowed", "detail": "GET is not allowed on /predict; see /docs for the methods each route takes"}
+    assert response.json() == {
+        "error": "method_not_allowed",
+        "detail": "GET is not allowed on /predict; see /docs for the methods each route takes",
+    }
     response = client.post("/predicts")
     assert response.status_code == 404 and response.json()["error"] == "not_found"
 
@@ -258,7 +441,9 @@ def test_server_keeps_serving_after_every_bad_request(client, wav_only_client, p
 
 
 def test_timeline_segments(client, predictor, synth_corpus, tmp_path):
-    pytest.importorskip("speech_emotion.inference.timeline", reason="speech_emotion.inference.timeline is not in this checkout yet")
+    pytest.importorskip(
+        "speech_emotion.inference.timeline", reason="speech_emotion.inference.timeline is not in this checkout yet"
+    )
     sad = sf.read(synth_corpus / "Actor_06/03-01-04-01-01-01-06.wav", dtype="float32")[0]
     happy = sf.read(synth_corpus / "Actor_06/03-01-03-01-01-01-06.wav", dtype="float32")[0]
     data = encode(np.concatenate([happy, happy, sad]))  # 3 s (the limit): two seconds happy, one sad
@@ -358,7 +543,12 @@ def test_inference_is_bounded_and_off_the_event_loop():
             thread.join(timeout=20)
     assert [r.status_code for r in results] == [200] * 6
     assert slow.max_running == 2
-    assert results[0].json() == {"label": "happy", "probabilities": {"neutral": 0.25, "happy": 0.75}, "duration": 1.0, "model": "slow"}
+    assert results[0].json() == {
+        "label": "happy",
+        "probabilities": {"neutral": 0.25, "happy": 0.75},
+        "duration": 1.0,
+        "model": "slow",
+    }
 
 
 def test_full_queue_gets_503_then_recovers():
@@ -385,7 +575,10 @@ def test_failure_in_model_is_500_json_and_server_keeps_serving():
     with TestClient(create_app(slow), raise_server_exceptions=False) as client:
         response = client.post("/predict", **raw(data))
         assert response.status_code == 500
-        assert response.json() == {"error": "internal", "detail": "RuntimeError: the server failed on this request; it keeps serving others"}
+        assert response.json() == {
+            "error": "internal",
+            "detail": "RuntimeError: the server failed on this request; it keeps serving others",
+        }
         assert client.post("/predict", **raw(data)).status_code == 200
 
 
@@ -410,7 +603,11 @@ def test_sniff_and_decode_upload():
     assert sniff_format(encode(tone(0.5), format="OGG", subtype="VORBIS")) == "ogg"
     assert sniff_format(encode(tone(0.5), format="MP3", subtype="MPEG_LAYER_III", sampling_rate=44100)) == "mp3"
     assert sniff_format(b"\x1aE\xdf\xa3") == "webm" and sniff_format(b"") is None
-    signal = decode_upload(encode(np.stack([tone(1.0), tone(1.0)], axis=1), sampling_rate=16000), limits=ServeLimits(), filename="stereo.wav")
+    signal = decode_upload(
+        encode(np.stack([tone(1.0), tone(1.0)], axis=1), sampling_rate=16000),
+        limits=ServeLimits(),
+        filename="stereo.wav",
+    )
     assert signal.shape == (16000,) and signal.dtype == np.float32
     with pytest.raises(UploadError, match=r"clip\.wav: too short") as caught:
         decode_upload(encode(tone(0.1)), limits=ServeLimits(), filename="clip.wav")
@@ -434,7 +631,9 @@ def test_warm_up_fails_early_for_a_model_that_cannot_label_single_clips():
 
     class SpeakerNormalised(SlowPredictor):
         def predict(self, signals, *, min_confidence=None):
-            raise ValueError("this model standardises features per speaker (--speaker-norm) and cannot label single clips")
+            raise ValueError(
+                "this model standardises features per speaker (--speaker-norm) and cannot label single clips"
+            )
 
     with pytest.raises(ValueError, match="--speaker-norm"):
         warm_up(SpeakerNormalised())

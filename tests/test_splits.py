@@ -10,7 +10,14 @@ import json
 import numpy as np
 import pytest
 
-from speech_emotion.data import Split, check_leakage, leave_speakers_out, parse_speakers, random_split, speaker_disjoint_split
+from speech_emotion.data import (
+    Split,
+    check_leakage,
+    leave_speakers_out,
+    parse_speakers,
+    random_split,
+    speaker_disjoint_split,
+)
 from speech_emotion.data.splits import RANDOM, SPEAKER_DISJOINT
 from speech_emotion.errors import LeakageError, SplitError
 
@@ -60,7 +67,9 @@ def test_backwards_range():
 
 
 def test_explicit_speaker_lists():
-    split = speaker_disjoint_split(SPEAKERS, test_speakers=parse_speakers("10-12"), val_speakers=parse_speakers("01,02"))
+    split = speaker_disjoint_split(
+        SPEAKERS, test_speakers=parse_speakers("10-12"), val_speakers=parse_speakers("01,02")
+    )
     assert split.speakers == {
         "train": ["03", "04", "05", "06", "07", "08", "09"],
         "val": ["01", "02"],
@@ -94,7 +103,9 @@ def test_speakers_none_is_refused():
 
 
 def test_speaker_in_val_and_test():
-    with pytest.raises(SplitError, match=r"speaker\(s\) 03 asked for in both val and test; each speaker belongs to one part"):
+    with pytest.raises(
+        SplitError, match=r"speaker\(s\) 03 asked for in both val and test; each speaker belongs to one part"
+    ):
         speaker_disjoint_split(SPEAKERS, test_speakers=["03", "04"], val_speakers=["03"])
 
 
@@ -131,7 +142,9 @@ def test_fraction_split_is_speaker_disjoint_and_seeded():
 
 
 def test_different_seeds_draw_different_speakers():
-    drawn = {tuple(speaker_disjoint_split(SPEAKERS, test_fraction=0.25, seed=seed).speakers["test"]) for seed in range(6)}
+    drawn = {
+        tuple(speaker_disjoint_split(SPEAKERS, test_fraction=0.25, seed=seed).speakers["test"]) for seed in range(6)
+    }
     assert len(drawn) > 1
 
 
@@ -141,7 +154,9 @@ def test_fraction_takes_at_least_one_speaker():
 
 
 def test_too_few_speakers_for_validation():
-    with pytest.raises(SplitError, match=r"cannot take n_val=\d+ validation speakers and keep training speakers: only \d+ left"):
+    with pytest.raises(
+        SplitError, match=r"cannot take n_val=\d+ validation speakers and keep training speakers: only \d+ left"
+    ):
         speaker_disjoint_split(["a", "b", "c"], test_speakers=["a"], val_fraction=0.9)
 
 
@@ -236,7 +251,9 @@ def test_identical_audio_within_one_part_is_not_leakage():
 
 def test_shared_speakers_are_refused_unless_allowed():
     split = random_split(len(SPEAKERS), SPEAKERS, test_fraction=0.3, seed=0)
-    with pytest.raises(LeakageError, match=r"(?s)speakers in more than one part: 01 in train and test.*pass --allow-speaker-overlap"):
+    with pytest.raises(
+        LeakageError, match=r"(?s)speakers in more than one part: 01 in train and test.*pass --allow-speaker-overlap"
+    ):
         check_leakage(split, SPEAKERS, HASHES, PATHS)
     report = check_leakage(split, SPEAKERS, HASHES, PATHS, allow_speaker_overlap=True)
     assert report["ok"] and report["speaker_overlap_allowed"]
@@ -247,7 +264,11 @@ def test_shared_speakers_are_refused_unless_allowed():
 def test_long_overlap_lists_say_how_many_were_left_out():
     speakers = [f"{s:02d}" for _ in range(4) for s in range(1, 31)]
     split = random_split(len(speakers), speakers, test_fraction=0.5, seed=0)
-    overlap = {s for s in speakers if s in {speakers[i] for i in split.parts["test"]} and s in {speakers[i] for i in split.parts["train"]}}
+    overlap = {
+        s
+        for s in speakers
+        if s in {speakers[i] for i in split.parts["test"]} and s in {speakers[i] for i in split.parts["train"]}
+    }
     assert len(overlap) > 10
     with pytest.raises(LeakageError, match=rf"\(and {len(overlap) - 10} more\)"):
         check_leakage(split, speakers, [str(i) for i in range(len(speakers))], [str(i) for i in range(len(speakers))])

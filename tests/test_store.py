@@ -12,8 +12,10 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from speech_emotion.features import FeatureStore  # noqa: E402
-from speech_emotion.features import extract_features  # noqa: E402
+from speech_emotion.features import (
+    FeatureStore,  # noqa: E402
+    extract_features,  # noqa: E402
+)
 
 AUDIO = "a" * 64
 FINGERPRINT = "f" * 64
@@ -280,9 +282,7 @@ def test_extract_features_recomputes_a_wrong_shape(tmp_path):
 
 def save_tiny_wav2vec2(folder, *, seed):
     import torch
-    from transformers import Wav2Vec2Config
-    from transformers import Wav2Vec2FeatureExtractor
-    from transformers import Wav2Vec2Model
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     config = Wav2Vec2Config(
         hidden_size=16,
@@ -338,7 +338,9 @@ def test_frame_states_are_cached_in_float16_beside_the_pooled_features(tmp_path,
     hashes = [f"{i:064x}" for i in range(3)]
     store = FeatureStore(tmp_path / "store")
     # A pooled entry already in the store is kept as it is (the frozen statistics come from the store).
-    pooled_key = FeatureStore.key(audio_hash=hashes[0], encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing)
+    pooled_key = FeatureStore.key(
+        audio_hash=hashes[0], encoder_fingerprint=encoder.fingerprint, preprocessing=encoder.preprocessing
+    )
     sentinel = np.full((encoder.n_layers, encoder.dim), 7.0, dtype=np.float32)
     store.put(pooled_key, sentinel)
 
@@ -355,10 +357,16 @@ def test_frame_states_are_cached_in_float16_beside_the_pooled_features(tmp_path,
     # Keyed by audio, encoder, preprocessing, format version, plus the state index and the dtype.
     key = frame_states_key(encoder, hashes[1], top=1)
     assert store.path(key, kind="frames").name == f"{key}.frames.npy"
-    assert key not in {pooled_key, frame_states_key(encoder, hashes[1], top=2), frame_states_key(encoder, hashes[1], top=1, dtype="float32")}
+    assert key not in {
+        pooled_key,
+        frame_states_key(encoder, hashes[1], top=2),
+        frame_states_key(encoder, hashes[1], top=1, dtype="float32"),
+    }
     info = store.info()
     assert info["n_entries"] == 6 and info["frames"]["n_entries"] == 3
-    assert info["frames"]["bytes"] == sum(store.path(frame_states_key(encoder, h, top=1), kind="frames").stat().st_size for h in hashes)
+    assert info["frames"]["bytes"] == sum(
+        store.path(frame_states_key(encoder, h, top=1), kind="frames").stat().st_size for h in hashes
+    )
 
     def refuse(*args, **kwargs):
         raise AssertionError("a warm store must not encode")
@@ -373,7 +381,9 @@ def test_frame_states_are_cached_in_float16_beside_the_pooled_features(tmp_path,
     monkeypatch.setenv("SER_CACHE", str(store.root))
     runner = CliRunner()
     shown = runner.invoke(app, ["cache", "info"])
-    assert shown.exit_code == 0 and "entries: 6" in shown.stderr and "fine-tune frame states: 3 entries" in shown.stderr, shown.stderr
+    assert (
+        shown.exit_code == 0 and "entries: 6" in shown.stderr and "fine-tune frame states: 3 entries" in shown.stderr
+    ), shown.stderr
     cleared = runner.invoke(app, ["cache", "clear", "--yes"])
     assert cleared.exit_code == 0 and "removed 6 entries" in cleared.stderr
     assert store.info() == {"root": str(store.root), "n_entries": 0, "bytes": 0}

@@ -98,8 +98,16 @@ def neutral_vs_angry(ravdess, whisper_tiny, tmp_path_factory):
     run = tmp_path_factory.mktemp("na-run") / "run"
     config = TrainConfig(max_epochs=40, patience=15, lr=3e-3, hidden=32, stop_on_alarm=False)
     store = FeatureStore(tmp_path_factory.mktemp("na-cache"))  # module-scoped: set the cache explicitly
-    train(corpus, encoder=str(whisper_tiny), out=run, labels={"classes": ["neutral", "angry"]},
-          test_speakers=["07", "08"], val_speakers=["06"], config=config, store=store)
+    train(
+        corpus,
+        encoder=str(whisper_tiny),
+        out=run,
+        labels={"classes": ["neutral", "angry"]},
+        test_speakers=["07", "08"],
+        val_speakers=["06"],
+        config=config,
+        store=store,
+    )
     return Predictor.from_pretrained(run)
 
 
@@ -140,9 +148,26 @@ def test_windows_cut_while_a_region_grows_are_those_of_the_whole_region(window, 
 
 def test_speech_tracker_hysteresis_min_region_and_padding():
     tracker = SpeechTracker(frame_seconds=0.1, min_silence=0.3, min_region=0.25, pad=0.1)
-    p = [0.0, 0.9, 0.9, 0.9, 0.4, 0.9, 0.0, 0.0, 0.0,  # 0.1-0.6 speech (0.4 is between thresholds: still speech)
-         0.9, 0.0, 0.0, 0.0,  # one 0.1 s frame: shorter than min_region, dropped
-         0.0, 0.9, 0.9, 0.9, 0.9]  # still speaking at the end
+    p = [
+        0.0,
+        0.9,
+        0.9,
+        0.9,
+        0.4,
+        0.9,
+        0.0,
+        0.0,
+        0.0,  # 0.1-0.6 speech (0.4 is between thresholds: still speech)
+        0.9,
+        0.0,
+        0.0,
+        0.0,  # one 0.1 s frame: shorter than min_region, dropped
+        0.0,
+        0.9,
+        0.9,
+        0.9,
+        0.9,
+    ]  # still speaking at the end
     assert tracker.feed(p) == [(0.0, pytest.approx(0.7))]
     assert tracker.start == pytest.approx(1.3) and tracker.known_end == pytest.approx(1.8)
     assert tracker.finish(1.8) == [(pytest.approx(1.3), 1.8)]
@@ -166,7 +191,9 @@ def test_batched_silero_matches_the_packaged_frame_by_frame_model(ravdess):
     torch.set_flush_denormal(True)
     try:
         with torch.inference_mode(), torch.jit.optimized_execution(False):
-            reference = np.array([reference_model(torch.from_numpy(f)[None], 16000).item() for f in signal.reshape(-1, 512)])
+            reference = np.array(
+                [reference_model(torch.from_numpy(f)[None], 16000).item() for f in signal.reshape(-1, 512)]
+            )
     finally:
         torch.set_flush_denormal(False)
         torch.set_num_threads(threads)
@@ -266,7 +293,9 @@ def test_timeline_of_a_real_recording(recording, neutral_vs_angry):
         if not overlapping:
             continue
         n_found += 1
-        at_mid = [s for s in overlapping if s["start"] <= mid <= s["end"]] or [max(overlapping, key=lambda s: min(s["end"], b) - max(s["start"], a))]
+        at_mid = [s for s in overlapping if s["start"] <= mid <= s["end"]] or [
+            max(overlapping, key=lambda s: min(s["end"], b) - max(s["start"], a))
+        ]
         correct += at_mid[0]["label"] == label
     assert n_found >= 0.85 * len(spans)
     assert correct >= 0.75 * n_found, f"{correct}/{n_found} clips labelled right at their midpoint"

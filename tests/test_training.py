@@ -16,11 +16,20 @@ from speech_emotion.training.loop import TrainConfig
 from speech_emotion.training.run import train
 
 runner = CliRunner()
-FAST = TrainConfig(max_epochs=60, patience=20, lr=3e-3, hidden=32, stop_on_alarm=False)  # synthetic pitch classes are easy
+FAST = TrainConfig(
+    max_epochs=60, patience=20, lr=3e-3, hidden=32, stop_on_alarm=False
+)  # synthetic pitch classes are easy
 
 
 def test_tiny_wav2vec2_learns_pitch_classes_on_unseen_speakers(synth_corpus, tiny_wav2vec2, tmp_path):
-    results = train(synth_corpus, encoder=str(tiny_wav2vec2), out=tmp_path / "run", test_speakers=["05", "06"], val_speakers=["04"], config=FAST)
+    results = train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=tmp_path / "run",
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=FAST,
+    )
     assert results["classes"] == ["neutral", "happy", "sad"]
     assert results["speakers"]["test"] == ["05", "06"]
     # Three pitch classes an octave apart: a random-weight encoder still separates them.
@@ -33,12 +42,39 @@ def test_tiny_wav2vec2_learns_pitch_classes_on_unseen_speakers(synth_corpus, tin
 
 def test_whisper_tiny_cli_train_evaluate_predict(synth_corpus, whisper_tiny, tmp_path):
     run = tmp_path / "run"
-    result = runner.invoke(app, ["train", str(synth_corpus), "--encoder", str(whisper_tiny), "--out", str(run),
-                                 "--test-speakers", "05-06", "--val-speakers", "04", "--epochs", "60", "--lr", "3e-3", "--warn-only", "--json"])
+    result = runner.invoke(
+        app,
+        [
+            "train",
+            str(synth_corpus),
+            "--encoder",
+            str(whisper_tiny),
+            "--out",
+            str(run),
+            "--test-speakers",
+            "05-06",
+            "--val-speakers",
+            "04",
+            "--epochs",
+            "60",
+            "--lr",
+            "3e-3",
+            "--warn-only",
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     results = json.loads(result.stdout)
     assert results["test"]["accuracy"] >= 0.9
-    for name in ("config.json", "labels.json", "split.json", "metrics.jsonl", "results.json", "model/model.json", "model/model.safetensors"):
+    for name in (
+        "config.json",
+        "labels.json",
+        "split.json",
+        "metrics.jsonl",
+        "results.json",
+        "model/model.json",
+        "model/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == list(range(1, len(epochs) + 1))
@@ -56,7 +92,9 @@ def test_whisper_tiny_cli_train_evaluate_predict(synth_corpus, whisper_tiny, tmp
     clips = sorted((synth_corpus / "Actor_06").glob("*.wav"))
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio")
-    predicted = runner.invoke(app, ["predict", str(run), str(clips[0]), str(bad), str(synth_corpus / "Actor_05"), "--json"])
+    predicted = runner.invoke(
+        app, ["predict", str(run), str(clips[0]), str(bad), str(synth_corpus / "Actor_05"), "--json"]
+    )
     assert predicted.exit_code == 0, predicted.output
     lines = [json.loads(line) for line in predicted.stdout.splitlines()]
     assert [line["path"] for line in lines[:2]] == [str(clips[0]), str(bad)]
@@ -126,8 +164,15 @@ def test_evaluate_skip_unknown_and_48k(synth_corpus, tiny_wav2vec2, tmp_path):
     import soundfile as sf
     import soxr
 
-    train(synth_corpus, encoder=str(tiny_wav2vec2), out=tmp_path / "run", labels={"classes": ["neutral", "happy"], "drop": ["sad"]},
-          test_speakers=["06"], val_speakers=["05"], config=FAST)
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=tmp_path / "run",
+        labels={"classes": ["neutral", "happy"], "drop": ["sad"]},
+        test_speakers=["06"],
+        val_speakers=["05"],
+        config=FAST,
+    )
     # Actor 06 re-recorded at 48 kHz: resampled on load. 'sad' is dropped by the model's schema, as in
     # training; 'angry' (code 05) is a label the model never had.
     held = tmp_path / "held" / "Actor_06"
@@ -161,7 +206,9 @@ def test_lbfgs_linear_head_is_the_logistic_regression_probe():
     config = TrainConfig(weight_decay=l2, max_epochs=200)
     assert config.optimizer == "lbfgs"
     fit = fit_head(X, y, None, None, n_classes=3, config=config)
-    reference = LogisticRegression(C=1 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000).fit(X.reshape(len(y), -1), y)
+    reference = LogisticRegression(C=1 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000).fit(
+        X.reshape(len(y), -1), y
+    )
     np.testing.assert_allclose(predict_proba(fit.head, X), reference.predict_proba(X.reshape(len(y), -1)), atol=2e-4)
 
 
@@ -175,7 +222,9 @@ def test_mixup_softens_an_overconfident_probe_and_still_learns():
     held_X = (rng.normal(size=(len(held_y), 1, 4)) + 3.0 * np.eye(4)[held_y][:, None, :]).astype(np.float32)
 
     def fit(mixup: float, seed: int = 0):
-        return fit_head(X, y, None, None, n_classes=3, config=TrainConfig(weight_decay=1e-4, max_epochs=50, mixup=mixup, seed=seed)).head
+        return fit_head(
+            X, y, None, None, n_classes=3, config=TrainConfig(weight_decay=1e-4, max_epochs=50, mixup=mixup, seed=seed)
+        ).head
 
     plain, mixed = fit(0.0), fit(1.0)
     # Without mixup a weak L2 penalty lets separable classes drive the margins up; mixed
@@ -189,14 +238,27 @@ def test_mixup_softens_an_overconfident_probe_and_still_learns():
     assert not all(torch.equal(a, b) for a, b in zip(mixed.state_dict().values(), other.state_dict().values()))
 
 
-@pytest.mark.parametrize("kwargs, message", [({"mixup": -0.5}, "mixup: expected"), ({"mixup": float("inf")}, "mixup: expected"), ({"mixup": 0.4, "finetune": 1}, "drop --mixup or --finetune")])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"mixup": -0.5}, "mixup: expected"),
+        ({"mixup": float("inf")}, "mixup: expected"),
+        ({"mixup": 0.4, "finetune": 1}, "drop --mixup or --finetune"),
+    ],
+)
 def test_mixup_settings_are_checked(kwargs, message):
     with pytest.raises(ValueError, match=message):
         TrainConfig(**kwargs)
 
 
 def test_default_recipe_learns_pitch_classes(synth_corpus, tiny_wav2vec2, tmp_path):
-    results = train(synth_corpus, encoder=str(tiny_wav2vec2), out=tmp_path / "run", test_speakers=["05", "06"], val_speakers=["04"],
-                    config=TrainConfig(stop_on_alarm=False))
+    results = train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=tmp_path / "run",
+        test_speakers=["05", "06"],
+        val_speakers=["04"],
+        config=TrainConfig(stop_on_alarm=False),
+    )
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["optimizer"] == "lbfgs"
     assert results["test"]["accuracy"] >= 0.8, results["test"]

@@ -10,18 +10,18 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import typer
 
-from speech_emotion.cli import cache, data
-from speech_emotion.cli import remote
+from speech_emotion.cli import cache, data, remote
+from speech_emotion.cli.console import setup_logging
 from speech_emotion.cli.export import export
 from speech_emotion.cli.monitor import monitor
 from speech_emotion.cli.predict import predict
 from speech_emotion.cli.serve import serve
 from speech_emotion.cli.train import cv, evaluate, report, train
-from speech_emotion.cli.console import setup_logging
 
 app = typer.Typer(
     name="ser",
-    help="Speech emotion recognition on pretrained speech encoders: inspect corpora, split by speaker, train, evaluate, predict.",
+    help="Speech emotion recognition on pretrained speech encoders: inspect corpora, split by speaker, train, "
+    "evaluate, predict.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",

@@ -50,7 +50,13 @@ def fail(error: Exception | str, code: int = 1) -> typer.Exit:
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator:
     """A Rich progress bar on stderr; yields ``advance(n)``."""
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     with Progress(*columns, console=err_console, transient=False, disable=not err_console.is_terminal) as progress:
         task = progress.add_task(description, total=total)
         yield lambda n=1: progress.advance(task, n)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,17 +9,21 @@ import numpy as np
 import typer
 from rich.markup import escape
 
+from speech_emotion.atomic import write_json
 from speech_emotion.cli.console import counts_table, err_console, fail, print_json, progress_bar
 from speech_emotion.data import CORPORA, check_leakage, load_dataset
 from speech_emotion.data.dataset import Dataset
 from speech_emotion.data.splits import leave_speakers_out, parse_speakers, random_split, speaker_disjoint_split
-from speech_emotion.atomic import write_json
 from speech_emotion.errors import CorpusError, LabelError, SplitError
 
 app = typer.Typer(help="Inspect a corpus and make speaker-disjoint splits.", no_args_is_help=True)
 
-DataArg = Annotated[Path, typer.Argument(help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns.", exists=True)]
-CorpusOpt = Annotated[Optional[str], typer.Option("--corpus", help=f"Corpus naming scheme: {', '.join(CORPORA)}. Detected when omitted.")]
+DataArg = Annotated[
+    Path, typer.Argument(help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns.", exists=True)
+]
+CorpusOpt = Annotated[
+    Optional[str], typer.Option("--corpus", help=f"Corpus naming scheme: {', '.join(CORPORA)}. Detected when omitted.")
+]
 LabelsOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -30,7 +33,11 @@ LabelsOpt = Annotated[
     ),
 ]
 SpeakerPatternOpt = Annotated[
-    Optional[str], typer.Option("--speaker-pattern", help="Regex finding the speaker id in a file's path (folder-per-label corpora); group 'speaker' or group 1.")
+    Optional[str],
+    typer.Option(
+        "--speaker-pattern",
+        help="Regex finding the speaker id in a file's path (folder-per-label corpora); group 'speaker' or group 1.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only compact JSON on stdout (tables go to stderr).")]
 
@@ -51,7 +58,9 @@ def print_label_report(report: dict) -> None:
     """The label report as tables on stderr."""
     err_console.print(counts_table("Raw labels (before mapping)", report["counts_before"], ("raw label", "files")))
     rows = {f"{i}  {name}": (report["counts_after"][name],) for i, name in enumerate(report["classes"])}
-    err_console.print(counts_table(f"Classes (after mapping): K = {report['n_classes']}", rows, ("index  class", "files")))
+    err_console.print(
+        counts_table(f"Classes (after mapping): K = {report['n_classes']}", rows, ("index  class", "files"))
+    )
     err_console.print(f"encoded values: {report['encoded_values']}")
     for raw, target in report["merged"].items():
         err_console.print(f"merged: {raw} → {target}")
@@ -90,7 +99,9 @@ def inspect(
     print_label_report(report)
     err_console.print(f"{len(dataset)} files, {len(result['speakers'])} speakers: {', '.join(result['speakers'])}")
     for problem in dataset.problems:
-        err_console.print(f"[yellow]problem:[/] {escape(problem.path)}: {escape(problem.reason)}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"[yellow]problem:[/] {escape(problem.path)}: {escape(problem.reason)}", highlight=False, soft_wrap=True
+        )
     if as_json:
         print_json(result)
 
@@ -104,14 +115,22 @@ def split(
     test_speakers: Annotated[Optional[str], typer.Option(help="Test speakers, e.g. 01,02 or 16-18.")] = None,
     val_speakers: Annotated[Optional[str], typer.Option(help="Validation speakers (with --test-speakers).")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="Fraction of speakers drawn for test, seeded.")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option(help="Fraction of speakers drawn for validation, seeded.")] = None,
+    val_fraction: Annotated[
+        Optional[float], typer.Option(help="Fraction of speakers drawn for validation, seeded.")
+    ] = None,
     folds: Annotated[Optional[int], typer.Option(help="K folds of whole speakers (leave-speakers-out).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for drawn speakers.")] = 0,
     allow_speaker_overlap: Annotated[
-        bool, typer.Option(help="Random split over files: speakers shared across parts. NOT speaker-independent; recorded in the report.")
+        bool,
+        typer.Option(
+            help="Random split over files: speakers shared across parts. NOT speaker-independent; recorded in the "
+            "report."
+        ),
     ] = False,
     skip_bad: Annotated[bool, typer.Option(help="Leave out files that will not load (listed in the report).")] = False,
-    out: Annotated[Optional[Path], typer.Option(help="Write the split as JSON here (reused by `ser train --split`).")] = None,
+    out: Annotated[
+        Optional[Path], typer.Option(help="Write the split as JSON here (reused by `ser train --split`).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Overwrite --out if it exists.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -127,7 +146,9 @@ def split(
         raise fail(f"{out} exists; pass --force to overwrite it or choose another --out")
     dataset = load_with_progress(data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad)
     try:
-        splits = make_splits(dataset, test_speakers, val_speakers, test_fraction, val_fraction, folds, seed, allow_speaker_overlap)
+        splits = make_splits(
+            dataset, test_speakers, val_speakers, test_fraction, val_fraction, folds, seed, allow_speaker_overlap
+        )
         result = describe_splits(dataset, splits, allow_speaker_overlap)
     except SplitError as error:
         raise fail(error) from None
@@ -145,7 +166,9 @@ def split(
 def make_splits(dataset, test_speakers, val_speakers, test_fraction, val_fraction, folds, seed, allow_speaker_overlap):
     speakers = dataset.speakers
     if folds is not None:
-        return leave_speakers_out(speakers, folds, seed=seed, val_fraction=val_fraction if val_fraction is not None else 1 / 6)
+        return leave_speakers_out(
+            speakers, folds, seed=seed, val_fraction=val_fraction if val_fraction is not None else 1 / 6
+        )
     if allow_speaker_overlap and test_fraction is not None:
         return [random_split(len(dataset), speakers, test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)]
     return [
@@ -164,7 +187,9 @@ def describe_splits(dataset, splits, allow_speaker_overlap: bool) -> dict:
     """Split JSON: per part speakers and class counts, plus the leakage report (raises on leakage)."""
     described = []
     for split in splits:
-        leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=allow_speaker_overlap)
+        leakage = check_leakage(
+            split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=allow_speaker_overlap
+        )
         entry = split.to_dict(dataset.paths)
         for name, rows in split.parts.items():
             counts = np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes)

@@ -14,11 +14,27 @@ FORMATS = ("onnx", "hf")
 
 def export(
     model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
-    format: Annotated[str, typer.Option("--format", help="onnx: encoder + head for ONNX Runtime (no torch needed to run it); hf: a folder transformers.pipeline('audio-classification') loads.")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="onnx: encoder + head for ONNX Runtime (no torch needed to run it); hf: a folder "
+            "transformers.pipeline('audio-classification') loads.",
+        ),
+    ],
     out: Annotated[Path, typer.Option("--out", help="Folder to write.")],
-    quantize: Annotated[Optional[str], typer.Option(help="onnx only: 'int8' for dynamic int8 quantization (default fp32).")] = None,
+    quantize: Annotated[
+        Optional[str], typer.Option(help="onnx only: 'int8' for dynamic int8 quantization (default fp32).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
-    data: Annotated[Optional[Path], typer.Option(help="hf only: the run's training corpus, if it moved since `ser train` (Whisper refits on it; the export is scored on its test speakers).", exists=True)] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="hf only: the run's training corpus, if it moved since `ser train` (Whisper refits on it; the export "
+            "is scored on its test speakers).",
+            exists=True,
+        ),
+    ] = None,
 ) -> None:
     """Export a trained model for deployment or sharing."""
     if format not in FORMATS:

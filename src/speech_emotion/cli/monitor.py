@@ -18,8 +18,20 @@ def _print_lines(lines: list[str]) -> None:
 
 
 def monitor(
-    run: Annotated[Path, typer.Argument(help="Run folder made by `ser train --out` (with --follow it may not exist yet: a run just launched).", show_default=False)],
-    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Follow the run until it finishes, fails or dies; --no-follow prints its state once.")] = True,
+    run: Annotated[
+        Path,
+        typer.Argument(
+            help="Run folder made by `ser train --out` (with --follow it may not exist yet: a run just launched).",
+            show_default=False,
+        ),
+    ],
+    follow: Annotated[
+        bool,
+        typer.Option(
+            "--follow/--no-follow",
+            help="Follow the run until it finishes, fails or dies; --no-follow prints its state once.",
+        ),
+    ] = True,
     interval: Annotated[float, typer.Option(help="Seconds between two looks at the run folder.", min=0.05)] = 1.0,
 ) -> None:
     """Show a run's stage, progress, per-epoch loss/accuracy/UAR, class distribution, sanity alarms and results.
@@ -37,7 +49,10 @@ def monitor(
     if not follow:
         snapshot = read_run(run)
         if snapshot.state == "waiting":
-            raise fail(f"{run}: no run here (no status.json, config.json or metrics.jsonl); pass the --out folder of `ser train`")
+            raise fail(
+                f"{run}: no run here (no status.json, config.json or metrics.jsonl); pass the --out folder of `ser "
+                "train`"
+            )
         if terminal:
             out_console.print(render(snapshot))
         else:

@@ -66,7 +66,11 @@ class _Writer:
                 self.csv.writerow([row["path"], *times, row["label"] or "", *(f"{p[c]:.6f}" for c in self.classes), ""])
             sys.stdout.flush()
         else:
-            times = [f"{row['start']:.3f}", f"{row['end']:.3f}"] if self.timeline and "start" in row else [""] * (2 * self.timeline)
+            times = (
+                [f"{row['start']:.3f}", f"{row['end']:.3f}"]
+                if self.timeline and "start" in row
+                else [""] * (2 * self.timeline)
+            )
             if "error" in row:
                 self.table.add_row(escape(row["path"]), *times, f"[red]error: {escape(row['error'])}[/]", "")
             else:
@@ -86,7 +90,16 @@ def _predict_files(predictor, files: list[Path], writer: _Writer, min_confidence
             advance(1)
 
 
-def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window: float, hop: Optional[float], vad: bool, min_confidence: Optional[float]) -> int:
+def _predict_timelines(
+    predictor,
+    files: list[Path],
+    writer: _Writer,
+    *,
+    window: float,
+    hop: Optional[float],
+    vad: bool,
+    min_confidence: Optional[float],
+) -> int:
     """Segments of every file in time order; returns how many files had no speech."""
     from speech_emotion.inference.timeline import audio_duration, predict_timeline
 
@@ -108,7 +121,9 @@ def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window:
                 advance(seconds)
 
             try:
-                for segment in predict_timeline(predictor, path, window=window, hop=hop, vad=vad, progress=step, min_confidence=min_confidence):
+                for segment in predict_timeline(
+                    predictor, path, window=window, hop=hop, vad=vad, progress=step, min_confidence=min_confidence
+                ):
                     writer.row({"path": str(path)} | segment)
                     n_segments += 1
             except AudioError as error:
@@ -122,16 +137,64 @@ def _predict_timelines(predictor, files: list[Path], writer: _Writer, *, window:
 def predict(
     model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
     inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (expanded in sorted order).")],
-    as_json: Annotated[bool, typer.Option("--json", help="Same as --format json: one compact JSON line per file (per segment with --timeline) on stdout, in input order.")] = False,
-    fmt: Annotated[Optional[Format], typer.Option("--format", help="table (for people), json (JSON lines) or csv (header, then one row per file or segment; an 'error' column for unreadable files).", case_sensitive=False)] = None,
-    timeline: Annotated[bool, typer.Option("--timeline", help="Long recordings: skip silence with a voice-activity detector and label each window of speech (start, end in seconds).")] = False,
-    window: Annotated[float, typer.Option(help="--timeline: window length in seconds; windows are cut inside speech regions.", min=0.5)] = 4.0,
-    hop: Annotated[Optional[float], typer.Option(help="--timeline: seconds between window starts (default: --window, no overlap).", min=0.01)] = None,
-    vad: Annotated[bool, typer.Option("--vad/--no-vad", help="--timeline: skip non-speech with Silero VAD; --no-vad windows the whole recording.")] = True,
-    min_confidence: Annotated[Optional[float], typer.Option(help="Below this top probability, mark the result uncertain (label null) instead of forcing a label.", min=0.0, max=1.0)] = None,
+    as_json: Annotated[
+        bool,
+        typer.Option(
+            "--json",
+            help="Same as --format json: one compact JSON line per file (per segment with --timeline) on stdout, in "
+            "input order.",
+        ),
+    ] = False,
+    fmt: Annotated[
+        Optional[Format],
+        typer.Option(
+            "--format",
+            help="table (for people), json (JSON lines) or csv (header, then one row per file or segment; an 'error' "
+            "column for unreadable files).",
+            case_sensitive=False,
+        ),
+    ] = None,
+    timeline: Annotated[
+        bool,
+        typer.Option(
+            "--timeline",
+            help="Long recordings: skip silence with a voice-activity detector and label each window of speech (start, "
+            "end in seconds).",
+        ),
+    ] = False,
+    window: Annotated[
+        float,
+        typer.Option(help="--timeline: window length in seconds; windows are cut inside speech regions.", min=0.5),
+    ] = 4.0,
+    hop: Annotated[
+        Optional[float],
+        typer.Option(help="--timeline: seconds between window starts (default: --window, no overlap).", min=0.01),
+    ] = None,
+    vad: Annotated[
+        bool,
+        typer.Option(
+            "--vad/--no-vad", help="--timeline: skip non-speech with Silero VAD; --no-vad windows the whole recording."
+        ),
+    ] = True,
+    min_confidence: Annotated[
+        Optional[float],
+        typer.Option(
+            help="Below this top probability, mark the result uncertain (label null) instead of forcing a label.",
+            min=0.0,
+            max=1.0,
+        ),
+    ] = None,
     encoder: Annotated[Optional[str], typer.Option(help="Where the model's encoder is now, if it moved.")] = None,
-    allow_encoder_mismatch: Annotated[bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")] = False,
-    backend: Annotated[Backend, typer.Option(help="auto: ONNX Runtime for a `ser export --format onnx` folder, PyTorch for a run folder.", case_sensitive=False)] = Backend.auto,
+    allow_encoder_mismatch: Annotated[
+        bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")
+    ] = False,
+    backend: Annotated[
+        Backend,
+        typer.Option(
+            help="auto: ONNX Runtime for a `ser export --format onnx` folder, PyTorch for a run folder.",
+            case_sensitive=False,
+        ),
+    ] = Backend.auto,
 ) -> None:
     """Predict the emotion of each audio file, or with --timeline of each window of speech in long recordings.
 
@@ -146,14 +209,18 @@ def predict(
     if not timeline and (window != 4.0 or hop is not None or not vad):
         raise fail("--window, --hop and --no-vad apply to --timeline only; add --timeline")
     try:
-        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value)
+        predictor = Predictor.from_pretrained(
+            model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value
+        )
     except (BundleError, OSError, ValueError) as error:
         raise fail(error) from None
     files = expand_inputs(inputs)
     writer = _Writer(fmt, list(predictor.classes), timeline=timeline)
     if timeline:
         try:
-            n_silent = _predict_timelines(predictor, files, writer, window=window, hop=hop, vad=vad, min_confidence=min_confidence)
+            n_silent = _predict_timelines(
+                predictor, files, writer, window=window, hop=hop, vad=vad, min_confidence=min_confidence
+            )
         except ImportError as error:  # silero-vad missing or of another release
             raise fail(error) from None
         if n_silent:

@@ -22,21 +22,55 @@ app = typer.Typer(
 
 USER_ERRORS = (RemoteError, FileExistsError, FileNotFoundError, ValueError)
 
-HostArg = Annotated[str, typer.Argument(help="An ssh config name, host or user@host (key login: ssh-copy-id first).", show_default=False)]
-RunArg = Annotated[str, typer.Argument(help="Run folder on the host, as given to `ser remote launch --out` (relative to --remote-dir).", show_default=False)]
-PortOpt = Annotated[Optional[int], typer.Option("--port", "-p", help="ssh port (default: 22 or the ssh config's Port).")]
-IdentityOpt = Annotated[Optional[Path], typer.Option("--identity", "-i", help="Private key file (ssh -i).", exists=True, dir_okay=False)]
-SshOptionOpt = Annotated[Optional[List[str]], typer.Option("--ssh-option", "-o", help="Extra ssh -o Key=Value (repeatable), e.g. -o StrictHostKeyChecking=accept-new.")]
-SshConfigOpt = Annotated[Optional[Path], typer.Option("--ssh-config", "-F", help="ssh config file to use instead of ~/.ssh/config (ssh -F).", exists=True, dir_okay=False)]
-RemoteDirOpt = Annotated[str, typer.Option("--remote-dir", help="Base folder on the host (relative to its home, or absolute).")]
+HostArg = Annotated[
+    str,
+    typer.Argument(help="An ssh config name, host or user@host (key login: ssh-copy-id first).", show_default=False),
+]
+RunArg = Annotated[
+    str,
+    typer.Argument(
+        help="Run folder on the host, as given to `ser remote launch --out` (relative to --remote-dir).",
+        show_default=False,
+    ),
+]
+PortOpt = Annotated[
+    Optional[int], typer.Option("--port", "-p", help="ssh port (default: 22 or the ssh config's Port).")
+]
+IdentityOpt = Annotated[
+    Optional[Path], typer.Option("--identity", "-i", help="Private key file (ssh -i).", exists=True, dir_okay=False)
+]
+SshOptionOpt = Annotated[
+    Optional[List[str]],
+    typer.Option(
+        "--ssh-option", "-o", help="Extra ssh -o Key=Value (repeatable), e.g. -o StrictHostKeyChecking=accept-new."
+    ),
+]
+SshConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--ssh-config",
+        "-F",
+        help="ssh config file to use instead of ~/.ssh/config (ssh -F).",
+        exists=True,
+        dir_okay=False,
+    ),
+]
+RemoteDirOpt = Annotated[
+    str, typer.Option("--remote-dir", help="Base folder on the host (relative to its home, or absolute).")
+]
 PythonOpt = Annotated[
     Optional[str],
-    typer.Option("--python", help="Python on the host, absolute path (non-interactive ssh has a minimal PATH). Default: this Python's path."),
+    typer.Option(
+        "--python",
+        help="Python on the host, absolute path (non-interactive ssh has a minimal PATH). Default: this Python's path.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only compact JSON on stdout.")]
 
 
-def make_host(host: str, port: int | None, identity: Path | None, ssh_option: list[str] | None, ssh_config: Path | None) -> Host:
+def make_host(
+    host: str, port: int | None, identity: Path | None, ssh_option: list[str] | None, ssh_config: Path | None
+) -> Host:
     try:
         return Host(host, port=port, identity=identity, options=tuple(ssh_option or ()), config=ssh_config)
     except ValueError as error:
@@ -77,15 +111,34 @@ def report(line: str) -> None:
 def launch(
     ctx: typer.Context,
     host: HostArg,
-    data: Annotated[Path, typer.Option("--data", help="Local corpus folder (or CSV/TSV manifest inside one); mirrored to the host.", exists=True)],
-    out: Annotated[str, typer.Option("--out", help="Run folder on the host, relative to --remote-dir (e.g. runs/base).")],
-    encoder: Annotated[str, typer.Option("--encoder", help="Local encoder folder (synced) or a name the host resolves (hub id, egemaps).")],
-    labels: Annotated[Optional[str], typer.Option("--labels", help="`ser train --labels`; a local schema file is synced.")] = None,
+    data: Annotated[
+        Path,
+        typer.Option(
+            "--data", help="Local corpus folder (or CSV/TSV manifest inside one); mirrored to the host.", exists=True
+        ),
+    ],
+    out: Annotated[
+        str, typer.Option("--out", help="Run folder on the host, relative to --remote-dir (e.g. runs/base).")
+    ],
+    encoder: Annotated[
+        str,
+        typer.Option("--encoder", help="Local encoder folder (synced) or a name the host resolves (hub id, egemaps)."),
+    ],
+    labels: Annotated[
+        Optional[str], typer.Option("--labels", help="`ser train --labels`; a local schema file is synced.")
+    ] = None,
     corpus: Annotated[Optional[str], typer.Option("--corpus", help="`ser train --corpus`.")] = None,
-    speaker_pattern: Annotated[Optional[str], typer.Option("--speaker-pattern", help="`ser train --speaker-pattern`.")] = None,
+    speaker_pattern: Annotated[
+        Optional[str], typer.Option("--speaker-pattern", help="`ser train --speaker-pattern`.")
+    ] = None,
     test_speakers: Annotated[Optional[str], typer.Option(help="Held-out test speakers, e.g. 16-18.")] = None,
     val_speakers: Annotated[Optional[str], typer.Option(help="Validation speakers, e.g. 13-15.")] = None,
-    split: Annotated[Optional[Path], typer.Option("--split", help="A local split file (`ser data split --out`), synced.", exists=True, dir_okay=False)] = None,
+    split: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--split", help="A local split file (`ser data split --out`), synced.", exists=True, dir_okay=False
+        ),
+    ] = None,
     allow_speaker_overlap: Annotated[bool, typer.Option(help="`ser train --allow-speaker-overlap`.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="`ser train --seed`.")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="`ser train --epochs`.")] = None,
@@ -94,11 +147,22 @@ def launch(
     hidden: Annotated[Optional[int], typer.Option(help="`ser train --hidden`.")] = None,
     skip_bad: Annotated[bool, typer.Option(help="`ser train --skip-bad`.")] = False,
     warn_only: Annotated[bool, typer.Option(help="`ser train --warn-only`.")] = False,
-    force: Annotated[bool, typer.Option(help="Replace the run folder on the host if it exists and is not empty.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Replace the run folder on the host if it exists and is not empty.")
+    ] = False,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
     python: PythonOpt = None,
-    install: Annotated[str, typer.Option(help="auto: pip install the synced source unless the host already imports the same; always; never (only check).")] = "auto",
-    env: Annotated[Optional[List[str]], typer.Option("--env", help="NAME=VALUE exported on the host for install and training (repeatable).")] = None,
+    install: Annotated[
+        str,
+        typer.Option(
+            help="auto: pip install the synced source unless the host already imports the same; always; never (only "
+            "check)."
+        ),
+    ] = "auto",
+    env: Annotated[
+        Optional[List[str]],
+        typer.Option("--env", help="NAME=VALUE exported on the host for install and training (repeatable)."),
+    ] = None,
     port: PortOpt = None,
     identity: IdentityOpt = None,
     ssh_option: SshOptionOpt = None,
@@ -112,7 +176,8 @@ def launch(
     setsid nohup (it survives the connection ending), logging to RUN.job/train.log.
     Options of `ser train` not listed here go after `--`.
 
-    Example: ser remote launch gpu-box --data ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder --labels ravdess-8 --test-speakers 16-18 --out runs/base
+    Example: ser remote launch gpu-box --data ../shared/data/ravdess-speech-16k
+    --encoder ../shared/models/whisper-base-encoder --labels ravdess-8 --test-speakers 16-18 --out runs/base
     """
     from speech_emotion.remote.job import launch as run_launch
 
@@ -125,40 +190,67 @@ def launch(
             raise fail(f"--env {item!r}: expected NAME=VALUE")
         variables[name] = value
     options: list[str] = []
-    for flag, value in (("--corpus", corpus), ("--speaker-pattern", speaker_pattern), ("--test-speakers", test_speakers),
-                        ("--val-speakers", val_speakers), ("--seed", seed), ("--epochs", epochs), ("--patience", patience),
-                        ("--lr", lr), ("--hidden", hidden)):
+    for flag, value in (
+        ("--corpus", corpus),
+        ("--speaker-pattern", speaker_pattern),
+        ("--test-speakers", test_speakers),
+        ("--val-speakers", val_speakers),
+        ("--seed", seed),
+        ("--epochs", epochs),
+        ("--patience", patience),
+        ("--lr", lr),
+        ("--hidden", hidden),
+    ):
         if value is not None:
             options += [flag, str(value)]
-    for flag, on in (("--allow-speaker-overlap", allow_speaker_overlap), ("--skip-bad", skip_bad), ("--warn-only", warn_only)):
+    for flag, on in (
+        ("--allow-speaker-overlap", allow_speaker_overlap),
+        ("--skip-bad", skip_bad),
+        ("--warn-only", warn_only),
+    ):
         if on:
             options.append(flag)
     options += list(ctx.args)
     target = make_host(host, port, identity, ssh_option, ssh_config)
     try:
         result = run_launch(
-            target, data=data, out=out, encoder=encoder, labels=labels, split=split, train_options=options,
-            remote_dir=remote_dir, python=python, install=install, env=variables, force=force, report=report,
+            target,
+            data=data,
+            out=out,
+            encoder=encoder,
+            labels=labels,
+            split=split,
+            train_options=options,
+            remote_dir=remote_dir,
+            python=python,
+            install=install,
+            env=variables,
+            force=force,
+            report=report,
         )
     except USER_ERRORS as error:
         raise fail(error) from None
     flags = host_flags(target, remote_dir)
     run = shlex.quote(out)
     err_console.print(
-        f"[bold green]started[/] `ser train` on {escape(str(target))} (pid {result['pid']}): {escape(result['remote_dir'])}/{escape(out)}\n"
+        f"[bold green]started[/] `ser train` on {escape(str(target))} (pid {result['pid']}): "
+        f"{escape(result['remote_dir'])}/{escape(out)}\n"
         f"follow it:\n"
         f"  ser remote status {escape(flags)} {escape(run)}\n"
         f"  ser remote monitor {escape(flags)} {escape(run)}\n"
         f"  ser remote fetch {escape(flags)} {escape(run)}\n"
         f"  {escape(ssh_line(target, 'tail -f ' + shlex.quote(result['log'])))}",
-        highlight=False, soft_wrap=True,
+        highlight=False,
+        soft_wrap=True,
     )
     if as_json:
         print_json(result)
 
 
 def print_status(state: dict) -> None:
-    colour = {"running": "cyan", "starting": "cyan", "finished": "green", "failed": "red", "died": "red"}.get(state["state"], "yellow")
+    colour = {"running": "cyan", "starting": "cyan", "finished": "green", "failed": "red", "died": "red"}.get(
+        state["state"], "yellow"
+    )
     line = f"{escape(state['host'])}:{escape(state['path'])}: [bold {colour}]{state['state']}[/]"
     if state["pid"] is not None and state["state"] in ("running", "died"):
         line += f" (pid {state['pid']})"
@@ -168,13 +260,25 @@ def print_status(state: dict) -> None:
         line += f", {state['elapsed_s']} s"
     err_console.print(line, highlight=False, soft_wrap=True)
     if state["last_epoch"]:
-        err_console.print(f"epochs: {state['epochs']}; last: {escape(format_epoch(state['last_epoch']))}", highlight=False, soft_wrap=True)
+        err_console.print(
+            f"epochs: {state['epochs']}; last: {escape(format_epoch(state['last_epoch']))}",
+            highlight=False,
+            soft_wrap=True,
+        )
     elif state["state"] in ("running", "starting"):
         err_console.print("no epoch yet (decoding audio / encoding features)")
     results = state["results"]
     if results:
-        parts = [f"{part} accuracy {results[part]['accuracy']:.1%} UAR {results[part]['uar']:.1%} (n={results[part]['n']})" for part in ("val", "test") if part in results]
-        err_console.print(f"results (best epoch {results.get('best_epoch')}, {results.get('protocol')}): " + "; ".join(parts), highlight=False, soft_wrap=True)
+        parts = [
+            f"{part} accuracy {results[part]['accuracy']:.1%} UAR {results[part]['uar']:.1%} (n={results[part]['n']})"
+            for part in ("val", "test")
+            if part in results
+        ]
+        err_console.print(
+            f"results (best epoch {results.get('best_epoch')}, {results.get('protocol')}): " + "; ".join(parts),
+            highlight=False,
+            soft_wrap=True,
+        )
     if state["state"] in ("failed", "died", "unknown") and state["log_tail"]:
         err_console.print("end of train.log:")
         for line in state["log_tail"]:
@@ -186,7 +290,9 @@ def status(
     host: HostArg,
     run: RunArg,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
-    wait: Annotated[bool, typer.Option("--wait", help="Poll until the run ends; exit 0 if it finished, 1 if not.")] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Poll until the run ends; exit 0 if it finished, 1 if not.")
+    ] = False,
     interval: Annotated[float, typer.Option(help="Seconds between polls with --wait.")] = 10.0,
     port: PortOpt = None,
     identity: IdentityOpt = None,
@@ -218,7 +324,9 @@ def monitor(
     run: RunArg,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
     python: PythonOpt = None,
-    follow: Annotated[bool, typer.Option("--follow/--no-follow", help="Follow until the run ends; --no-follow prints its state once.")] = True,
+    follow: Annotated[
+        bool, typer.Option("--follow/--no-follow", help="Follow until the run ends; --no-follow prints its state once.")
+    ] = True,
     port: PortOpt = None,
     identity: IdentityOpt = None,
     ssh_option: SshOptionOpt = None,
@@ -242,7 +350,9 @@ def monitor(
 def fetch(
     host: HostArg,
     run: RunArg,
-    to: Annotated[Optional[Path], typer.Option("--to", help="Local folder to write (default: RUN, relative to here).")] = None,
+    to: Annotated[
+        Optional[Path], typer.Option("--to", help="Local folder to write (default: RUN, relative to here).")
+    ] = None,
     force: Annotated[bool, typer.Option(help="Replace --to if it exists and is not empty.")] = False,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
     port: PortOpt = None,
@@ -259,6 +369,10 @@ def fetch(
         result = run_fetch(target, run, to=to, remote_dir=remote_dir, force=force, report=report)
     except USER_ERRORS as error:
         raise fail(error) from None
-    err_console.print(f"[bold green]fetched[/] {result['n_files']} files to {escape(result['to'])}; sha256 verified against {escape(str(target))}", highlight=False)
+    err_console.print(
+        f"[bold green]fetched[/] {result['n_files']} files to {escape(result['to'])}; sha256 verified against "
+        f"{escape(str(target))}",
+        highlight=False,
+    )
     if as_json:
         print_json(result)

@@ -12,16 +12,29 @@ from speech_emotion.cli.console import err_console, fail
 
 def serve(
     model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
-    host: Annotated[str, typer.Option(help="Address to listen on. The default answers this machine only; 0.0.0.0 opens it to the network.")] = "127.0.0.1",
+    host: Annotated[
+        str,
+        typer.Option(
+            help="Address to listen on. The default answers this machine only; 0.0.0.0 opens it to the network."
+        ),
+    ] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.", min=1, max=65535)] = 8000,
     workers: Annotated[int, typer.Option(help="Worker processes, each with its own copy of the model.", min=1)] = 1,
     max_bytes: Annotated[int, typer.Option(help="Largest accepted upload in bytes (413 above).", min=1)] = 20_000_000,
     max_duration: Annotated[float, typer.Option(help="Longest accepted clip in seconds (413 above).", min=0.0)] = 120.0,
-    formats: Annotated[str, typer.Option(help="Accepted audio formats, comma-separated, from: wav, flac, ogg, mp3, aiff (415 for others).")] = "wav,flac,ogg,mp3",
-    max_concurrent: Annotated[int, typer.Option(help="Inferences run at once per worker; the rest wait (on CPU, 1 is usually fastest).", min=1)] = 1,
+    formats: Annotated[
+        str,
+        typer.Option(help="Accepted audio formats, comma-separated, from: wav, flac, ogg, mp3, aiff (415 for others)."),
+    ] = "wav,flac,ogg,mp3",
+    max_concurrent: Annotated[
+        int,
+        typer.Option(help="Inferences run at once per worker; the rest wait (on CPU, 1 is usually fastest).", min=1),
+    ] = 1,
     max_queue: Annotated[int, typer.Option(help="Requests that may wait per worker; more get 503.", min=0)] = 64,
     encoder: Annotated[Optional[str], typer.Option(help="Where the model's encoder is now, if it moved.")] = None,
-    allow_encoder_mismatch: Annotated[bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")] = False,
+    allow_encoder_mismatch: Annotated[
+        bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")
+    ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /model, and a web page at /."""
@@ -29,11 +42,26 @@ def serve(
     from speech_emotion.serving import ServeLimits, run_server
 
     try:
-        limits = ServeLimits(max_bytes=max_bytes, max_duration=max_duration, formats=formats, max_concurrent=max_concurrent, max_queue=max_queue)
+        limits = ServeLimits(
+            max_bytes=max_bytes,
+            max_duration=max_duration,
+            formats=formats,
+            max_concurrent=max_concurrent,
+            max_queue=max_queue,
+        )
     except ValueError as error:
         raise fail(error) from None
     err_console.print(f"serving {model} on http://{host}:{port}/ (API docs at /docs); Ctrl+C stops", highlight=False)
     try:
-        run_server(model, host=host, port=port, workers=workers, limits=limits, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, log_level=log_level)
+        run_server(
+            model,
+            host=host,
+            port=port,
+            workers=workers,
+            limits=limits,
+            encoder=encoder,
+            allow_encoder_mismatch=allow_encoder_mismatch,
+            log_level=log_level,
+        )
     except (BundleError, OSError, ValueError) as error:
         raise fail(error) from None

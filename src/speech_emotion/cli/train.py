@@ -17,7 +17,17 @@ from speech_emotion.training.distributed import current_world
 from speech_emotion.training.finetune import parse_finetune
 from speech_emotion.training.loop import MIXUP_COPIES, TrainConfig
 
-USER_ERRORS = (BundleError, CorpusError, LabelError, SanityError, SplitError, FileExistsError, FileNotFoundError, OSError, ValueError)
+USER_ERRORS = (
+    BundleError,
+    CorpusError,
+    LabelError,
+    SanityError,
+    SplitError,
+    FileExistsError,
+    FileNotFoundError,
+    OSError,
+    ValueError,
+)
 
 EncoderOpt = Annotated[
     str,
@@ -33,19 +43,50 @@ SeedOpt = Annotated[int, typer.Option(help="Seed for speaker draws, initialisati
 EpochsOpt = Annotated[int, typer.Option(help="Maximum epochs.")]
 PatienceOpt = Annotated[int, typer.Option(help="Stop after this many epochs without a better validation UAR.")]
 LrOpt = Annotated[float, typer.Option(help="AdamW learning rate (--optimizer adamw).")]
-OptimizerOpt = Annotated[str, typer.Option(help="lbfgs: full-batch L-BFGS on the loss plus an L2 penalty (with a linear head, a logistic-regression probe); "
-                                                "adamw: shuffled mini-batches with dropout and decoupled weight decay; auto: lbfgs for a linear head (--hidden 0), adamw otherwise.")]
-WeightDecayOpt = Annotated[float, typer.Option(help="lbfgs: L2 penalty weight_decay/2·‖W‖² on the head's weight matrices; adamw: decoupled weight decay.")]
-MixupOpt = Annotated[float, typer.Option(help=f"Mixup: add {MIXUP_COPIES} mixtures of two training examples (features and labels, weight ~ Beta(a, a)) per example; 0: off.")]
+OptimizerOpt = Annotated[
+    str,
+    typer.Option(
+        help="lbfgs: full-batch L-BFGS on the loss plus an L2 penalty (with a linear head, a logistic-regression "
+        "probe); "
+        "adamw: shuffled mini-batches with dropout and decoupled weight decay; auto: lbfgs for a linear head (--hidden "
+        "0), adamw otherwise."
+    ),
+]
+WeightDecayOpt = Annotated[
+    float,
+    typer.Option(
+        help="lbfgs: L2 penalty weight_decay/2·‖W‖² on the head's weight matrices; adamw: decoupled weight decay."
+    ),
+]
+MixupOpt = Annotated[
+    float,
+    typer.Option(
+        help=f"Mixup: add {MIXUP_COPIES} mixtures of two training examples (features and labels, weight ~ Beta(a, a)) "
+        "per example; 0: off."
+    ),
+]
 HiddenOpt = Annotated[int, typer.Option(help="Hidden width of the head (0: linear).")]
-MixingOpt = Annotated[str, typer.Option(help="How the head combines encoder layers: concat (all layers side by side) or softmax (learned weighted sum).")]
+MixingOpt = Annotated[
+    str,
+    typer.Option(
+        help="How the head combines encoder layers: concat (all layers side by side) or softmax (learned weighted sum)."
+    ),
+]
 SpeakerNormOpt = Annotated[
     bool,
-    typer.Option(help="Standardise features per speaker with that speaker's own unlabelled clips. Figures are labelled "
-                      "speaker-norm; the model then needs several clips per speaker and cannot label single clips."),
+    typer.Option(
+        help="Standardise features per speaker with that speaker's own unlabelled clips. Figures are labelled "
+        "speaker-norm; the model then needs several clips per speaker and cannot label single clips."
+    ),
 ]
 SkipBadOpt = Annotated[bool, typer.Option(help="Leave out files that will not load; they are listed in the report.")]
-WarnOnlyOpt = Annotated[bool, typer.Option(help="Per-epoch sanity alarms (perfect first epoch, zero loss) warn instead of stopping: for synthetic or trivially easy data.")]
+WarnOnlyOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Per-epoch sanity alarms (perfect first epoch, zero loss) warn instead of stopping: for synthetic or "
+        "trivially easy data."
+    ),
+]
 
 
 def metrics_table(title: str, results: dict) -> Table:
@@ -62,16 +103,40 @@ def metrics_table(title: str, results: dict) -> Table:
 
 def train(
     ctx: typer.Context,
-    data: Annotated[Optional[Path], typer.Argument(help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns (not with --resume).", exists=True, show_default=False)] = None,
-    encoder: Annotated[Optional[str], typer.Option("--encoder", help=EncoderOpt.__metadata__[0].help, show_default=False)] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Run folder to create (config, reports, metrics, checkpoints/, model/).", show_default=False)] = None,
+    data: Annotated[
+        Optional[Path],
+        typer.Argument(
+            help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns (not with --resume).",
+            exists=True,
+            show_default=False,
+        ),
+    ] = None,
+    encoder: Annotated[
+        Optional[str], typer.Option("--encoder", help=EncoderOpt.__metadata__[0].help, show_default=False)
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out", help="Run folder to create (config, reports, metrics, checkpoints/, model/).", show_default=False
+        ),
+    ] = None,
     labels: LabelsOpt = None,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
-    test_speakers: Annotated[Optional[str], typer.Option(help="Held-out test speakers, e.g. 16-18. None: no test part.")] = None,
-    val_speakers: Annotated[Optional[str], typer.Option(help="Validation speakers for early stopping. Default: a seeded sixth of the speakers.")] = None,
-    split: Annotated[Optional[Path], typer.Option("--split", help="A split saved by `ser data split --out`.", exists=True, dir_okay=False)] = None,
-    allow_speaker_overlap: Annotated[bool, typer.Option(help="Accept a split whose parts share speakers (NOT speaker-independent; recorded).")] = False,
+    test_speakers: Annotated[
+        Optional[str], typer.Option(help="Held-out test speakers, e.g. 16-18. None: no test part.")
+    ] = None,
+    val_speakers: Annotated[
+        Optional[str],
+        typer.Option(help="Validation speakers for early stopping. Default: a seeded sixth of the speakers."),
+    ] = None,
+    split: Annotated[
+        Optional[Path],
+        typer.Option("--split", help="A split saved by `ser data split --out`.", exists=True, dir_okay=False),
+    ] = None,
+    allow_speaker_overlap: Annotated[
+        bool, typer.Option(help="Accept a split whose parts share speakers (NOT speaker-independent; recorded).")
+    ] = False,
     seed: SeedOpt = 0,
     epochs: EpochsOpt = TrainConfig.max_epochs,
     patience: PatienceOpt = TrainConfig.patience,
@@ -84,17 +149,60 @@ def train(
     speaker_norm: SpeakerNormOpt = False,
     skip_bad: SkipBadOpt = False,
     warn_only: WarnOnlyOpt = False,
-    hf_compatible: Annotated[bool, typer.Option(help="A linear head on mean features (with --hidden 0) that `ser export --format hf` copies exactly into a stock transformers class.")] = False,
-    finetune: Annotated[Optional[str], typer.Option("--finetune", help="Fine-tune mode: train the top N transformer layers of the encoder with the head (top-N, e.g. top-2); "
-                                                    "the bundle then carries the encoder. Runs under `torchrun --nproc-per-node K --no-python ser train ...` too.", show_default=False)] = None,
-    encoder_lr: Annotated[Optional[float], typer.Option("--encoder-lr", help="Learning rate of the fine-tuned encoder layers (default: --lr / 10).", show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Clips per optimisation step (under torchrun: in all processes together, each taking batch-size / K).")] = TrainConfig.batch_size,
+    hf_compatible: Annotated[
+        bool,
+        typer.Option(
+            help="A linear head on mean features (with --hidden 0) that `ser export --format hf` copies exactly into a "
+            "stock transformers class."
+        ),
+    ] = False,
+    finetune: Annotated[
+        Optional[str],
+        typer.Option(
+            "--finetune",
+            help="Fine-tune mode: train the top N transformer layers of the encoder with the head (top-N, e.g. top-2); "
+            "the bundle then carries the encoder. Runs under `torchrun --nproc-per-node K --no-python ser train ...` "
+            "too.",
+            show_default=False,
+        ),
+    ] = None,
+    encoder_lr: Annotated[
+        Optional[float],
+        typer.Option(
+            "--encoder-lr",
+            help="Learning rate of the fine-tuned encoder layers (default: --lr / 10).",
+            show_default=False,
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            help="Clips per optimisation step (under torchrun: in all processes together, each taking batch-size / K).",
+        ),
+    ] = TrainConfig.batch_size,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue a killed or failed run from RUN/config.json and its newest checkpoint (give nothing else): "
-                                                   "same final weights as an uninterrupted run.", exists=True, file_okay=False, show_default=False)] = None,
-    tracking_uri: Annotated[Optional[str], typer.Option("--tracking-uri", help="Log params, per-epoch metrics, reports and the bundle to MLflow there "
-                                                        "(default: $MLFLOW_TRACKING_URI; needs `pip install 'speech-emotion[all]'`).", show_default=False)] = None,
+    resume: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--resume",
+            help="Continue a killed or failed run from RUN/config.json and its newest checkpoint (give nothing else): "
+            "same final weights as an uninterrupted run.",
+            exists=True,
+            file_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        Optional[str],
+        typer.Option(
+            "--tracking-uri",
+            help="Log params, per-epoch metrics, reports and the bundle to MLflow there "
+            "(default: $MLFLOW_TRACKING_URI; needs `pip install 'speech-emotion[all]'`).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Train an emotion classifier on a frozen pretrained encoder.
 
@@ -106,14 +214,19 @@ def train(
     The run folder's status.json, metrics.jsonl and checkpoints/ let `ser monitor RUN`
     follow it and `ser train --resume RUN` continue it after a kill.
 
-    Example: ser train ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder --labels ravdess-8 --test-speakers 16-18 --out runs/base
+    Example: ser train ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder
+    --labels ravdess-8 --test-speakers 16-18 --out runs/base
     """
     from speech_emotion.training.run import resume as resume_training
     from speech_emotion.training.run import train as run_training
 
     if resume is not None:
-        given = [f"--{name.replace('_', '-')}" if name != "data" else "DATA" for name in ctx.params
-                 if name not in ("resume", "tracking_uri", "as_json") and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"]
+        given = [
+            f"--{name.replace('_', '-')}" if name != "data" else "DATA"
+            for name in ctx.params
+            if name not in ("resume", "tracking_uri", "as_json")
+            and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+        ]
         if given:
             raise fail(f"--resume takes every setting from {resume / 'config.json'}; drop {', '.join(given)}")
         try:
@@ -124,27 +237,57 @@ def train(
         return
     missing = [name for name, value in (("DATA", data), ("--encoder", encoder), ("--out", out)) if value is None]
     if missing:
-        raise fail(f"missing {', '.join(missing)}: `ser train DATA --encoder ENCODER --out RUN` (or `ser train --resume RUN` to continue a run)")
+        raise fail(
+            f"missing {', '.join(missing)}: `ser train DATA --encoder ENCODER --out RUN` (or `ser train --resume RUN` "
+            "to continue a run)"
+        )
     if split and (test_speakers or val_speakers):
         raise fail("give --split or --test-speakers/--val-speakers, not both")
     if hf_compatible and hidden:
         raise fail(f"--hf-compatible needs a linear head: add --hidden 0 (got --hidden {hidden})")
     if encoder_lr is not None and not finetune:
-        raise fail("--encoder-lr sets the learning rate of fine-tuned encoder layers: add --finetune top-N, or drop --encoder-lr")
+        raise fail(
+            "--encoder-lr sets the learning rate of fine-tuned encoder layers: add --finetune top-N, or drop "
+            "--encoder-lr"
+        )
     try:
         top = parse_finetune(finetune) if finetune else 0
-        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, mixup=mixup, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm,
-                             hf_compatible=hf_compatible, stop_on_alarm=not warn_only, batch_size=batch_size, finetune=top, encoder_lr=encoder_lr)
+        config = TrainConfig(
+            max_epochs=epochs,
+            patience=patience,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            mixup=mixup,
+            hidden=hidden,
+            mixing=mixing,
+            seed=seed,
+            speaker_norm=speaker_norm,
+            hf_compatible=hf_compatible,
+            stop_on_alarm=not warn_only,
+            batch_size=batch_size,
+            finetune=top,
+            encoder_lr=encoder_lr,
+        )
     except ValueError as error:
         raise fail(error) from None
     try:
         results = run_training(
-            data, encoder=encoder, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
+            data,
+            encoder=encoder,
+            out=out,
+            labels=labels,
+            corpus=corpus,
+            speaker_pattern=speaker_pattern,
             test_speakers=parse_speakers(test_speakers) if test_speakers else None,
             val_speakers=parse_speakers(val_speakers) if val_speakers else None,
             split_file=json.loads(split.read_text()) if split else None,
-            allow_speaker_overlap=allow_speaker_overlap, config=config, skip_bad=skip_bad, force=force,
-            progress=progress_bar, tracking_uri=tracking_uri,
+            allow_speaker_overlap=allow_speaker_overlap,
+            config=config,
+            skip_bad=skip_bad,
+            force=force,
+            progress=progress_bar,
+            tracking_uri=tracking_uri,
         )
     except USER_ERRORS + (ImportError,) as error:
         raise fail(error) from None
@@ -154,8 +297,8 @@ def train(
 
 def _print_results(out: Path, results: dict, as_json: bool) -> None:
     print_label_report(json.loads((out / "labels.json").read_text()))
-    err_console.print(f"speakers: " + "; ".join(f"{part} {','.join(s)}" for part, s in results["speakers"].items()))
-    err_console.print(f"class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in results["class_weights"].items()))
+    err_console.print("speakers: " + "; ".join(f"{part} {','.join(s)}" for part, s in results["speakers"].items()))
+    err_console.print("class weights: " + ", ".join(f"{c} {w:.2f}" for c, w in results["class_weights"].items()))
     err_console.print(metrics_table(f"Results (best epoch {results['best_epoch']}, {results['protocol']})", results))
     err_console.print(f"model written to {out / 'model'}; report: {out / 'report.html'}")
     if as_json:
@@ -167,8 +310,13 @@ def evaluate(
     data: DataArg,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
-    skip_unknown: Annotated[bool, typer.Option(help="Leave out labels the model's schema does not map (listed).")] = False,
-    speaker_norm: Annotated[bool, typer.Option(help="Assert the model standardises per speaker (applied automatically when it was trained so).")] = False,
+    skip_unknown: Annotated[
+        bool, typer.Option(help="Leave out labels the model's schema does not map (listed).")
+    ] = False,
+    speaker_norm: Annotated[
+        bool,
+        typer.Option(help="Assert the model standardises per speaker (applied automatically when it was trained so)."),
+    ] = False,
     skip_bad: SkipBadOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
@@ -187,9 +335,20 @@ def evaluate(
         except USER_ERRORS as error:
             raise fail(error) from None
         if not trained_with:
-            raise fail(f"{model} was trained without --speaker-norm; per-speaker standardisation would not match its training. Drop --speaker-norm")
+            raise fail(
+                f"{model} was trained without --speaker-norm; per-speaker standardisation would not match its "
+                "training. Drop --speaker-norm"
+            )
     try:
-        result = run_evaluation(model, data, corpus=corpus, speaker_pattern=speaker_pattern, skip_unknown=skip_unknown, skip_bad=skip_bad, progress=progress_bar)
+        result = run_evaluation(
+            model,
+            data,
+            corpus=corpus,
+            speaker_pattern=speaker_pattern,
+            skip_unknown=skip_unknown,
+            skip_bad=skip_bad,
+            progress=progress_bar,
+        )
     except USER_ERRORS as error:
         raise fail(error) from None
     contaminated = result["contaminated"]
@@ -238,22 +397,53 @@ def cv(
     Features are encoded once (feature store); each fold trains on its own speakers,
     early-stops on disjoint validation speakers and is scored on unseen test speakers.
 
-    Example: ser cv ../shared/data/ravdess-speech-16k --folds 6 --encoder ../shared/models/whisper-base-encoder --labels ravdess-8
+    Example: ser cv ../shared/data/ravdess-speech-16k --folds 6 --encoder ../shared/models/whisper-base-encoder
+    --labels ravdess-8
     """
     from speech_emotion.training.cv import cross_validate
 
     try:
-        config = TrainConfig(max_epochs=epochs, patience=patience, lr=lr, optimizer=optimizer, weight_decay=weight_decay, mixup=mixup, hidden=hidden, mixing=mixing, seed=seed, speaker_norm=speaker_norm, stop_on_alarm=not warn_only)
-        summary = cross_validate(data, encoder=encoder, folds=folds, out=out, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern,
-                                 config=config, skip_bad=skip_bad, force=force, progress=progress_bar)
+        config = TrainConfig(
+            max_epochs=epochs,
+            patience=patience,
+            lr=lr,
+            optimizer=optimizer,
+            weight_decay=weight_decay,
+            mixup=mixup,
+            hidden=hidden,
+            mixing=mixing,
+            seed=seed,
+            speaker_norm=speaker_norm,
+            stop_on_alarm=not warn_only,
+        )
+        summary = cross_validate(
+            data,
+            encoder=encoder,
+            folds=folds,
+            out=out,
+            labels=labels,
+            corpus=corpus,
+            speaker_pattern=speaker_pattern,
+            config=config,
+            skip_bad=skip_bad,
+            force=force,
+            progress=progress_bar,
+        )
     except USER_ERRORS as error:
         raise fail(error) from None
     table = Table(title=f"Cross-validation: {summary['protocol']}", title_justify="left")
     for column in ("fold", "test speakers", "val speakers", "n", "accuracy", "UAR", "macro-F1"):
         table.add_column(column, justify="right" if column in ("n", "accuracy", "UAR", "macro-F1") else "left")
     for f in summary["folds"]:
-        table.add_row(str(f["fold"]), ",".join(f["test_speakers"]), ",".join(f["val_speakers"]), str(f["n"]),
-                      f"{f['accuracy']:.1%}", f"{f['uar']:.1%}", f"{f['macro_f1']:.1%}")
+        table.add_row(
+            str(f["fold"]),
+            ",".join(f["test_speakers"]),
+            ",".join(f["val_speakers"]),
+            str(f["n"]),
+            f"{f['accuracy']:.1%}",
+            f"{f['uar']:.1%}",
+            f"{f['macro_f1']:.1%}",
+        )
     mean, std = summary["mean"], summary["std"]
     table.add_row("mean ± std", "", "", "", *(f"{mean[m]:.1%} ± {std[m]:.1%}" for m in ("accuracy", "uar", "macro_f1")))
     err_console.print(table)
@@ -261,7 +451,9 @@ def cv(
         print_json(summary)
 
 
-def report(run: Annotated[Path, typer.Argument(help="Run folder made by `ser train`.", exists=True, file_okay=False)]) -> None:
+def report(
+    run: Annotated[Path, typer.Argument(help="Run folder made by `ser train`.", exists=True, file_okay=False)],
+) -> None:
     """(Re)build RUN/report.html and its plots from the run folder's files."""
     from speech_emotion.reports import build_report
 

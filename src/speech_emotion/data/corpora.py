@@ -86,7 +86,15 @@ def parse_tess(stem: str) -> Parsed:
 
 
 _SAVEE = re.compile(r"^(DC|JE|JK|KL)[_/\\]?(a|d|f|h|n|sa|su)(\d\d)$")
-_SAVEE_EMOTIONS = {"a": "angry", "d": "disgust", "f": "fearful", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprised"}
+_SAVEE_EMOTIONS = {
+    "a": "angry",
+    "d": "disgust",
+    "f": "fearful",
+    "h": "happy",
+    "n": "neutral",
+    "sa": "sad",
+    "su": "surprised",
+}
 
 
 def parse_savee(stem: str) -> Parsed:
@@ -99,7 +107,15 @@ def parse_savee(stem: str) -> Parsed:
 
 
 _EMODB = re.compile(r"^(\d\d)([ab]\d\d)([WLEAFTN])([a-z])$")
-_EMODB_EMOTIONS = {"W": "angry", "L": "boredom", "E": "disgust", "A": "fearful", "F": "happy", "T": "sad", "N": "neutral"}
+_EMODB_EMOTIONS = {
+    "W": "angry",
+    "L": "boredom",
+    "E": "disgust",
+    "A": "fearful",
+    "F": "happy",
+    "T": "sad",
+    "N": "neutral",
+}
 _EMODB_MALE = {"03", "10", "11", "12", "15"}
 
 
@@ -229,7 +245,9 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
             continue
         match = pattern.search(relative.as_posix())
         if not match:
-            problems.append(Problem(str(path), f"--speaker-pattern {speaker_pattern!r} does not match {relative.as_posix()!r}"))
+            problems.append(
+                Problem(str(path), f"--speaker-pattern {speaker_pattern!r} does not match {relative.as_posix()!r}")
+            )
             continue
         speaker = match.groupdict().get("speaker") or (match.group(1) if pattern.groups else match.group(0))
         label = _resolve(relative.parts[0], synonyms)

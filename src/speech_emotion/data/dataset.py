@@ -58,8 +58,13 @@ class Dataset:
         """The rows at ``rows`` (problems and label report kept)."""
         rows = [int(i) for i in rows]
         return Dataset(
-            self.manifest.subset(rows), self.schema, self.y[rows], [self.hashes[i] for i in rows],
-            [self.durations[i] for i in rows], self.problems, self.label_report,
+            self.manifest.subset(rows),
+            self.schema,
+            self.y[rows],
+            [self.hashes[i] for i in rows],
+            [self.durations[i] for i in rows],
+            self.problems,
+            self.label_report,
         )
 
 
@@ -109,7 +114,10 @@ def load_dataset(
         if progress:
             progress(1)
     if problems and not skip_bad:
-        raise CorpusError(describe_problems(problems) + "\nFix or remove these files, or pass --skip-bad to leave them out (they are listed in the run's report).")
+        raise CorpusError(
+            describe_problems(problems)
+            + "\nFix or remove these files, or pass --skip-bad to leave them out (they are listed in the run's report)."
+        )
     kept = labelled.manifest.subset(keep)
     y = labelled.y[keep]
     report = type(labelled)(kept, schema, y, manifest).report()

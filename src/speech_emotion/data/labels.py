@@ -11,7 +11,8 @@ Example:
     >>> LabelSchema.from_mapping({"neutral": 0, "calm": 0, "happy": 2})
     Traceback (most recent call last):
     ...
-    speech_emotion.errors.LabelError: label_to_index indices are not contiguous: expected 0..1, got 0, 2 (index 1 is unused). Corrected mapping: {"neutral": 0, "calm": 0, "happy": 1}
+    speech_emotion.errors.LabelError: label_to_index indices are not contiguous: expected 0..1, got 0, 2
+    (index 1 is unused). Corrected mapping: {"neutral": 0, "calm": 0, "happy": 1}
 """
 
 from __future__ import annotations
@@ -74,7 +75,9 @@ class LabelSchema:
             raise LabelError(f"merge targets must be classes; {', '.join(unknown)} is not in classes {list(classes)}")
         clash = sorted((set(merge) & set(classes)) | (drop & (set(classes) | set(merge))))
         if clash:
-            raise LabelError(f"each raw label is kept, merged or dropped, not two of these; {', '.join(clash)} is in more than one")
+            raise LabelError(
+                f"each raw label is kept, merged or dropped, not two of these; {', '.join(clash)} is in more than one"
+            )
 
     @property
     def n_classes(self) -> int:
@@ -104,7 +107,9 @@ class LabelSchema:
         try:
             return np.array([mapping[canonical_label(r)] for r in raw_labels], dtype=np.int64)
         except KeyError as error:
-            raise LabelError(f"label {error.args[0]!r} is not in the schema: keep it in classes, merge it, or drop it") from None
+            raise LabelError(
+                f"label {error.args[0]!r} is not in the schema: keep it in classes, merge it, or drop it"
+            ) from None
 
     def to_dict(self) -> dict:
         """JSON-ready form; :meth:`from_dict` reads it back."""
@@ -126,7 +131,9 @@ class LabelSchema:
     def from_name(cls, name: str) -> "LabelSchema":
         """A built-in schema: ``ravdess-8`` or ``ravdess-7`` (calm merged into neutral)."""
         if name not in BUILTIN_SCHEMAS:
-            raise LabelError(f"unknown schema name {name!r}; built-in: {', '.join(BUILTIN_SCHEMAS)}, or pass a YAML/JSON file")
+            raise LabelError(
+                f"unknown schema name {name!r}; built-in: {', '.join(BUILTIN_SCHEMAS)}, or pass a YAML/JSON file"
+            )
         return cls.from_dict(BUILTIN_SCHEMAS[name])
 
     @classmethod
@@ -139,14 +146,20 @@ class LabelSchema:
             LabelError: indices are not integers or not contiguous; the message names the
                 unused indices and prints the corrected mapping.
         """
-        if not label_to_index or not all(isinstance(v, int) and not isinstance(v, bool) for v in label_to_index.values()):
+        if not label_to_index or not all(
+            isinstance(v, int) and not isinstance(v, bool) for v in label_to_index.values()
+        ):
             raise LabelError(f"label_to_index must map labels to integer indices 0..K-1; got {label_to_index!r}")
         used = sorted(set(label_to_index.values()))
         if used != list(range(len(used))):
             unused = sorted(set(range(max(used) + 1)) - set(used))
             renumber = {old: new for new, old in enumerate(used)}
             corrected = {label: renumber[index] for label, index in label_to_index.items()}
-            holes = f"index {unused[0]} is unused" if len(unused) == 1 else f"indices {', '.join(map(str, unused))} are unused"
+            holes = (
+                f"index {unused[0]} is unused"
+                if len(unused) == 1
+                else f"indices {', '.join(map(str, unused))} are unused"
+            )
             if min(used) < 0:
                 holes = "negative indices are not allowed"
             raise LabelError(
@@ -170,7 +183,9 @@ class LabelSchema:
         except (OSError, yaml.YAMLError) as error:
             raise LabelError(f"{path}: cannot read label schema ({error})") from error
         if not isinstance(spec, dict):
-            raise LabelError(f"{path}: expected a mapping with classes/merge/drop or label_to_index, got {type(spec).__name__}")
+            raise LabelError(
+                f"{path}: expected a mapping with classes/merge/drop or label_to_index, got {type(spec).__name__}"
+            )
         if spec and all(isinstance(v, int) for v in spec.values()):
             spec = {"label_to_index": spec}
         try:
@@ -205,7 +220,9 @@ class LabelSchema:
                 raise LabelError(f"--labels looks like inline JSON but does not parse: {error}") from error
         if Path(text).is_file():
             return cls.from_file(text)
-        raise LabelError(f"--labels {text!r}: not a built-in schema ({', '.join(BUILTIN_SCHEMAS)}) nor an existing YAML/JSON file")
+        raise LabelError(
+            f"--labels {text!r}: not a built-in schema ({', '.join(BUILTIN_SCHEMAS)}) nor an existing YAML/JSON file"
+        )
 
     def apply(self, manifest: Manifest) -> "LabelledManifest":
         """Encode a manifest: drop what the schema drops, refuse what it does not cover.
@@ -227,7 +244,8 @@ class LabelSchema:
             indices.append(mapping[label])
         if uncovered:
             lines = [
-                f"  {label!r} ({len(paths)} files, e.g. {', '.join(paths[:3])})" for label, paths in sorted(uncovered.items())
+                f"  {label!r} ({len(paths)} files, e.g. {', '.join(paths[:3])})"
+                for label, paths in sorted(uncovered.items())
             ]
             raise LabelError(
                 "labels in the data that the schema neither keeps, merges nor drops:\n"

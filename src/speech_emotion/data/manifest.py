@@ -72,7 +72,9 @@ class Manifest:
         synonyms: raw spelling → canonical label, for every synonym resolved while reading.
     """
 
-    def __init__(self, utterances: list[Utterance], problems: list[Problem] | None = None, synonyms: dict | None = None):
+    def __init__(
+        self, utterances: list[Utterance], problems: list[Problem] | None = None, synonyms: dict | None = None
+    ):
         self.utterances = list(utterances)
         self.problems = list(problems or [])
         self.synonyms = dict(synonyms or {})

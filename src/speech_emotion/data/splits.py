@@ -78,7 +78,8 @@ class Split:
                 missing = sorted(wanted - set(paths))
                 if missing:
                     raise SplitError(
-                        f"split part {name!r} lists {len(missing)} file(s) not in the data, e.g. {', '.join(missing[:3])}; "
+                        f"split part {name!r} lists {len(missing)} file(s) not in the data, e.g. "
+                        f"{', '.join(missing[:3])}; "
                         "load the same corpus, from the same path, as when the split was made"
                     )
         return cls.from_parts(parts, speakers, protocol=protocol, seed=spec.get("seed"))
@@ -166,7 +167,9 @@ def speaker_disjoint_split(
     val = resolve_speakers(val_speakers, speakers) if val_speakers is not None else []
     both = sorted(set(test) & set(val))
     if both:
-        raise SplitError(f"speaker(s) {', '.join(both)} asked for in both val and test; each speaker belongs to one part")
+        raise SplitError(
+            f"speaker(s) {', '.join(both)} asked for in both val and test; each speaker belongs to one part"
+        )
     rest = [s for s in known if s not in set(test) | set(val)]
     if not val and val_fraction:
         val = _pick_val(rest, len(known), val_fraction, rng)
@@ -203,7 +206,9 @@ def leave_speakers_out(
         raise SplitError(f"n_splits={n_splits}: leave-speakers-out needs at least 2 folds")
     if n_splits > len(known):
         raise SplitError(f"Cannot have n_splits={n_splits} greater than the number of speakers: {len(known)}.")
-    folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(np.zeros(len(speakers)), groups=speakers)
+    folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
+        np.zeros(len(speakers)), groups=speakers
+    )
     splits = []
     for k, (_, test_rows) in enumerate(folds):
         test = sorted({speakers[i] for i in test_rows})
@@ -214,7 +219,9 @@ def leave_speakers_out(
     return splits
 
 
-def random_split(n_rows: int, speakers: Sequence[str], *, test_fraction: float, val_fraction: float | None = None, seed: int = 0) -> Split:
+def random_split(
+    n_rows: int, speakers: Sequence[str], *, test_fraction: float, val_fraction: float | None = None, seed: int = 0
+) -> Split:
     """Rows drawn at random, speakers shared across parts: for comparisons with papers that did so.
 
     Its figures are not speaker-independent; the split says so in ``protocol``.
@@ -283,7 +290,9 @@ def check_leakage(
     if problems:
         hints = []
         if content_overlap:
-            hints.append("Remove the duplicate files, or fix their speaker ids (identical audio is refused in every split).")
+            hints.append(
+                "Remove the duplicate files, or fix their speaker ids (identical audio is refused in every split)."
+            )
         if speaker_overlap and not allow_speaker_overlap:
             hints.append(
                 "To accept speakers shared across parts (a random split, not speaker-independent), "

@@ -80,7 +80,8 @@ WHISPER_BATCH = 4
 """30 s-padded clips per forward pass when encoding for the Whisper refit and check."""
 
 RETRAIN_HINT = (
-    "retrain with TrainConfig(hidden=0, hf_compatible=True) (`ser train ... --hidden 0 --hf-compatible`): a linear head "
+    "retrain with TrainConfig(hidden=0, hf_compatible=True) (`ser train ... --hidden 0 --hf-compatible`): a linear "
+    "head "
     "on mean features with a standardisation shared across layers, which a stock transformers head computes exactly"
 )
 
@@ -136,15 +137,20 @@ def hf_head_weights(head: EmotionHead, *, temperature: float = 1.0) -> dict[str,
     """
     config = head.config
     if config.hidden:
-        raise BundleError(f"the head has a hidden layer (hidden={config.hidden}) and a stock transformers head is linear; {RETRAIN_HINT}")
+        raise BundleError(
+            f"the head has a hidden layer (hidden={config.hidden}) and a stock transformers head is linear; "
+            f"{RETRAIN_HINT}"
+        )
     if getattr(config, "mixing", "softmax") != "softmax":
         raise BundleError(
-            f"the head concatenates the encoder layers (mixing={config.mixing!r}) and a stock transformers head sums them "
+            f"the head concatenates the encoder layers (mixing={config.mixing!r}) and a stock transformers head sums "
+            "them "
             f"with softmax weights; {RETRAIN_HINT}"
         )
     if not config.hf_compatible:
         raise BundleError(
-            "the head reads mean+std pooled features with a separate standardisation per layer; a stock transformers head "
+            "the head reads mean+std pooled features with a separate standardisation per layer; a stock transformers "
+            "head "
             f"pools only the mean over frames and standardises after the weighted layer sum; {RETRAIN_HINT}"
         )
     if not temperature > 0:
@@ -203,7 +209,8 @@ def _stock_model(encoder, classes: Sequence[str]) -> torch.nn.Module:
         target.load_state_dict(module.state_dict(), strict=True)
     except RuntimeError as error:
         raise BundleError(
-            f"{encoder.reference}: the encoder's weights do not fit {type(model).__name__}: {str(error).splitlines()[0]}"
+            f"{encoder.reference}: the encoder's weights do not fit {type(model).__name__}: "
+            f"{str(error).splitlines()[0]}"
         ) from None
     return model.eval()
 
@@ -212,7 +219,9 @@ def _set_head(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     state = model.state_dict()
     for name, value in weights.items():
         if state[name].shape != value.shape:
-            raise BundleError(f"{type(model).__name__}.{name}: expected shape {tuple(state[name].shape)}, got {tuple(value.shape)}")
+            raise BundleError(
+                f"{type(model).__name__}.{name}: expected shape {tuple(state[name].shape)}, got {tuple(value.shape)}"
+            )
     with torch.no_grad():
         model.layer_weights.copy_(weights["layer_weights"])
         model.projector.weight.copy_(weights["projector.weight"])
@@ -229,7 +238,9 @@ def _feature_extractor(encoder):
     try:
         return AutoFeatureExtractor.from_pretrained(encoder.reference)
     except (OSError, ValueError) as error:
-        raise BundleError(f"{encoder.reference}: cannot load the encoder's feature extractor (preprocessor_config.json): {error}") from None
+        raise BundleError(
+            f"{encoder.reference}: cannot load the encoder's feature extractor (preprocessor_config.json): {error}"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,7 +250,11 @@ def _feature_extractor(encoder):
 
 def _run_folder(model: Path, bundle_path: Path) -> Path | None:
     for candidate in (model, bundle_path.parent):
-        if (candidate / "config.json").is_file() and (candidate / "split.json").is_file() and (candidate / "model").is_dir():
+        if (
+            (candidate / "config.json").is_file()
+            and (candidate / "split.json").is_file()
+            and (candidate / "model").is_dir()
+        ):
             return candidate
     return None
 
@@ -267,8 +282,12 @@ class _RunData:
             )
         with progress("decoding audio", None) as advance:
             self.dataset = load_dataset(
-                self.data, corpus=self.config.get("corpus"), labels=bundle.schema,
-                speaker_pattern=self.config.get("speaker_pattern"), skip_bad=bool(self.config.get("skip_bad")), progress=advance,
+                self.data,
+                corpus=self.config.get("corpus"),
+                labels=bundle.schema,
+                speaker_pattern=self.config.get("speaker_pattern"),
+                skip_bad=bool(self.config.get("skip_bad")),
+                progress=advance,
             )
         self.rows: dict[str, np.ndarray] = {}
         hashes = np.asarray(self.dataset.hashes)
@@ -279,7 +298,8 @@ class _RunData:
             missing = len(wanted - set(hashes[rows].tolist()))
             if missing:
                 raise BundleError(
-                    f"{self.data}: {missing} of the {len(wanted)} {part} clips of {run} are not in this corpus (matched by audio "
+                    f"{self.data}: {missing} of the {len(wanted)} {part} clips of {run} are not in this corpus "
+                    "(matched by audio "
                     f"content); pass data=... (--data) pointing at the corpus the run was trained on"
                 )
             self.rows[part] = rows
@@ -339,11 +359,19 @@ class PipelineWhisperEncoder:
         return self._extractor(signal, sampling_rate=SAMPLING_RATE, return_tensors="pt")["input_features"]
 
     @torch.inference_mode()
-    def features(self, signals: Sequence[np.ndarray], *, batch_seconds: float | None = None, progress: Callable[[int], None] | None = None) -> list[np.ndarray]:
+    def features(
+        self,
+        signals: Sequence[np.ndarray],
+        *,
+        batch_seconds: float | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> list[np.ndarray]:
         """``(n_layers, 2 * d_model)`` float32 per clip: mean then std over the 1,500 frames."""
         pooled = []
         for start in range(0, len(signals), WHISPER_BATCH):
-            batch = torch.cat([self.inputs(np.asarray(s, dtype=np.float32)) for s in signals[start : start + WHISPER_BATCH]])
+            batch = torch.cat(
+                [self.inputs(np.asarray(s, dtype=np.float32)) for s in signals[start : start + WHISPER_BATCH]]
+            )
             states = torch.stack(self._model.encoder(batch, output_hidden_states=True).hidden_states, dim=1).double()
             stats = torch.cat([states.mean(dim=2), states.std(dim=2, correction=0)], dim=2).float().numpy()
             pooled.extend(stats)
@@ -404,7 +432,10 @@ def export_huggingface(
             "train on a wav2vec 2.0-family or Whisper encoder to export to Hugging Face (or use --format onnx)"
         )
     if bundle.meta.get("speaker_norm"):
-        raise BundleError(f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over single clips cannot do; retrain without --speaker-norm")
+        raise BundleError(
+            f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over "
+            "single clips cannot do; retrain without --speaker-norm"
+        )
     store = store if store is not None else FeatureStore()
     run_folder = _run_folder(model, bundle.path)
     run = None
@@ -412,17 +443,24 @@ def export_huggingface(
         if run_folder is None:
             if family == "whisper":
                 raise BundleError(
-                    f"{model}: a Whisper export refits its head on the run's training audio, so it needs the run folder made by "
+                    f"{model}: a Whisper export refits its head on the run's training audio, so it needs the run "
+                    "folder made by "
                     "`ser train` (config.json, split.json, model/); pass that folder, not a copied bundle"
                 )
-            log.warning("%s: no run folder beside the bundle; the export is checked on synthetic signals only", bundle.path)
+            log.warning(
+                "%s: no run folder beside the bundle; the export is checked on synthetic signals only", bundle.path
+            )
         else:
             try:
                 run = _RunData(run_folder, bundle, data, progress)
             except FileNotFoundError:
                 if family == "whisper" or data is not None:
                     raise
-                log.warning("%s: the run's corpus is not where config.json says; the export is checked on synthetic signals only (pass data=... / --data to score it on the test speakers)", run_folder)
+                log.warning(
+                    "%s: the run's corpus is not where config.json says; the export is checked on synthetic signals "
+                    "only (pass data=... / --data to score it on the test speakers)",
+                    run_folder,
+                )
 
     classes = bundle.classes
     hf_model = _stock_model(predictor.encoder, classes)
@@ -475,7 +513,9 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
         with progress(f"encoding {part} clips as the pipeline does (30 s padded)", len(loaders)) as advance:
             X[part] = extract_features(pipeline_encoder, loaders, run.hashes(part), store, progress=advance)
     # The run's hyper-parameters (seed, lr, epochs, patience, alarms), as a linear hf_compatible head.
-    recorded = {k: v for k, v in (predictor.bundle.meta.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__}
+    recorded = {
+        k: v for k, v in (predictor.bundle.meta.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__
+    }
     recorded.update(hidden=0, hf_compatible=True)
     for key, plain in (("speaker_norm", False), ("mixing", "softmax")):
         if key in recorded:
@@ -483,8 +523,16 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
     config = TrainConfig(**recorded)
     classes = predictor.classes
     with progress("fitting the exported head", config.max_epochs) as advance:
-        fit = fit_head(X["train"], run.y("train"), X["val"], run.y("val"), n_classes=len(classes), config=config, classes=classes,
-                       on_epoch=lambda record: advance(1))
+        fit = fit_head(
+            X["train"],
+            run.y("train"),
+            X["val"],
+            run.y("val"),
+            n_classes=len(classes),
+            config=config,
+            classes=classes,
+            on_epoch=lambda record: advance(1),
+        )
     val = classification_metrics(run.y("val"), predict_logits(fit.head, X["val"]).argmax(axis=1), classes)
     refit = {
         "n_train": int(len(X["train"])),
@@ -514,12 +562,16 @@ def _check_export(folder: Path, predictor, run: _RunData | None, store, progress
         subset = run.dataset.subset(rows)
         signals, y = run.signals("test"), run.y("test")
         where = f"held-out test speakers {', '.join(run.speakers('test'))}"
-        predicted = predictor.predict_features(encode_dataset(subset, predictor.encoder, store=store, progress=progress))
+        predicted = predictor.predict_features(
+            encode_dataset(subset, predictor.encoder, store=store, progress=progress)
+        )
     else:
         rng = np.random.default_rng(0)
         signals = [(0.1 * rng.standard_normal(int(s * SAMPLING_RATE))).astype(np.float32) for s in (0.7, 1.6, 3.1)]
         y, where = None, "synthetic noise (no run corpus available)"
-        predicted = np.stack([predictor.predict_features(np.stack(predictor.encoder.features([s])))[0] for s in signals])
+        predicted = np.stack(
+            [predictor.predict_features(np.stack(predictor.encoder.features([s])))[0] for s in signals]
+        )
     through_pipeline = np.zeros_like(predicted)
     with progress("checking the export through pipeline()", len(signals)) as advance:
         for i, signal in enumerate(signals):
@@ -542,7 +594,8 @@ def _check_export(folder: Path, predictor, run: _RunData | None, store, progress
     if exact and check["max_abs_diff"] is not None and check["max_abs_diff"] > MAX_DIFF:
         raise BundleError(
             f"{predictor.bundle.path}: the exported model's probabilities differ from `ser predict`'s by up to "
-            f"{check['max_abs_diff']:.2g} on {where} (expected < {MAX_DIFF}); this is a bug in the export, please report it"
+            f"{check['max_abs_diff']:.2g} on {where} (expected < {MAX_DIFF}); this is a bug in the export, please "
+            "report it"
         )
     return check
 
@@ -572,7 +625,12 @@ def _pct(value: float | None) -> str:
 
 
 def _looks_like_hub_id(reference: str) -> bool:
-    return bool(reference) and not Path(reference).exists() and reference.count("/") == 1 and not reference.startswith((".", "/", "~"))
+    return (
+        bool(reference)
+        and not Path(reference).exists()
+        and reference.count("/") == 1
+        and not reference.startswith((".", "/", "~"))
+    )
 
 
 def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
@@ -581,20 +639,30 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
     encoder = meta["encoder"]
     data = meta.get("data", {})
     corpus = ", ".join(data.get("corpus", [])) or "unknown"
-    front = ["---", "library_name: transformers", "pipeline_tag: audio-classification", "tags:", "- speech-emotion-recognition", "- speech-emotion"]
+    front = [
+        "---",
+        "library_name: transformers",
+        "pipeline_tag: audio-classification",
+        "tags:",
+        "- speech-emotion-recognition",
+        "- speech-emotion",
+    ]
     if _looks_like_hub_id(str(encoder.get("reference", ""))):
         front.append(f"base_model: {encoder['reference']}")
     front += ["---", ""]
     lines = front + [
-        f"# Speech emotion recognition: {len(classes)} classes, {corpus}, {Path(str(encoder['reference'])).name} encoder",
+        f"# Speech emotion recognition: {len(classes)} classes, {corpus}, {Path(str(encoder['reference'])).name} "
+        "encoder",
         "",
-        f"A `{info['architecture']}` exported by speech_emotion {info['speech_emotion']} (`ser export --format hf`) from the "
-        f"model in `{info['source']}`. It loads with the stock transformers class: no custom code, no `trust_remote_code`.",
+        f"A `{info['architecture']}` exported by speech_emotion {info['speech_emotion']} (`ser export --format hf`) "
+        "from the "
+        f"model in `{info['source']}`. It loads with the stock transformers class: no custom code, no "
+        "`trust_remote_code`.",
         "",
         "```python",
         "from transformers import pipeline",
-        "classifier = pipeline(\"audio-classification\", model=\"PATH/TO/THIS/FOLDER\")",
-        f"classifier(\"clip.wav\", top_k=None)  # all {len(classes)} classes; or a 16 kHz mono float array",
+        'classifier = pipeline("audio-classification", model="PATH/TO/THIS/FOLDER")',
+        f'classifier("clip.wav", top_k=None)  # all {len(classes)} classes; or a 16 kHz mono float array',
         "```",
         "",
         "## Classes",
@@ -615,13 +683,27 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
     n = results.get("n", {})
     for part in ("train", "val"):
         if part in speakers:
-            lines.append(f"- {part} speakers ({n.get(part, len(data.get('audio_hashes', {}).get(part, [])))} clips): {', '.join(speakers[part])}")
+            lines.append(
+                f"- {part} speakers ({n.get(part, len(data.get('audio_hashes', {}).get(part, [])))} clips): "
+                f"{', '.join(speakers[part])}"
+            )
     test_speakers = results.get("speakers", {}).get("test")
     if test_speakers:
-        lines.append(f"- test speakers ({n.get('test', '?')} clips, never seen in training or early stopping): {', '.join(test_speakers)}")
-    lines += ["", "## Metrics of the trained model (speech_emotion, `ser predict`)", "", "| part | n | accuracy | UAR | macro-F1 |", "|---|---:|---:|---:|---:|"]
+        lines.append(
+            f"- test speakers ({n.get('test', '?')} clips, never seen in training or early stopping): "
+            f"{', '.join(test_speakers)}"
+        )
+    lines += [
+        "",
+        "## Metrics of the trained model (speech_emotion, `ser predict`)",
+        "",
+        "| part | n | accuracy | UAR | macro-F1 |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for part, m in meta.get("metrics", {}).items():
-        lines.append(f"| {part} | {m.get('n')} | {_pct(m.get('accuracy'))} | {_pct(m.get('uar'))} | {_pct(m.get('macro_f1'))} |")
+        lines.append(
+            f"| {part} | {m.get('n')} | {_pct(m.get('accuracy'))} | {_pct(m.get('uar'))} | {_pct(m.get('macro_f1'))} |"
+        )
     lines += [
         "",
         "UAR is the unweighted average recall over classes; chance is "
@@ -629,7 +711,8 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
         "",
         "## Encoder",
         "",
-        f"- Reference: `{encoder.get('reference')}` (family `{encoder.get('family')}`, {encoder.get('n_layers')} hidden states)",
+        f"- Reference: `{encoder.get('reference')}` (family `{encoder.get('family')}`, {encoder.get('n_layers')} "
+        "hidden states)",
         f"- Fingerprint (config + weights + preprocessing): `{encoder.get('fingerprint')}`",
         "- The encoder's weights are copied unchanged (frozen during training).",
         "",
@@ -638,23 +721,31 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
     ]
     if info["family"] == "ssl":
         lines += [
-            "The trained head is linear on the per-layer mean of the encoder's hidden states, standardised with one scale "
-            "shared by all layers times one factor per layer (`TrainConfig(hidden=0, hf_compatible=True)`). That is exactly "
-            "what the stock head computes (softmax layer weights → projector → masked mean over frames → classifier): the "
+            "The trained head is linear on the per-layer mean of the encoder's hidden states, standardised with one "
+            "scale "
+            "shared by all layers times one factor per layer (`TrainConfig(hidden=0, hf_compatible=True)`). That is "
+            "exactly "
+            "what the stock head computes (softmax layer weights → projector → masked mean over frames → classifier): "
+            "the "
             "standardisation is folded into the layer weights and the projector, the calibration temperature "
-            f"({info.get('temperature', 1.0):.4g}) into the classifier. The pipeline encodes a clip as `ser predict` does "
+            f"({info.get('temperature', 1.0):.4g}) into the classifier. The pipeline encodes a clip as `ser predict` "
+            "does "
             "(on its own, unpadded), so the two give the same probabilities up to float rounding.",
         ]
     else:
         refit = info["refit"]
         lines += [
-            "The stock `WhisperForAudioClassification` pads every clip to 30 s and averages all 1,500 encoder frames without a "
-            "mask, while speech_emotion encodes clips unpadded and pools mean and std over the clip's own frames. A head "
+            "The stock `WhisperForAudioClassification` pads every clip to 30 s and averages all 1,500 encoder frames "
+            "without a "
+            "mask, while speech_emotion encodes clips unpadded and pools mean and std over the clip's own frames. A "
+            "head "
             "trained on the latter does not transfer, so this export refits a linear head (softmax layer weights, "
             "standardisation folded into the projector, classifier) on the run's training audio encoded exactly as the "
-            f"pipeline encodes it: {refit['n_train']} clips of speakers {', '.join(refit['train_speakers'])}, early-stopped on "
+            f"pipeline encodes it: {refit['n_train']} clips of speakers {', '.join(refit['train_speakers'])}, "
+            "early-stopped on "
             f"the validation UAR of {refit['n_val']} clips of speakers {', '.join(refit['val_speakers'])} (best epoch "
-            f"{refit['best_epoch']}; validation accuracy {_pct(refit['val']['accuracy'])}, UAR {_pct(refit['val']['uar'])}). "
+            f"{refit['best_epoch']}; validation accuracy {_pct(refit['val']['accuracy'])}, UAR "
+            f"{_pct(refit['val']['uar'])}). "
             "The exported probabilities are not temperature-calibrated.",
         ]
     check = info.get("check")
@@ -662,32 +753,47 @@ def model_card(info: dict, meta: dict, run: _RunData | None) -> str:
     if not check:
         lines.append("Not checked at export (`evaluate=False`).")
     else:
-        lines.append(f"Checked on {check['n']} clips ({check['clips']}), each through `pipeline()` on this folder and through `ser predict`'s path:")
+        lines.append(
+            f"Checked on {check['n']} clips ({check['clips']}), each through `pipeline()` on this folder and through "
+            "`ser predict`'s path:"
+        )
         lines.append("")
         if "pipeline" in check:
             lines += ["| path | accuracy | UAR | macro-F1 |", "|---|---:|---:|---:|"]
-            for name, label in (("pipeline", "`pipeline()` (this folder)"), ("ser_predict", "`ser predict` (speech_emotion)")):
+            for name, label in (
+                ("pipeline", "`pipeline()` (this folder)"),
+                ("ser_predict", "`ser predict` (speech_emotion)"),
+            ):
                 m = check[name]
                 lines.append(f"| {label} | {_pct(m['accuracy'])} | {_pct(m['uar'])} | {_pct(m['macro_f1'])} |")
             lines.append("")
         if info["family"] == "ssl" and check.get("max_abs_diff") is not None:
             lines.append(f"- Largest difference in any class probability: {check['max_abs_diff']:.2g}")
         if "accuracy_gap" in check:
-            lines.append(f"- Accuracy of `pipeline()` minus `ser predict`'s: {-100 * check['accuracy_gap']:+.1f} points")
+            lines.append(
+                f"- Accuracy of `pipeline()` minus `ser predict`'s: {-100 * check['accuracy_gap']:+.1f} points"
+            )
         lines.append(f"- Same top label: {_pct(check['same_label'])} of clips")
     lines += [
         "",
         "## Intended use and limits",
         "",
-        f"- Research and prototyping of speech emotion recognition on speech like the training corpus ({corpus}: acted, "
-        "studio-quality, read sentences). Expect lower accuracy on spontaneous, noisy, telephone or other-language speech.",
+        f"- Research and prototyping of speech emotion recognition on speech like the training corpus ({corpus}: "
+        "acted, "
+        "studio-quality, read sentences). Expect lower accuracy on spontaneous, noisy, telephone or other-language "
+        "speech.",
         "- The figures above come from a handful of held-out speakers; they are estimates with wide error bars, not "
         "guarantees. Validate on your own data before relying on it.",
-        "- Emotion labels are portrayed categories, not what a speaker feels. Do not use the output for decisions about "
+        "- Emotion labels are portrayed categories, not what a speaker feels. Do not use the output for decisions "
+        "about "
         "people (hiring, health, policing, surveillance) or without their knowledge.",
         "- Input: mono audio at 16 kHz (the pipeline resamples file inputs with ffmpeg). "
-        + ("Clips over 30 s are cut to their first 30 s by the Whisper feature extractor." if info["family"] == "whisper"
-           else "Clips over 30 s are encoded whole by the pipeline, while `ser predict` encodes them in 30 s windows: the two differ there."),
+        + (
+            "Clips over 30 s are cut to their first 30 s by the Whisper feature extractor."
+            if info["family"] == "whisper"
+            else "Clips over 30 s are encoded whole by the pipeline, while `ser predict` encodes them in 30 s windows: "
+            "the two differ there."
+        ),
         "",
     ]
     return "\n".join(lines)

@@ -101,7 +101,8 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         )
     if bundle.meta.get("speaker_norm"):
         raise BundleError(
-            f"{bundle.path}: the model standardises features per speaker (--speaker-norm) and cannot label single clips; "
+            f"{bundle.path}: the model standardises features per speaker (--speaker-norm) and cannot label single "
+            "clips; "
             "retrain without --speaker-norm to export it"
         )
 
@@ -112,7 +113,11 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
             if family == "whisper":
                 input_info = _export_whisper(torch_encoder, staging / ENCODER_FILE)
-                np.save(staging / MEL_FILTERS_FILE, torch_encoder._mel_filters.cpu().numpy().astype(np.float32), allow_pickle=False)
+                np.save(
+                    staging / MEL_FILTERS_FILE,
+                    torch_encoder._mel_filters.cpu().numpy().astype(np.float32),
+                    allow_pickle=False,
+                )
             else:
                 input_info = _export_ssl(torch_encoder, staging / ENCODER_FILE)
             _export_head(bundle.head, bundle.temperature, staging / HEAD_FILE)
@@ -129,7 +134,10 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             "quantization": quantize or "none",
             "input": input_info,
             "batch_seconds": 30.0,
-            "files": {name: {"sha256": file_sha256(staging / name), "bytes": (staging / name).stat().st_size} for name in files},
+            "files": {
+                name: {"sha256": file_sha256(staging / name), "bytes": (staging / name).stat().st_size}
+                for name in files
+            },
             "source": str(bundle.path.resolve()),
         }
         write_json(staging / META, meta)
@@ -150,7 +158,9 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         "family": family,
         "quantization": quantize or "none (fp32)",
         "opset": OPSET,
-        "files": ", ".join(f"{name} ({meta['onnx']['files'][name]['bytes'] / 1e6:.1f} MB)" for name in files if name != META),
+        "files": ", ".join(
+            f"{name} ({meta['onnx']['files'][name]['bytes'] / 1e6:.1f} MB)" for name in files if name != META
+        ),
         "max_abs_diff_vs_torch": f"{check:.2e}",
         "export_s": round(time.perf_counter() - started, 1),
         "run_with": f"Predictor.from_pretrained({str(out)!r}) or `ser predict {out} FILES…` (onnxruntime, no torch)",
@@ -182,7 +192,9 @@ def _whisper_pooled(torch_encoder: Any):
             hidden = hidden + encoder.embed_positions.weight[:n_positions]
             lengths = torch.div(n_frames - 1, encoder.conv2.stride[0], rounding_mode="floor") + 1
             positions = torch.arange(n_positions)[None, :] < lengths[:, None]
-            mask = torch.zeros(positions.shape, dtype=hidden.dtype).masked_fill(~positions, torch.finfo(hidden.dtype).min)
+            mask = torch.zeros(positions.shape, dtype=hidden.dtype).masked_fill(
+                ~positions, torch.finfo(hidden.dtype).min
+            )
             mask = mask[:, None, None, :]
             states = [hidden]
             for layer in encoder.layers:
@@ -258,7 +270,16 @@ def _export_ssl(torch_encoder: Any, path: Path) -> dict:
         example = (torch.randn(1, 16000),)
         names = ["input_values"]
         axes = {"input_values": {0: "batch", 1: "samples"}, "features": {0: "batch"}}
-    torch.onnx.export(module, example, str(path), input_names=names, output_names=["features"], dynamic_axes=axes, opset_version=OPSET, dynamo=False)
+    torch.onnx.export(
+        module,
+        example,
+        str(path),
+        input_names=names,
+        output_names=["features"],
+        dynamic_axes=axes,
+        opset_version=OPSET,
+        dynamo=False,
+    )
     return {
         "type": "waveform",
         "names": names,
@@ -283,8 +304,14 @@ def _export_head(head: Any, temperature: float, path: Path) -> None:
     module = Calibrated(head).eval()
     example = torch.zeros(2, head.config.n_layers, head.config.dim)
     torch.onnx.export(
-        module, (example,), str(path), input_names=["features"], output_names=["probabilities"],
-        dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"}}, opset_version=OPSET, dynamo=False,
+        module,
+        (example,),
+        str(path),
+        input_names=["features"],
+        output_names=["probabilities"],
+        dynamic_axes={"features": {0: "batch"}, "probabilities": {0: "batch"}},
+        opset_version=OPSET,
+        dynamo=False,
     )
 
 
@@ -307,8 +334,12 @@ def _quantize_int8(path: Path) -> None:
     root.addFilter(advice)
     try:
         quantize_dynamic(
-            str(path), str(quantized), weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=activation_products,
+            str(path),
+            str(quantized),
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            nodes_to_exclude=activation_products,
         )
     finally:
         root.removeFilter(advice)

@@ -252,11 +252,15 @@ class Encoder:
                 transformer layers (eGeMAPS).
         """
         if self.n_transformer_layers == 0:
-            raise ValueError(f"encoder {self.reference!r} ({self.family}) has no trainable layers: nothing to fine-tune; "
-                             "fine-tune a Whisper or wav2vec 2.0-family encoder, or train the head alone (no --finetune)")
+            raise ValueError(
+                f"encoder {self.reference!r} ({self.family}) has no trainable layers: nothing to fine-tune; "
+                "fine-tune a Whisper or wav2vec 2.0-family encoder, or train the head alone (no --finetune)"
+            )
         if not 1 <= n <= self.n_transformer_layers:
-            raise ValueError(f"top-{n}: encoder {self.reference!r} has {self.n_transformer_layers} transformer layers; "
-                             f"expected top-N with N from 1 to {self.n_transformer_layers}")
+            raise ValueError(
+                f"top-{n}: encoder {self.reference!r} has {self.n_transformer_layers} transformer layers; "
+                f"expected top-N with N from 1 to {self.n_transformer_layers}"
+            )
         return self._top_layers(n)
 
     def _top_layers(self, n: int) -> list[torch.nn.Module]:
@@ -326,7 +330,8 @@ class Encoder:
     """Input samples per hidden-state frame (20 ms at 16 kHz for Whisper and wav2vec 2.0-family models)."""
 
     def frozen_state_index(self, top: int) -> int:
-        """Index, in the hidden states (0: embedding output), of the state that enters the first of the top ``top`` layers.
+        """Index, in the hidden states (0: embedding output), of the state that enters the first of the top ``top``
+        layers.
 
         States ``0..index`` do not depend on the top layers: they stay what the pretrained
         encoder computes while the top layers train.
@@ -425,8 +430,10 @@ class Encoder:
                 shapes that do not fit.
         """
         if not self.can_run_top:
-            raise ValueError(f"encoder {self.reference!r} ({self.family}) cannot run its top layers from cached states; "
-                             "use pooled_features (the whole encoder) instead")
+            raise ValueError(
+                f"encoder {self.reference!r} ({self.family}) cannot run its top layers from cached states; "
+                "use pooled_features (the whole encoder) instead"
+            )
         index = self.frozen_state_index(top)
         n_frozen = index + 1
         frozen = torch.as_tensor(frozen, dtype=torch.float32).to(self.device)
@@ -440,7 +447,8 @@ class Encoder:
             clip = torch.as_tensor(clip)
             if clip.ndim != 2 or clip.shape[1] != self.hidden_size or clip.shape[0] != sum(windows):
                 raise ValueError(
-                    f"states[{i}]: expected shape ({sum(windows)}, {self.hidden_size}) (frames of windows {list(windows)}), "
+                    f"states[{i}]: expected shape ({sum(windows)}, {self.hidden_size}) (frames of windows "
+                    f"{list(windows)}), "
                     f"got {tuple(clip.shape)}; recompute the cached states"
                 )
             for w, part in enumerate(torch.split(clip, list(windows))):
@@ -463,7 +471,10 @@ class Encoder:
         return torch.stack(pooled)
 
     def _run_top(self, hidden: torch.Tensor, n_frames: torch.Tensor, top: int) -> torch.Tensor:
-        """Top ``top`` layers on a padded batch ``(batch, frames, hidden)``: their hidden states ``(batch, top, frames, hidden)``."""
+        """Top ``top`` layers on a padded batch ``(batch, frames, hidden)``.
+
+        Returns their hidden states, ``(batch, top, frames, hidden)``.
+        """
         raise NotImplementedError
 
     def save_pretrained(self, folder: str | Path) -> None:
@@ -481,8 +492,7 @@ def _check_signal(signal: Any, *, name: str, min_samples: int) -> np.ndarray:
     array = np.asarray(signal)
     if array.ndim != 1:
         raise ValueError(
-            f"{name}: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; "
-            "downmix to mono first"
+            f"{name}: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; downmix to mono first"
         )
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(
@@ -955,7 +965,6 @@ class SSLEncoder(Encoder):
         with _quiet_transformers():  # no "Writing model shards" bar
             self._model.save_pretrained(folder)
             self._extractor.save_pretrained(folder)
-
 
     def _frame_lengths(self, lengths: torch.Tensor) -> torch.Tensor:
         """Frames per input length; hidden states come before any adapter, so none is counted."""

@@ -510,8 +510,14 @@ def extract_frame_states(
             vector = None
         frames = store.get(keys[1], kind="frames") if store is not None else None
         if frames is not None and (frames.ndim != 2 or frames.shape[1] != encoder.hidden_size or frames.dtype != dtype):
-            logger.warning("%s: cached frame states have shape %s and dtype %s, expected (n, %d) %s; recomputing",
-                           store.path(keys[1], kind="frames"), frames.shape, frames.dtype, encoder.hidden_size, dtype)
+            logger.warning(
+                "%s: cached frame states have shape %s and dtype %s, expected (n, %d) %s; recomputing",
+                store.path(keys[1], kind="frames"),
+                frames.shape,
+                frames.dtype,
+                encoder.hidden_size,
+                dtype,
+            )
             frames = None
         if vector is not None:
             kept_pooled[keys] = vector

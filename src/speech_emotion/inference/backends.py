@@ -98,7 +98,9 @@ class TorchBackend:
         self.encoder = encoder
 
     @classmethod
-    def load(cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False) -> "TorchBackend":
+    def load(
+        cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False
+    ) -> "TorchBackend":
         """Load a bundle and the encoder it names, checking fingerprint and preprocessing.
 
         Raises:
@@ -120,7 +122,10 @@ class TorchBackend:
         elif recorded.get("bundled"):  # a fine-tuned encoder travels inside the bundle (training/finetune.py)
             inside = Path(str(recorded["bundled"]))
             if inside.is_absolute() or ".." in inside.parts:
-                raise BundleError(f"{bundle.path / META}: encoder.bundled must be a folder inside the bundle, got {recorded['bundled']!r}")
+                raise BundleError(
+                    f"{bundle.path / META}: encoder.bundled must be a folder inside the bundle, got "
+                    f"{recorded['bundled']!r}"
+                )
             candidates = [str(bundle.path / inside)]
         else:
             candidates = [c for c in (recorded.get("path"), recorded["reference"]) if c]
@@ -133,17 +138,26 @@ class TorchBackend:
                 errors.append(f"{candidate}: {error}")
         else:
             raise BundleError(
-                f"{bundle.path}: cannot load the encoder this model was trained on:\n  " + "\n  ".join(errors)
+                f"{bundle.path}: cannot load the encoder this model was trained on:\n  "
+                + "\n  ".join(errors)
                 + "\npass encoder=... (--encoder) pointing to a copy of it"
             )
-        if loaded.fingerprint != recorded["fingerprint"] or loaded.preprocessing != bundle.meta.get("preprocessing", loaded.preprocessing):
+        if loaded.fingerprint != recorded["fingerprint"] or loaded.preprocessing != bundle.meta.get(
+            "preprocessing", loaded.preprocessing
+        ):
             message = (
-                f"{bundle.path}: encoder {loaded.reference!r} has fingerprint {loaded.fingerprint[:12]}…, but the model was "
-                f"trained on {recorded['reference']!r} with fingerprint {recorded['fingerprint'][:12]}… (other weights, "
+                f"{bundle.path}: encoder {loaded.reference!r} has fingerprint {loaded.fingerprint[:12]}…, but the "
+                "model was "
+                f"trained on {recorded['reference']!r} with fingerprint {recorded['fingerprint'][:12]}… (other "
+                "weights, "
                 "config or preprocessing)"
             )
             if not allow_encoder_mismatch:
-                raise BundleError(message + "; pass the original encoder, or allow_encoder_mismatch=True (--allow-encoder-mismatch) to force it")
+                raise BundleError(
+                    message
+                    + "; pass the original encoder, or allow_encoder_mismatch=True (--allow-encoder-mismatch) to force "
+                    "it"
+                )
             log.warning(message + "; continuing because the mismatch was allowed")
         return cls(bundle, loaded)
 
@@ -205,7 +219,9 @@ class OnnxBundle:
         return float(self.meta.get("calibration", {}).get("temperature", 1.0))
 
 
-def whisper_log_mel(signal: np.ndarray, mel_filters: np.ndarray, *, n_fft: int = 400, hop_length: int = 160) -> np.ndarray:
+def whisper_log_mel(
+    signal: np.ndarray, mel_filters: np.ndarray, *, n_fft: int = 400, hop_length: int = 160
+) -> np.ndarray:
     """Whisper log-mel spectrogram of one clip in numpy, without padding to 30 s.
 
     The same computation as ``WhisperEncoder.log_mel`` (torch): the clip is followed by
@@ -339,7 +355,9 @@ class OnnxEncoder:
             self.min_samples = length
 
     def __repr__(self) -> str:
-        return f"OnnxEncoder(reference={self.reference!r}, family={self.family!r}, fingerprint={self.fingerprint[:12]}…)"
+        return (
+            f"OnnxEncoder(reference={self.reference!r}, family={self.family!r}, fingerprint={self.fingerprint[:12]}…)"
+        )
 
     def features(
         self,
@@ -421,9 +439,14 @@ def _check_signal(signal: Any, *, name: str, min_samples: int) -> np.ndarray:
     """``signal`` as a contiguous 1-D float32 array, or a ValueError naming the problem."""
     array = np.asarray(signal)
     if array.ndim != 1:
-        raise ValueError(f"{name}: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; downmix to mono first")
+        raise ValueError(
+            f"{name}: expected a 1-D array (mono, {SAMPLING_RATE} Hz), got shape {array.shape}; downmix to mono first"
+        )
     if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}; convert integer PCM with signal / 32768")
+        raise ValueError(
+            f"{name}: expected float samples in [-1, 1], got dtype {array.dtype}; convert integer PCM with signal / "
+            "32768"
+        )
     if array.shape[0] < max(1, min_samples):
         raise ValueError(
             f"{name}: expected at least {max(1, min_samples)} samples ({max(1, min_samples) / SAMPLING_RATE:.3f} s at "
@@ -457,10 +480,15 @@ class OnnxBackend:
         self._head = _session(folder / HEAD_FILE, 1)
         n_outputs = self._head.get_outputs()[0].shape[-1]
         if isinstance(n_outputs, int) and n_outputs != len(self.bundle.classes):
-            raise BundleError(f"Cannot assign {len(self.bundle.classes)} labels to a head with {n_outputs} outputs ({folder / HEAD_FILE})")
+            raise BundleError(
+                f"Cannot assign {len(self.bundle.classes)} labels to a head with {n_outputs} outputs "
+                f"({folder / HEAD_FILE})"
+            )
 
     @classmethod
-    def load(cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False) -> "OnnxBackend":
+    def load(
+        cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False
+    ) -> "OnnxBackend":
         """Load an ONNX export; ``encoder`` cannot apply (the encoder is inside the export)."""
         if encoder:
             raise BundleError(
@@ -494,14 +522,25 @@ def _read_onnx_meta(folder: Path) -> dict:
     except json.JSONDecodeError as error:
         raise BundleError(f"{meta_file}: not valid JSON ({error})") from error
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{meta_file}: not a speech-emotion model (format tag {meta.get('format') if isinstance(meta, dict) else None!r}, expected {BUNDLE_FORMAT!r})")
+        raise BundleError(
+            f"{meta_file}: not a speech-emotion model (format tag "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {BUNDLE_FORMAT!r})"
+        )
     if not isinstance(meta.get("version"), int) or meta["version"] > BUNDLE_VERSION:
-        raise BundleError(f"{meta_file}: bundle version {meta.get('version')!r} is newer than this speech-emotion reads ({BUNDLE_VERSION}); upgrade speech-emotion")
+        raise BundleError(
+            f"{meta_file}: bundle version {meta.get('version')!r} is newer than this speech-emotion reads "
+            f"({BUNDLE_VERSION}); upgrade speech-emotion"
+        )
     onnx_meta = meta.get("onnx")
     if not isinstance(onnx_meta, dict) or onnx_meta.get("format") != ONNX_FORMAT:
-        raise BundleError(f"{meta_file}: 'onnx' section missing or not {ONNX_FORMAT!r}; re-export with `ser export --format onnx`")
+        raise BundleError(
+            f"{meta_file}: 'onnx' section missing or not {ONNX_FORMAT!r}; re-export with `ser export --format onnx`"
+        )
     if not isinstance(onnx_meta.get("version"), int) or onnx_meta["version"] > ONNX_VERSION:
-        raise BundleError(f"{meta_file}: ONNX export version {onnx_meta.get('version')!r} is newer than this speech-emotion reads ({ONNX_VERSION}); upgrade speech-emotion")
+        raise BundleError(
+            f"{meta_file}: ONNX export version {onnx_meta.get('version')!r} is newer than this speech-emotion reads "
+            f"({ONNX_VERSION}); upgrade speech-emotion"
+        )
     classes = meta.get("classes")
     if not isinstance(classes, list) or not classes:
         raise BundleError(f"{meta_file}: needs a non-empty 'classes' list in index order")
@@ -516,7 +555,9 @@ def _check_files(folder: Path, meta: dict) -> dict[str, str]:
     files = meta["onnx"].get("files") or {}
     for required in (ENCODER_FILE, HEAD_FILE):
         if required not in files:
-            raise BundleError(f"{folder / META}: onnx.files does not list {required}; re-export with `ser export --format onnx`")
+            raise BundleError(
+                f"{folder / META}: onnx.files does not list {required}; re-export with `ser export --format onnx`"
+            )
     hashes = {}
     for name, recorded in files.items():
         path = folder / name

@@ -18,8 +18,8 @@ from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import canonical_label
 from speech_emotion.inference.predictor import Predictor
 from speech_emotion.training.metrics import classification_metrics
-from speech_emotion.training.speaker_norm import speaker_normalise
 from speech_emotion.training.run import Progress, encode_dataset, no_progress
+from speech_emotion.training.speaker_norm import speaker_normalise
 
 log = logging.getLogger(__name__)
 
@@ -56,25 +56,34 @@ def evaluate(
     skipped_labels = {}
     if skip_unknown:
         raw = read_corpus(data, corpus=corpus, speaker_pattern=speaker_pattern).label_counts()
-        skipped_labels = {label: n for label, n in raw.items() if canonical_label(label) not in schema.label_to_index and label not in schema.drop}
+        skipped_labels = {
+            label: n
+            for label, n in raw.items()
+            if canonical_label(label) not in schema.label_to_index and label not in schema.drop
+        }
         schema = LabelSchema(schema.classes, schema.merge, schema.drop | set(skipped_labels))
     with progress("decoding audio", None) as advance:
-        dataset = load_dataset(data, corpus=corpus, labels=schema, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
+        dataset = load_dataset(
+            data, corpus=corpus, labels=schema, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance
+        )
 
     seen = predictor.bundle.meta.get("data", {})
     seen_hashes = {h for part in seen.get("audio_hashes", {}).values() for h in part}
     seen_speakers = {s for part in seen.get("speakers", {}).values() for s in part}
     seen_corpora = set(seen.get("corpus", []))
     contaminated = [
-        i for i, (h, u) in enumerate(zip(dataset.hashes, dataset.manifest))
+        i
+        for i, (h, u) in enumerate(zip(dataset.hashes, dataset.manifest))
         if h in seen_hashes or (u.corpus in seen_corpora and u.speaker in seen_speakers)
     ]
     clean = np.setdiff1d(np.arange(len(dataset)), contaminated)
     if contaminated:
         log.warning(
-            "%d of %d files were seen in training or validation (same audio, or a training speaker of the same corpus); "
+            "%d of %d files were seen in training or validation (same audio, or a training speaker of the same "
+            "corpus); "
             "they are excluded from the metrics and listed under 'contaminated'",
-            len(contaminated), len(dataset),
+            len(contaminated),
+            len(dataset),
         )
     result = classification_metrics([], [], predictor.classes)
     if len(clean):

@@ -84,15 +84,21 @@ class Predictor:
             >>> Predictor.from_pretrained("./no/such/run")
             Traceback (most recent call last):
             ...
-            speech_emotion.errors.BundleError: no/such/run: no model.json here or in no/such/run/model; pass a run folder made by `ser train` or its model/ folder
+            speech_emotion.errors.BundleError: no/such/run: no model.json here or in no/such/run/model;
+            pass a run folder made by `ser train` or its model/ folder
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
         onnx = is_onnx_export(model)
         if backend == "onnx" and not onnx:
-            raise ValueError(f"{model}: backend='onnx' needs a folder made by `ser export --format onnx`; export this model first")
+            raise ValueError(
+                f"{model}: backend='onnx' needs a folder made by `ser export --format onnx`; export this model first"
+            )
         if backend == "torch" and onnx:
-            raise ValueError(f"{model}: an ONNX export runs with backend='onnx' only; pass the run folder it was exported from for PyTorch")
+            raise ValueError(
+                f"{model}: an ONNX export runs with backend='onnx' only; pass the run folder it was exported from for "
+                "PyTorch"
+            )
         loader = OnnxBackend.load if onnx else TorchBackend.load
         return cls(loader(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch))
 
@@ -106,7 +112,9 @@ class Predictor:
         if isinstance(inputs, (str, Path)):
             return load_audio(inputs)[0]
         if sampling_rate is None:
-            raise ValueError(f"an array input needs sampling_rate=...; this model expects {SAMPLING_RATE} Hz and resamples others")
+            raise ValueError(
+                f"an array input needs sampling_rate=...; this model expects {SAMPLING_RATE} Hz and resamples others"
+            )
         return check_signal(np.asarray(inputs), sampling_rate)[0]
 
     def _forward(self, signals: Sequence[np.ndarray]) -> np.ndarray:
@@ -114,7 +122,8 @@ class Predictor:
         if self.bundle.meta.get("speaker_norm"):
             raise ValueError(
                 f"{self.bundle.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
-                "single clips; score it with `ser evaluate` on several clips per speaker, or train without --speaker-norm"
+                "single clips; score it with `ser evaluate` on several clips per speaker, or train without "
+                "--speaker-norm"
             )
         if not len(signals):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
@@ -126,16 +135,23 @@ class Predictor:
         return self.backend.predict_features(features)
 
     def postprocess(self, probabilities: np.ndarray, min_confidence: float | None = None) -> dict:
-        """``{"label", "probabilities"}`` for one row; ``label`` is ``None`` and ``uncertain`` true below ``min_confidence``."""
+        """``{"label", "probabilities"}`` for one row; ``label`` is ``None`` and ``uncertain`` true below
+        ``min_confidence``.
+        """
         best = int(np.argmax(probabilities))
-        result = {"label": self.classes[best], "probabilities": {c: float(p) for c, p in zip(self.classes, probabilities)}}
+        result = {
+            "label": self.classes[best],
+            "probabilities": {c: float(p) for c, p in zip(self.classes, probabilities)},
+        }
         if min_confidence is not None:
             result["uncertain"] = bool(probabilities[best] < min_confidence)
             if result["uncertain"]:
                 result["label"] = None
         return result
 
-    def __call__(self, inputs: str | Path | np.ndarray, sampling_rate: int | None = None, *, min_confidence: float | None = None) -> dict:
+    def __call__(
+        self, inputs: str | Path | np.ndarray, sampling_rate: int | None = None, *, min_confidence: float | None = None
+    ) -> dict:
         """Predict one clip (a file path, or an array with its ``sampling_rate``)."""
         return self.postprocess(self._forward([self.preprocess(inputs, sampling_rate)])[0], min_confidence)
 

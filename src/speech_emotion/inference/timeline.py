@@ -118,7 +118,8 @@ class SileroVAD:
         if spec is None or spec.origin is None:
             raise ModuleNotFoundError(
                 "voice-activity detection needs the silero-vad package: "
-                f"pip install 'silero-vad=={SILERO_VAD_VERSION}' (or 'speech-emotion[all]'), or pass vad=False (--no-vad)"
+                f"pip install 'silero-vad=={SILERO_VAD_VERSION}' (or 'speech-emotion[all]'), or pass vad=False "
+                "(--no-vad)"
             )
         try:
             import onnxruntime
@@ -163,7 +164,8 @@ class SileroVAD:
         signal = np.asarray(signal, dtype=np.float32)
         if signal.ndim != 1 or signal.shape[0] % self.frame_samples:
             raise ValueError(
-                f"expected a 1-D signal whose length is a multiple of {self.frame_samples} samples, got shape {signal.shape}"
+                f"expected a 1-D signal whose length is a multiple of {self.frame_samples} samples, got shape "
+                f"{signal.shape}"
             )
         if signal.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
@@ -351,7 +353,9 @@ def audio_duration(path: str | Path) -> float:
     try:
         return float(sf.info(str(path)).duration)
     except Exception as error:  # libsndfile raises several types for bad files
-        raise AudioError(path, f"cannot read the audio header ({_short(error)}); is the file truncated or not audio?") from error
+        raise AudioError(
+            path, f"cannot read the audio header ({_short(error)}); is the file truncated or not audio?"
+        ) from error
 
 
 def stream_audio(path: str | Path, *, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
@@ -388,7 +392,11 @@ def stream_audio(path: str | Path, *, block_seconds: float = BLOCK_SECONDS) -> I
     _check_complete(path)
     with sound:
         file_rate = sound.samplerate
-        resampler = soxr.ResampleStream(file_rate, SAMPLING_RATE, 1, dtype="float32", quality="HQ") if file_rate != SAMPLING_RATE else None
+        resampler = (
+            soxr.ResampleStream(file_rate, SAMPLING_RATE, 1, dtype="float32", quality="HQ")
+            if file_rate != SAMPLING_RATE
+            else None
+        )
         block_frames = max(1, int(block_seconds * file_rate))
         position = 0
         n_read = 0
@@ -396,7 +404,10 @@ def stream_audio(path: str | Path, *, block_seconds: float = BLOCK_SECONDS) -> I
             try:
                 data = sound.read(block_frames, dtype="float32", always_2d=True)
             except Exception as error:
-                raise AudioError(path, f"cannot decode audio after {position / file_rate:.1f} s ({_short(error)}); is the file truncated?") from error
+                raise AudioError(
+                    path,
+                    f"cannot decode audio after {position / file_rate:.1f} s ({_short(error)}); is the file truncated?",
+                ) from error
             last = data.shape[0] < block_frames
             if data.shape[0] and not np.isfinite(data).all():
                 bad = int(np.flatnonzero(~np.isfinite(data).all(axis=1))[0])
@@ -551,7 +562,11 @@ def predict_timeline(
         if not batch:
             return
         signals = [signal for _, _, signal in batch]
-        results = predictor.predict(signals) if min_confidence is None else predictor.predict(signals, min_confidence=min_confidence)
+        results = (
+            predictor.predict(signals)
+            if min_confidence is None
+            else predictor.predict(signals, min_confidence=min_confidence)
+        )
         for (start, end, _), result in zip(batch, results):
             yield {"start": round(start, 3), "end": round(end, 3)} | result
         batch, batch_samples = [], 0
@@ -594,7 +609,9 @@ def predict_timeline(
         samples.drop_before(max(0.0, min([uncut] + [w[2] for w in waiting]) - context))
         report(min(now, uncut, waiting[0][0] if waiting else math.inf, batch[0][0] if batch else math.inf))
     if vad:
-        run_vad(np.concatenate([vad_pending, np.zeros(-vad_pending.shape[0] % VAD_FRAME, dtype=np.float32)]), final=True)
+        run_vad(
+            np.concatenate([vad_pending, np.zeros(-vad_pending.shape[0] % VAD_FRAME, dtype=np.float32)]), final=True
+        )
     else:
         add(windower.cut(known_end=samples.end / SAMPLING_RATE, closed=True))
     yield from release(final=True)

@@ -63,7 +63,9 @@ def find_bundle(path: str | Path) -> Path:
     for candidate in (path, path / "model"):
         if (candidate / META).is_file():
             return candidate
-    raise BundleError(f"{path}: no {META} here or in {path / 'model'}; pass a run folder made by `ser train` or its model/ folder")
+    raise BundleError(
+        f"{path}: no {META} here or in {path / 'model'}; pass a run folder made by `ser train` or its model/ folder"
+    )
 
 
 def save_bundle(path: str | Path, head: EmotionHead, meta: dict) -> None:
@@ -74,7 +76,10 @@ def save_bundle(path: str | Path, head: EmotionHead, meta: dict) -> None:
     path = Path(path)
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, **meta, "head": head.config.to_dict()}
     _check(meta, head.config, path)
-    write_bytes(path / WEIGHTS, save_safetensors({k: v.contiguous() for k, v in head.state_dict().items()}, metadata={"format": BUNDLE_FORMAT}))
+    write_bytes(
+        path / WEIGHTS,
+        save_safetensors({k: v.contiguous() for k, v in head.state_dict().items()}, metadata={"format": BUNDLE_FORMAT}),
+    )
     write_json(path / META, meta)
 
 
@@ -91,9 +96,15 @@ def load_bundle(path: str | Path) -> Bundle:
     except json.JSONDecodeError as error:
         raise BundleError(f"{path / META}: not valid JSON ({error})") from error
     if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(f"{path / META}: not a speech-emotion bundle (format tag {meta.get('format') if isinstance(meta, dict) else None!r}, expected {BUNDLE_FORMAT!r})")
+        raise BundleError(
+            f"{path / META}: not a speech-emotion bundle (format tag "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {BUNDLE_FORMAT!r})"
+        )
     if not isinstance(meta.get("version"), int) or meta["version"] > BUNDLE_VERSION:
-        raise BundleError(f"{path / META}: bundle version {meta.get('version')!r} is newer than this speech-emotion reads ({BUNDLE_VERSION}); upgrade speech-emotion")
+        raise BundleError(
+            f"{path / META}: bundle version {meta.get('version')!r} is newer than this speech-emotion reads "
+            f"({BUNDLE_VERSION}); upgrade speech-emotion"
+        )
     config = HeadConfig.from_dict(meta["head"])
     _check(meta, config, path)
     weights_file = path / WEIGHTS
@@ -104,9 +115,13 @@ def load_bundle(path: str | Path) -> Bundle:
     try:
         head.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        raise BundleError(f"{weights_file}: weights do not fit the head config in {META}: {str(error).splitlines()[0]}") from None
+        raise BundleError(
+            f"{weights_file}: weights do not fit the head config in {META}: {str(error).splitlines()[0]}"
+        ) from None
     if head.n_outputs != len(meta["classes"]):
-        raise BundleError(f"Cannot assign {len(meta['classes'])} labels to a head with {head.n_outputs} outputs ({path})")
+        raise BundleError(
+            f"Cannot assign {len(meta['classes'])} labels to a head with {head.n_outputs} outputs ({path})"
+        )
     head.eval()
     return Bundle(head, meta, path)
 

@@ -51,9 +51,14 @@ class HeadConfig:
         if self.mixing not in MIXINGS:
             raise BundleError(f"head mixing {self.mixing!r} is not one of {', '.join(MIXINGS)}")
         if self.hf_compatible and self.mixing != "softmax":
-            raise ValueError("hf_compatible=True needs mixing='softmax': a stock transformers head sums layers with weights")
+            raise ValueError(
+                "hf_compatible=True needs mixing='softmax': a stock transformers head sums layers with weights"
+            )
         if self.hf_compatible and self.hidden:
-            raise ValueError(f"hf_compatible=True needs a linear head (hidden=0), got hidden={self.hidden}; a stock transformers head has no hidden layer")
+            raise ValueError(
+                f"hf_compatible=True needs a linear head (hidden=0), got hidden={self.hidden}; a stock transformers "
+                "head has no hidden layer"
+            )
         if self.hf_compatible and self.dim % 2:
             raise ValueError(f"hf_compatible=True needs mean+std features (even dim), got dim={self.dim}")
 
@@ -88,7 +93,10 @@ class EmotionHead(nn.Module):
             n_inputs *= config.n_layers
         if config.hidden:
             self.classifier = nn.Sequential(
-                nn.Linear(n_inputs, config.hidden), nn.GELU(), nn.Dropout(config.dropout), nn.Linear(config.hidden, config.n_classes)
+                nn.Linear(n_inputs, config.hidden),
+                nn.GELU(),
+                nn.Dropout(config.dropout),
+                nn.Linear(config.hidden, config.n_classes),
             )
         else:
             self.classifier = nn.Linear(n_inputs, config.n_classes)
@@ -122,7 +130,8 @@ class EmotionHead(nn.Module):
         """Logits of shape (n, n_classes) from features of shape (n, n_layers, dim)."""
         if features.shape[1:] != self.feature_mean.shape:
             raise ValueError(
-                f"expected features of shape (n, {self.config.n_layers}, {self.config.dim}), got {tuple(features.shape)}; "
+                f"expected features of shape (n, {self.config.n_layers}, {self.config.dim}), got "
+                f"{tuple(features.shape)}; "
                 "was the model trained with another encoder?"
             )
         standard = (features - self.feature_mean) / self.feature_scale

@@ -90,8 +90,11 @@ class RunSnapshot:
         """Sanity alarms: those of results.json (with messages) once there, else per-epoch ones."""
         if self.results and isinstance(self.results.get("alarms"), list):
             return self.results["alarms"]
-        return [{"check": check, "severity": "warning", "message": "", "epoch": record.get("epoch")}
-                for record in self.metrics for check in record.get("alarms") or []]
+        return [
+            {"check": check, "severity": "warning", "message": "", "epoch": record.get("epoch")}
+            for record in self.metrics
+            for check in record.get("alarms") or []
+        ]
 
 
 def _read_json(path: Path) -> dict | None:
@@ -140,7 +143,9 @@ def _signature(run: Path) -> tuple:
     return tuple(signature)
 
 
-def watch(run: str | Path, *, interval: float = 1.0, wait: float = 120.0, heartbeat: float = 5.0) -> Iterator[RunSnapshot]:
+def watch(
+    run: str | Path, *, interval: float = 1.0, wait: float = 120.0, heartbeat: float = 5.0
+) -> Iterator[RunSnapshot]:
     """Snapshots of a run as it changes, until it finished, failed or died.
 
     The first snapshot comes at once; then one whenever a run file changes (polled every
@@ -162,8 +167,10 @@ def watch(run: str | Path, *, interval: float = 1.0, wait: float = 120.0, heartb
     while True:
         snapshot = read_run(run)  # read every poll: liveness changes without any file changing
         if snapshot.state == "waiting" and time.monotonic() - started > wait:
-            raise FileNotFoundError(f"{run}: no run files ({STATUS_FILE}, config.json) appeared in {wait:.0f} s; "
-                                    "check the path, or that `ser train --out` points there")
+            raise FileNotFoundError(
+                f"{run}: no run files ({STATUS_FILE}, config.json) appeared in {wait:.0f} s; "
+                "check the path, or that `ser train --out` points there"
+            )
         key = (_signature(run), snapshot.state)
         if key != last or time.monotonic() - last_yield >= heartbeat:
             last, last_yield = key, time.monotonic()

@@ -6,9 +6,10 @@ results). :class:`PlainLines` turns a sequence of snapshots into new text lines 
 stage, one per epoch, one at the end — for logs, pipes and ``ssh`` without a terminal.
 
 Example:
+    >>> from pathlib import Path
     >>> from speech_emotion.monitor.snapshot import RunSnapshot
-    >>> snapshot = RunSnapshot(run=Path("runs/a"), state="training",
-    ...                        metrics=[{"epoch": 1, "train_loss": 1.1, "val_accuracy": 0.5, "val_uar": 0.4, "alarms": []}])
+    >>> record = {"epoch": 1, "train_loss": 1.1, "val_accuracy": 0.5, "val_uar": 0.4, "alarms": []}
+    >>> snapshot = RunSnapshot(run=Path("runs/a"), state="training", metrics=[record])
     >>> lines = PlainLines()
     >>> lines.update(snapshot)
     ['stage training', 'epoch 1 train_loss 1.1000 val_accuracy 0.5000 val_uar 0.4000']
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 from rich.console import Group
 from rich.markup import escape
@@ -34,7 +34,13 @@ from speech_emotion.monitor.snapshot import RunSnapshot
 EPOCH_FIELDS = ("train_loss", "val_loss", "val_accuracy", "val_uar")
 """Per-epoch numbers shown, in this order (when the record has them)."""
 
-STATE_STYLE = {"finished": "bold green", "failed": "bold red", "died": "bold red", "waiting": "yellow", "unknown": "yellow"}
+STATE_STYLE = {
+    "finished": "bold green",
+    "failed": "bold red",
+    "died": "bold red",
+    "waiting": "yellow",
+    "unknown": "yellow",
+}
 
 
 def age(iso: str | None) -> str:
@@ -72,7 +78,11 @@ def progress_text(snapshot: RunSnapshot) -> str:
 
 def _metric(results: dict, part: str) -> str:
     values = results.get(part) or {}
-    return " ".join(f"{name} {values[name]:.4f}" for name in ("accuracy", "uar", "macro_f1") if isinstance(values.get(name), (int, float)))
+    return " ".join(
+        f"{name} {values[name]:.4f}"
+        for name in ("accuracy", "uar", "macro_f1")
+        if isinstance(values.get(name), (int, float))
+    )
 
 
 def end_line(snapshot: RunSnapshot) -> str:
@@ -80,7 +90,9 @@ def end_line(snapshot: RunSnapshot) -> str:
     status = snapshot.status or {}
     if snapshot.state == "finished":
         results = snapshot.results or {}
-        parts = [f"finished: best epoch {results.get('best_epoch')} of {results.get('epochs_run', len(snapshot.metrics))}"]
+        parts = [
+            f"finished: best epoch {results.get('best_epoch')} of {results.get('epochs_run', len(snapshot.metrics))}"
+        ]
         parts += [f"{part} {_metric(results, part)}" for part in ("val", "test") if _metric(results, part)]
         n_alarms = len(results.get("alarms") or [])
         if n_alarms:
@@ -90,8 +102,11 @@ def end_line(snapshot: RunSnapshot) -> str:
         where = status.get("failed_stage") or "?"
         return f"failed at {where}: {status.get('error')}"
     if snapshot.state == "died":
-        return (f"died: process {status.get('pid')} on {status.get('host')} is gone ({progress_text_at(snapshot)}, last update "
-                f"{age(status.get('updated'))}); continue it with: ser train --resume {snapshot.run}")
+        return (
+            f"died: process {status.get('pid')} on {status.get('host')} is gone ({progress_text_at(snapshot)}, last "
+            "update "
+            f"{age(status.get('updated'))}); continue it with: ser train --resume {snapshot.run}"
+        )
     return f"{progress_text(snapshot)} (updated {age(status.get('updated')) or '?'})"
 
 
@@ -177,7 +192,12 @@ def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
     """The whole view of a run as one Rich renderable (for ``rich.live.Live``)."""
     status = snapshot.status or {}
     parts = []
-    header = Text.assemble(("run ", "dim"), (str(snapshot.run), "bold"), "  ", (snapshot.state, STATE_STYLE.get(snapshot.state, "bold cyan")))
+    header = Text.assemble(
+        ("run ", "dim"),
+        (str(snapshot.run), "bold"),
+        "  ",
+        (snapshot.state, STATE_STYLE.get(snapshot.state, "bold cyan")),
+    )
     if status.get("pid"):
         header.append(f"  pid {status['pid']} on {status.get('host')}", "dim")
     if status.get("resumed"):
@@ -190,21 +210,34 @@ def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
     if snapshot.state in ("decoding", "encoding") and progress.get("total"):
         parts.append(_bar(progress_text(snapshot), progress["total"], progress.get("n") or 0))
     elif snapshot.state == "training" and snapshot.max_epochs:
-        parts.append(_bar(progress_text(snapshot) + " (early stopping may end it sooner)", snapshot.max_epochs, status.get("epoch") or 0))
+        parts.append(
+            _bar(
+                progress_text(snapshot) + " (early stopping may end it sooner)",
+                snapshot.max_epochs,
+                status.get("epoch") or 0,
+            )
+        )
     elif not snapshot.done:
         parts.append(Text(progress_text(snapshot)))
 
     if snapshot.metrics:
         best = (snapshot.results or {}).get("best_epoch") or status.get("best_epoch")
-        table = Table(title=f"Epochs ({len(snapshot.metrics)}; last {min(max_rows, len(snapshot.metrics))} shown)", title_justify="left")
+        table = Table(
+            title=f"Epochs ({len(snapshot.metrics)}; last {min(max_rows, len(snapshot.metrics))} shown)",
+            title_justify="left",
+        )
         table.add_column("epoch", justify="right")
         for name in EPOCH_FIELDS:
             table.add_column(name.replace("_", " "), justify="right")
         table.add_column("alarms")
         for record in snapshot.metrics[-max_rows:]:
             style = "bold green" if record.get("epoch") == best else None
-            table.add_row(str(record.get("epoch")), *(_fmt(record.get(name)) for name in EPOCH_FIELDS),
-                          escape(",".join(record.get("alarms") or [])), style=style)
+            table.add_row(
+                str(record.get("epoch")),
+                *(_fmt(record.get(name)) for name in EPOCH_FIELDS),
+                escape(",".join(record.get("alarms") or [])),
+                style=style,
+            )
         parts.append(table)
 
     counts = snapshot.class_counts
@@ -223,18 +256,25 @@ def render(snapshot: RunSnapshot, *, max_rows: int = 15) -> Group:
         for alarm in alarms:
             style = "bold red" if alarm.get("severity") == "error" else "yellow"
             where = f" (epoch {alarm['epoch']})" if alarm.get("epoch") else ""
-            lines.append(Text.assemble((f"{alarm.get('check')}{where}", style), f" {alarm.get('message') or ''}".rstrip()))
+            lines.append(
+                Text.assemble((f"{alarm.get('check')}{where}", style), f" {alarm.get('message') or ''}".rstrip())
+            )
         parts.append(Panel(Text("\n").join(lines), title="Sanity alarms", title_align="left", border_style="yellow"))
 
     if snapshot.state == "finished" and snapshot.results:
         results = snapshot.results
-        table = Table(title=f"Results (best epoch {results.get('best_epoch')}, {results.get('protocol', '')})", title_justify="left")
+        table = Table(
+            title=f"Results (best epoch {results.get('best_epoch')}, {results.get('protocol', '')})",
+            title_justify="left",
+        )
         for column in ("part", "n", "accuracy", "UAR", "macro-F1"):
             table.add_column(column, justify="left" if column == "part" else "right")
         for part in ("val", "test"):
             values = results.get(part)
             if values:
-                table.add_row(part, str(values.get("n")), *(_fmt(values.get(k)) for k in ("accuracy", "uar", "macro_f1")))
+                table.add_row(
+                    part, str(values.get("n")), *(_fmt(values.get(k)) for k in ("accuracy", "uar", "macro_f1"))
+                )
         parts.append(table)
     if snapshot.state in ("failed", "died", "unknown"):
         parts.append(Text(end_line(snapshot), style=STATE_STYLE.get(snapshot.state)))

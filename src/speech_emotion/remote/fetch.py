@@ -101,17 +101,32 @@ def fetch(
     if to.exists() and (not to.is_dir() or any(to.iterdir())) and not force:
         raise FileExistsError(f"{to} exists and is not empty; choose another --to, or pass --force to replace it")
 
-    script = f"cd -- {shlex.quote(remote.dir)} 2>/dev/null || {{ echo @@no_dir; exit 0; }}\n" + state_script(remote, log_lines=5) + checksum_script(remote)
+    script = (
+        f"cd -- {shlex.quote(remote.dir)} 2>/dev/null || {{ echo @@no_dir; exit 0; }}\n"
+        + state_script(remote, log_lines=5)
+        + checksum_script(remote)
+    )
     sections = parse_sections(host.run(script).stdout)
     if "no_dir" in sections:
-        raise RemoteError(f"{remote.dir} does not exist on {host}; nothing was launched there with --remote-dir {remote_dir}")
+        raise RemoteError(
+            f"{remote.dir} does not exist on {host}; nothing was launched there with --remote-dir {remote_dir}"
+        )
     state = read_state(host, remote, sections)
     if state["state"] in ("running", "starting"):
-        raise RemoteError(f"{host}:{remote.from_home} is still {state['state']} (epoch {state['epochs']}); wait for it (`ser remote monitor`) and fetch then")
+        raise RemoteError(
+            f"{host}:{remote.from_home} is still {state['state']} (epoch {state['epochs']}); wait for it (`ser remote "
+            "monitor`) and fetch then"
+        )
     remote_sums = parse_sha256sum(sections.get("sums", ""))
     if "model/model.json" not in remote_sums:
-        why = f"the job {state['state']} with exit code {state['exit_code']}" if state["exit_code"] else f"the run is {state['state']}"
-        raise RemoteError(f"{host}:{remote.from_home} has no model/model.json ({why}); `ser remote status` shows the end of its log")
+        why = (
+            f"the job {state['state']} with exit code {state['exit_code']}"
+            if state["exit_code"]
+            else f"the run is {state['state']}"
+        )
+        raise RemoteError(
+            f"{host}:{remote.from_home} has no model/model.json ({why}); `ser remote status` shows the end of its log"
+        )
     report(f"{host}:{remote.from_home}: {len(remote_sums)} files, sha256 computed on the host")
 
     to.parent.mkdir(parents=True, exist_ok=True)
@@ -126,8 +141,14 @@ def fetch(
         if missing or differ:
             raise RemoteError(
                 f"fetch of {host}:{remote.from_home} did not verify: "
-                + "; ".join(part for part in (f"missing here: {', '.join(missing)}" if missing else "",
-                                              f"sha256 differs: {', '.join(differ)}" if differ else "") if part)
+                + "; ".join(
+                    part
+                    for part in (
+                        f"missing here: {', '.join(missing)}" if missing else "",
+                        f"sha256 differs: {', '.join(differ)}" if differ else "",
+                    )
+                    if part
+                )
                 + "; nothing was written, try again"
             )
         extra = sorted(set(here) - set(remote_sums))  # written on the host between the two steps
@@ -144,7 +165,8 @@ def fetch(
     if encoder.get("path") and not Path(encoder["path"]).exists():
         report(
             f"the model names its encoder as on the host ({encoder['path']}); here pass a copy of it: "
-            f"`ser predict {to} … --encoder LOCAL_FOLDER` or Predictor.from_pretrained(..., encoder=LOCAL_FOLDER) (its fingerprint is checked)"
+            f"`ser predict {to} … --encoder LOCAL_FOLDER` or Predictor.from_pretrained(..., encoder=LOCAL_FOLDER) (its "
+            "fingerprint is checked)"
         )
     return {
         "host": str(host),

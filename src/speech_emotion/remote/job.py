@@ -102,7 +102,9 @@ def describe_python() -> dict:
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" not in path.parts:
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    info.update(version=getattr(speech_emotion, "__version__", None), location=str(root), fingerprint=digest.hexdigest())
+    info.update(
+        version=getattr(speech_emotion, "__version__", None), location=str(root), fingerprint=digest.hexdigest()
+    )
     return info
 
 
@@ -235,10 +237,14 @@ def status(host: Host, run: str, *, remote_dir: str = DEFAULT_REMOTE_DIR, log_li
         RemoteError: the connection failed, or neither ``RUN/`` nor ``RUN.job/`` exists.
     """
     remote = RemoteRun(remote_dir, run)
-    script = f"cd -- {shlex.quote(remote.dir)} 2>/dev/null || {{ echo @@no_dir; exit 0; }}\n" + state_script(remote, log_lines=log_lines)
+    script = f"cd -- {shlex.quote(remote.dir)} 2>/dev/null || {{ echo @@no_dir; exit 0; }}\n" + state_script(
+        remote, log_lines=log_lines
+    )
     sections = parse_sections(host.run(script).stdout)
     if "no_dir" in sections:
-        raise RemoteError(f"{remote.dir} does not exist on {host}; nothing was launched there with --remote-dir {remote_dir}")
+        raise RemoteError(
+            f"{remote.dir} does not exist on {host}; nothing was launched there with --remote-dir {remote_dir}"
+        )
     return read_state(host, remote, sections)
 
 
@@ -267,7 +273,9 @@ def python_error(host: Host, python: str, text: str, rc: int) -> RemoteError:
 def probe_python(host: Host, *, remote_dir: str, python: str, env: Mapping[str, str]) -> dict:
     """Run :func:`describe_python` with ``python`` on the host."""
     q = shlex.quote
-    done = host.run(f"cd -- {q(home_relative(remote_dir))} || exit 90\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1", check=False)
+    done = host.run(
+        f"cd -- {q(home_relative(remote_dir))} || exit 90\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1", check=False
+    )
     return decode_python(host, python, done.stdout, done.returncode)
 
 
@@ -324,7 +332,8 @@ def launch(
         report: called with one line per step.
 
     Returns:
-        ``{"host", "run", "path", "remote_dir", "pid", "log", "synced": {name: stats}, "package": {...}, "command": [...]}``.
+        ``{"host", "run", "path", "remote_dir", "pid", "log", "synced": {name: stats}, "package": {...},
+        "command": [...]}``.
 
     Raises:
         RemoteError: connection, sync, install or start failed; the run exists or is running.
@@ -345,27 +354,37 @@ def launch(
 
     # 1. probe
     report(f"checking {host}: {python}, rsync, {remote.dir}/{remote.run}")
-    non_empty = f"[ -n \"$(ls -A -- {q(remote.run)} 2>/dev/null | head -n 1)\" ]"
+    non_empty = f'[ -n "$(ls -A -- {q(remote.run)} 2>/dev/null | head -n 1)" ]'
     probe = host.run(
         f"mkdir -p -- {q(remote.dir)} && cd -- {q(remote.dir)} && mkdir -p project data encoders inputs || exit 90\n"
-        f"echo @@dir; pwd\necho @@rsync; command -v rsync\n" + state_script(remote)
+        f"echo @@dir; pwd\necho @@rsync; command -v rsync\n"
+        + state_script(remote)
         + ("" if force else f"if {non_empty}; then exit 0; fi\n")  # refused below: no need to start Python
-        + f"echo @@python\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1\necho \"@@python_rc\n$?\"\n",
+        + f'echo @@python\n{exports(env)}{q(python)} -c {q(DESCRIBE)} 2>&1\necho "@@python_rc\n$?"\n',
         check=False,
     )
     if probe.returncode == 90:
-        raise RemoteError(f"cannot create or enter {remote.dir} on {host}: {last_lines(probe.stderr)}; choose another --remote-dir")
+        raise RemoteError(
+            f"cannot create or enter {remote.dir} on {host}: {last_lines(probe.stderr)}; choose another --remote-dir"
+        )
     sections = parse_sections(probe.stdout)
     try:
         previous = read_state(host, remote, sections)
     except RemoteError:
         previous = None  # nothing there yet
     if previous and previous["state"] in ("running", "starting"):
-        raise RemoteError(f"{host}:{remote.from_home} is already {previous['state']} (pid {previous['pid']}); follow it with `ser remote monitor`, or choose another --out")
+        raise RemoteError(
+            f"{host}:{remote.from_home} is already {previous['state']} (pid {previous['pid']}); follow it with `ser "
+            "remote monitor`, or choose another --out"
+        )
     if sections.get("run_entries") and not force:
-        raise RemoteError(f"{host}:{remote.from_home} exists and is not empty; choose another --out, or pass --force to replace it")
+        raise RemoteError(
+            f"{host}:{remote.from_home} exists and is not empty; choose another --out, or pass --force to replace it"
+        )
     if not sections.get("rsync"):
-        raise RemoteError(f"rsync is not installed on {host}; install it there (Debian/Ubuntu: sudo apt-get install rsync)")
+        raise RemoteError(
+            f"rsync is not installed on {host}; install it there (Debian/Ubuntu: sudo apt-get install rsync)"
+        )
     remote_python = decode_python(host, python, sections.get("python", ""), int(sections.get("python_rc") or 1))
     absolute_dir = sections["dir"]
     report(f"  python {remote_python['python']} at {remote_python['executable']}")
@@ -405,7 +424,9 @@ def launch(
             inputs[option] = str(value)  # a built-in schema name or inline JSON
 
     # 3. install or check
-    package = ensure_package(host, remote_python, python=python, remote_dir=remote.dir, root=root, install=install, env=env, report=report)
+    package = ensure_package(
+        host, remote_python, python=python, remote_dir=remote.dir, root=root, install=install, env=env, report=report
+    )
 
     # 4. start detached
     argv = [python, "-c", SER, "train", remote_data, "--encoder", remote_encoder, "--out", remote.run]
@@ -443,7 +464,15 @@ PROJECT_FILTERS = (
 
 
 def ensure_package(
-    host: Host, remote_python: dict, *, python: str, remote_dir: str, root: Path | None, install: str, env: Mapping[str, str], report: Report
+    host: Host,
+    remote_python: dict,
+    *,
+    python: str,
+    remote_dir: str,
+    root: Path | None,
+    install: str,
+    env: Mapping[str, str],
+    report: Report,
 ) -> dict:
     """Check the host's speech_emotion against this one; pip install the synced source if needed."""
     local = describe_python()
@@ -454,18 +483,34 @@ def ensure_package(
         reason = f"its source at {remote_python['location']} differs from this one ({local['location']})"
     if install == "never" or (install == "auto" and reason is None):
         if install == "never" and "error" in remote_python:
-            raise RemoteError(f"speech_emotion does not import with {python} on {host}: {remote_python['error']}; launch with --install auto to install it")
+            raise RemoteError(
+                f"speech_emotion does not import with {python} on {host}: {remote_python['error']}; launch with "
+                "--install auto to install it"
+            )
         if reason:
             report(f"  warning: speech_emotion on {host}: {reason} (--install never: left as is)")
         else:
-            report(f"checked speech_emotion {remote_python['version']} on {host}: imports from {remote_python['location']}, same source as here")
-        return {"action": "checked", "version": remote_python.get("version"), "location": remote_python.get("location"), "same_source": reason is None}
+            report(
+                f"checked speech_emotion {remote_python['version']} on {host}: imports from "
+                f"{remote_python['location']}, same source as here"
+            )
+        return {
+            "action": "checked",
+            "version": remote_python.get("version"),
+            "location": remote_python.get("location"),
+            "same_source": reason is None,
+        }
     if root is None:
         raise RemoteError(
-            f"cannot install speech_emotion on {host}: this copy ({local['location']}) is not a source checkout to sync; "
-            f"install it there yourself (pip install speech-emotion=={local['version']}) and launch with --install never"
+            f"cannot install speech_emotion on {host}: this copy ({local['location']}) is not a source checkout to "
+            "sync; "
+            f"install it there yourself (pip install speech-emotion=={local['version']}) and launch with --install "
+            "never"
         )
-    report(f"installing speech_emotion on {host} ({reason or '--install always'}): {python} -m pip install {remote_dir}/project")
+    report(
+        f"installing speech_emotion on {host} ({reason or '--install always'}): {python} -m pip install "
+        f"{remote_dir}/project"
+    )
     q = shlex.quote
     done = host.run(
         f"cd -- {q(remote_dir)} || exit 90\n{exports(env)}"
@@ -475,7 +520,10 @@ def ensure_package(
     if done.returncode != 0:
         hint = ""
         if "externally-managed" in done.stdout:
-            hint = "; that Python is managed by the system: create a virtual environment there and pass its python with --python"
+            hint = (
+                "; that Python is managed by the system: create a virtual environment there and pass its python "
+                "with --python"
+            )
         raise RemoteError(f"pip install on {host} failed (exit {done.returncode}): {last_lines(done.stdout, 12)}{hint}")
     after = probe_python(host, remote_dir=remote_dir, python=python, env=env)
     if "error" in after or after.get("fingerprint") != local["fingerprint"]:
@@ -485,15 +533,23 @@ def ensure_package(
             f"an editable install or PYTHONPATH there shadows it"
         )
     report(f"  installed speech_emotion {after['version']} at {after['location']}")
-    return {"action": "installed", "version": after.get("version"), "location": after.get("location"), "same_source": True}
+    return {
+        "action": "installed",
+        "version": after.get("version"),
+        "location": after.get("location"),
+        "same_source": True,
+    }
 
 
-def start(host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str], env: Mapping[str, str], report: Report) -> int:
+def start(
+    host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str], env: Mapping[str, str], report: Report
+) -> int:
     """Write ``RUN.job/run.sh`` and start it in its own session (``setsid nohup``); return its pid."""
     q = shlex.quote
     job = remote.job
     run_sh = (
-        f"#!/bin/sh\n# Started by `ser remote launch` from {socket.gethostname()} at {time.strftime('%Y-%m-%d %H:%M:%S %z')}.\n"
+        f"#!/bin/sh\n# Started by `ser remote launch` from {socket.gethostname()} at "
+        f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}.\n"
         f"cd -- {q(absolute_dir)} || exit 1\n"
         f"date +%s > {q(job + '/started')}\n"
         f"export PYTHONUNBUFFERED=1\n{exports(env)}"
@@ -501,9 +557,16 @@ def start(host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str],
         f"code=$?\n"
         f"date +%s > {q(job + '/ended')}\n"
         f"if [ -d {q(remote.run)} ]; then cp -- {q(job + '/train.log')} {q(remote.run + '/train.log')}; fi\n"
-        f"echo \"$code\" > {q(job + '/exit_code.tmp')} && mv -- {q(job + '/exit_code.tmp')} {q(job + '/exit_code')}\n"
+        f'echo "$code" > {q(job + "/exit_code.tmp")} && mv -- {q(job + "/exit_code.tmp")} {q(job + "/exit_code")}\n'
     )
-    job_json = json.dumps({"command": list(argv), "env": dict(env), "launched_from": socket.gethostname(), "launched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    job_json = json.dumps(
+        {
+            "command": list(argv),
+            "env": dict(env),
+            "launched_from": socket.gethostname(),
+            "launched_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+    )
     script = (
         f"set -e\ncd -- {q(absolute_dir)}\nrm -rf -- {q(job)}\nmkdir -p -- {q(job)}\n"
         f"cat > {q(job + '/run.sh')} <<'SER_REMOTE_EOF'\n{run_sh}SER_REMOTE_EOF\n"
@@ -512,7 +575,8 @@ def start(host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str],
         f"$detach nohup sh {q(job + '/run.sh')} > /dev/null 2>&1 < /dev/null &\n"
         f"pid=$!\necho $pid > {q(job + '/pid')}\n"
         # Return only once the job leads its own session, so the end of this ssh session cannot reach it.
-        f"if [ -n \"$detach\" ]; then i=0; while [ $i -lt 100 ] && [ \"$(ps -o sid= -p $pid 2>/dev/null | tr -d ' ')\" != \"$pid\" ] "
+        'if [ -n "$detach" ]; then i=0; while [ $i -lt 100 ] && [ "$(ps -o sid= -p $pid 2>/dev/null | tr -d \' \')" '
+        '!= "$pid" ] '
         f"&& kill -0 $pid 2>/dev/null; do sleep 0.05; i=$((i+1)); done; fi\n"
         f"echo @@pid\necho $pid\n"
     )
@@ -555,20 +619,25 @@ def monitor_script(run: RemoteRun, python: str, *, follow: bool = True) -> str:
     metrics, pid_file, exit_file = q(run.run + "/metrics.jsonl"), q(run.job + "/pid"), q(run.job + "/exit_code")
     find_monitor = (  # a file check: importing speech_emotion just to look would take seconds
         "import importlib.util, pathlib, sys; spec = importlib.util.find_spec('speech_emotion'); "
-        f"sys.exit(not (spec and any((pathlib.Path(p) / {MONITOR_FILE!r}).is_file() for p in spec.submodule_search_locations or ())))"
+        f"sys.exit(not (spec and any((pathlib.Path(p) / {MONITOR_FILE!r}).is_file() for p in "
+        "spec.submodule_search_locations or ())))"
     )
     formatter = f"{q(python)} -u -c {q(FORMAT_LINES)}"
     where = f"{run.run} under {run.remote_dir}"
     return (
         f"cd -- {q(run.dir)} || {{ echo {q(f'no folder {run.dir} on this host; check --remote-dir')} >&2; exit 3; }}\n"
-        f"if [ ! -d {q(run.run)} ] && [ ! -d {q(run.job)} ]; then echo {q(f'no run {where} (neither {run.run}/ nor {run.job}/); check RUN and --remote-dir')} >&2; exit 3; fi\n"
-        f"if [ ! -d {q(run.run)} ] && [ -f {exit_file} ]; then printf '%s%s%s\\n' 'the job ended with exit code ' \"$(cat -- {exit_file})\" "
+        f"if [ ! -d {q(run.run)} ] && [ ! -d {q(run.job)} ]; then echo "
+        f"{q(f'no run {where} (neither {run.run}/ nor {run.job}/); check RUN and --remote-dir')} >&2; exit 3; fi\n"
+        f"if [ ! -d {q(run.run)} ] && [ -f {exit_file} ]; then printf '%s%s%s\\n' 'the job ended with exit code ' "
+        f'"$(cat -- {exit_file})" '
         f"{q(f' before creating {run.run}/; `ser remote status` shows the end of its log')} >&2; exit 1; fi\n"
-        f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor {q(run.run)}{'' if follow else ' --no-follow'}; fi\n"
-        f"echo \"(ser monitor is not available on this host: following {run.run}/metrics.jsonl)\" >&2\n"
+        f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor "
+        f"{q(run.run)}{'' if follow else ' --no-follow'}; fi\n"
+        f'echo "(ser monitor is not available on this host: following {run.run}/metrics.jsonl)" >&2\n'
         f"pid=$(cat -- {pid_file} 2>/dev/null)\n"
-        f"if {'false' if follow else 'true'} || [ -f {exit_file} ] || [ -z \"$pid\" ] || ! kill -0 \"$pid\" 2>/dev/null; then cat -- {metrics} | {formatter}; exit; fi\n"
-        f"tail -n +1 -F --pid=\"$pid\" -- {metrics} 2>/dev/null | {formatter}\n"
+        f'if {"false" if follow else "true"} || [ -f {exit_file} ] || [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; '
+        f"then cat -- {metrics} | {formatter}; exit; fi\n"
+        f'tail -n +1 -F --pid="$pid" -- {metrics} 2>/dev/null | {formatter}\n'
     )
 
 
@@ -603,5 +672,7 @@ def monitor(
     args = host.ssh_args(tty=tty) + [f"sh -c {shlex.quote(script)}"]
     done = subprocess.run(args, capture_output=capture, text=True)
     if done.returncode == 255:
-        raise RemoteError(f"ssh {host}: monitor failed: {last_lines(done.stderr) if capture else 'see the message above'}")
+        raise RemoteError(
+            f"ssh {host}: monitor failed: {last_lines(done.stderr) if capture else 'see the message above'}"
+        )
     return done

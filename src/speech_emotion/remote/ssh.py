@@ -47,7 +47,10 @@ class Host:
 
     def __post_init__(self) -> None:
         if not self.target or self.target.startswith("-") or any(c.isspace() for c in self.target):
-            raise ValueError(f"host {self.target!r}: expected an ssh config name, host or user@host (no spaces, not starting with '-')")
+            raise ValueError(
+                f"host {self.target!r}: expected an ssh config name, host or user@host (no spaces, not starting with "
+                "'-')"
+            )
         for option in self.options:
             if "=" not in option:
                 raise ValueError(f"ssh option {option!r}: expected Key=Value, e.g. StrictHostKeyChecking=accept-new")
@@ -85,13 +88,17 @@ class Host:
         """
         require_tool("ssh", "openssh-client")
         try:
-            done = subprocess.run(self.ssh_args() + ["sh", "-s"], input=script, capture_output=True, text=True, timeout=timeout)
+            done = subprocess.run(
+                self.ssh_args() + ["sh", "-s"], input=script, capture_output=True, text=True, timeout=timeout
+            )
         except subprocess.TimeoutExpired:
             raise RemoteError(f"ssh {self}: no answer within {timeout:.0f} s") from None
         if done.returncode == 255:
             raise RemoteError(connection_error(self, done.stderr))
         if check and done.returncode != 0:
-            raise RemoteError(f"on {self}: command failed with exit code {done.returncode}: {last_lines(done.stderr or done.stdout)}")
+            raise RemoteError(
+                f"on {self}: command failed with exit code {done.returncode}: {last_lines(done.stderr or done.stdout)}"
+            )
         return done
 
     def remote_path(self, path: str) -> str:
@@ -128,7 +135,10 @@ def require_tool(name: str, package: str) -> str:
     """The path of a local program, or a clear error saying which package provides it."""
     path = shutil.which(name)
     if path is None:
-        raise RemoteError(f"`{name}` not found on this machine; install it (Debian/Ubuntu: apt-get install {package}, macOS: brew install {package})")
+        raise RemoteError(
+            f"`{name}` not found on this machine; install it (Debian/Ubuntu: apt-get install {package}, macOS: brew "
+            f"install {package})"
+        )
     return path
 
 
@@ -147,12 +157,19 @@ class SyncStats:
         return self.n_files - self.n_transferred
 
     def to_dict(self) -> dict:
-        return {"n_files": self.n_files, "n_transferred": self.n_transferred, "n_skipped": self.n_skipped,
-                "total_bytes": self.total_bytes, "transferred_bytes": self.transferred_bytes}
+        return {
+            "n_files": self.n_files,
+            "n_transferred": self.n_transferred,
+            "n_skipped": self.n_skipped,
+            "total_bytes": self.total_bytes,
+            "transferred_bytes": self.transferred_bytes,
+        }
 
     def __str__(self) -> str:
-        return (f"{self.n_files} files ({format_bytes(self.total_bytes)}): {self.n_transferred} sent "
-                f"({format_bytes(self.transferred_bytes)}), {self.n_skipped} already there")
+        return (
+            f"{self.n_files} files ({format_bytes(self.total_bytes)}): {self.n_transferred} sent "
+            f"({format_bytes(self.transferred_bytes)}), {self.n_skipped} already there"
+        )
 
 
 def format_bytes(n: int) -> str:
@@ -225,5 +242,7 @@ def rsync(host: Host, source: str, destination: str, *, delete: bool = False, fi
             hint = f"; install rsync on {host.target} (Debian/Ubuntu: apt-get install rsync)"
         elif done.returncode == 255 or "connection unexpectedly closed" in done.stderr:
             raise RemoteError(connection_error(host, done.stderr))
-        raise RemoteError(f"rsync {source} → {destination} failed (exit {done.returncode}): {last_lines(done.stderr)}{hint}")
+        raise RemoteError(
+            f"rsync {source} → {destination} failed (exit {done.returncode}): {last_lines(done.stderr)}{hint}"
+        )
     return parse_rsync_stats(done.stdout)

@@ -53,14 +53,23 @@ CONFIG_ENV = "SER_SERVE_CONFIG"
 MULTIPART_SLACK = 64 * 1024
 """Bytes a request body may exceed ``max_bytes`` by, for multipart boundaries and headers."""
 
-_STATUS_CODES = {400: "bad_request", 404: "not_found", 405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 422: "invalid_request", 503: "busy"}
+_STATUS_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    503: "busy",
+}
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
     for status, description in {
         400: "Empty upload, missing field 'file', malformed body.",
         413: "Upload larger than max_bytes, or clip longer than max_duration.",
         415: "Not an accepted audio format (or a non-audio content type).",
-        422: "Audio that does not decode into usable samples (corrupt, truncated, NaN, silent, too short), or an invalid query parameter.",
+        422: "Audio that does not decode into usable samples (corrupt, truncated, NaN, silent, too short), or an "
+        "invalid query parameter.",
         503: "Too many requests waiting; retry later.",
     }.items()
 }
@@ -112,7 +121,8 @@ def create_app(
     app = FastAPI(
         title="speech-emotion",
         summary=f"Speech emotion recognition with model {model_name!r}.",
-        description="POST audio to /predict (multipart field `file`, or the raw body). The page at / does it from a browser.",
+        description="POST audio to /predict (multipart field `file`, or the raw body). The page at / does it from a "
+        "browser.",
         lifespan=lifespan,
     )
     app.state.predictor = predictor
@@ -129,19 +139,37 @@ def create_app(
     @app.post("/predict", response_model=Prediction, response_model_exclude_none=True, responses=_ERROR_RESPONSES)
     async def predict(
         request: Request,
-        file: Annotated[UploadFile | None, File(description="The audio file (WAV, FLAC, Ogg Vorbis/Opus, MP3). Or send it as the raw body.")] = None,
+        file: Annotated[
+            UploadFile | None,
+            File(description="The audio file (WAV, FLAC, Ogg Vorbis/Opus, MP3). Or send it as the raw body."),
+        ] = None,
         timeline: Annotated[bool, Query(description="Also predict over sliding windows (for long audio).")] = False,
-        window: Annotated[float | None, Query(gt=0, description="Timeline window in seconds (default: the timeline's).")] = None,
-        hop: Annotated[float | None, Query(gt=0, description="Timeline hop in seconds (default: the timeline's).")] = None,
-        vad: Annotated[bool, Query(description="Timeline: cut windows inside detected speech only (false: over the whole clip).")] = True,
+        window: Annotated[
+            float | None, Query(gt=0, description="Timeline window in seconds (default: the timeline's).")
+        ] = None,
+        hop: Annotated[
+            float | None, Query(gt=0, description="Timeline hop in seconds (default: the timeline's).")
+        ] = None,
+        vad: Annotated[
+            bool, Query(description="Timeline: cut windows inside detected speech only (false: over the whole clip).")
+        ] = True,
     ) -> dict:
         """Predict the emotion of one clip."""
         data, filename = await _read_upload(request, file)
         tokens = limiter()
         if tokens.available_tokens == 0 and tokens.statistics().tasks_waiting >= limits.max_queue:
-            raise UploadError(503, "busy", f"{tokens.statistics().tasks_waiting} requests are already waiting (max_queue={limits.max_queue}); retry shortly")
-        timeline_args = {k: v for k, v in {"window": window, "hop": hop, "vad": vad}.items() if v is not None} if timeline else None
-        result = await anyio.to_thread.run_sync(_infer, predictor, limits, data, filename, timeline_args, limiter=tokens)
+            raise UploadError(
+                503,
+                "busy",
+                f"{tokens.statistics().tasks_waiting} requests are already waiting (max_queue={limits.max_queue}); "
+                "retry shortly",
+            )
+        timeline_args = (
+            {k: v for k, v in {"window": window, "hop": hop, "vad": vad}.items() if v is not None} if timeline else None
+        )
+        result = await anyio.to_thread.run_sync(
+            _infer, predictor, limits, data, filename, timeline_args, limiter=tokens
+        )
         result["model"] = model_name
         return result
 
@@ -186,12 +214,21 @@ async def _read_upload(request: Request, file: UploadFile | None) -> tuple[bytes
         if file is None:
             form = await request.form()
             fields = ", ".join(repr(k) for k in form.keys()) or "none"
-            raise UploadError(400, "missing_file", f"the multipart body has no file field 'file' (fields sent: {fields}); send the audio as field 'file'")
+            raise UploadError(
+                400,
+                "missing_file",
+                f"the multipart body has no file field 'file' (fields sent: {fields}); send the audio as field 'file'",
+            )
         filename = file.filename or "file"
         check_content_type(file.content_type, what=f"field 'file' ({filename})")
         return await file.read(), filename
     if media_type == "application/x-www-form-urlencoded":
-        raise UploadError(415, "unsupported_media_type", "a url-encoded form cannot carry audio; send multipart/form-data with field 'file', or the raw file as the body")
+        raise UploadError(
+            415,
+            "unsupported_media_type",
+            "a url-encoded form cannot carry audio; send multipart/form-data with field 'file', or the raw file as the "
+            "body",
+        )
     check_content_type(content_type, what="body")
     return await request.body(), "body"
 
@@ -208,13 +245,21 @@ def _infer(predictor, limits: ServeLimits, data: bytes, filename: str, timeline_
         if timeline_args is not None:
             predict_timeline = _timeline_function()
             try:
-                segments = [Segment(**segment).model_dump() for segment in predict_timeline(predictor, path, **timeline_args)]
+                segments = [
+                    Segment(**segment).model_dump() for segment in predict_timeline(predictor, path, **timeline_args)
+                ]
             except ImportError as error:  # an optional dependency of the timeline (the VAD) is missing
-                raise UploadError(501, "not_implemented", f"timeline=1 is not available on this server: {error}") from None
+                raise UploadError(
+                    501, "not_implemented", f"timeline=1 is not available on this server: {error}"
+                ) from None
             except AudioError as error:
-                raise UploadError(422, "unreadable_audio", f"{filename}: {error.reason.replace(str(path), filename)}") from None
+                raise UploadError(
+                    422, "unreadable_audio", f"{filename}: {error.reason.replace(str(path), filename)}"
+                ) from None
             except ValueError as error:
-                raise UploadError(422, "invalid_request", f"timeline: {str(error).replace(str(path), filename)}") from None
+                raise UploadError(
+                    422, "invalid_request", f"timeline: {str(error).replace(str(path), filename)}"
+                ) from None
             result["segments"] = segments
     return result
 
@@ -223,7 +268,11 @@ def _timeline_function():
     try:
         from speech_emotion.inference.timeline import predict_timeline
     except ImportError as error:
-        raise UploadError(501, "not_implemented", f"timeline=1 is not available in this installation ({error}); upgrade speech-emotion") from None
+        raise UploadError(
+            501,
+            "not_implemented",
+            f"timeline=1 is not available in this installation ({error}); upgrade speech-emotion",
+        ) from None
     return predict_timeline
 
 
@@ -243,10 +292,15 @@ class _BodyLimit:
             try:
                 n_bytes = int(declared)
             except ValueError:
-                await _error_response(400, "bad_request", f"Content-Length {declared.decode(errors='replace')!r} is not a number")(scope, receive, send)
+                await _error_response(
+                    400, "bad_request", f"Content-Length {declared.decode(errors='replace')!r} is not a number"
+                )(scope, receive, send)
                 return
             if n_bytes > self.max_body:
-                message = f"request body of {n_bytes} bytes is more than this server's limit of {self.max_body} bytes; send a shorter or compressed clip"
+                message = (
+                    f"request body of {n_bytes} bytes is more than this server's limit of {self.max_body} bytes; "
+                    "send a shorter or compressed clip"
+                )
                 await _error_response(413, "too_large", message)(scope, receive, send)
                 return
         received = 0
@@ -257,7 +311,11 @@ class _BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
-                    raise _BodyTooLarge(413, f"request body passed this server's limit of {self.max_body} bytes; send a shorter or compressed clip")
+                    raise _BodyTooLarge(
+                        413,
+                        f"request body passed this server's limit of {self.max_body} bytes; send a shorter or "
+                        "compressed clip",
+                    )
             return message
 
         await self.app(scope, limited_receive, send)
@@ -279,7 +337,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         if error.status_code == 404:
             detail = f"no route {request.url.path}; the API is POST /predict, GET /health, GET /model (see /docs)"
         elif error.status_code == 405:
-            detail = f"{request.method} is not allowed on {request.url.path}; see /docs for the methods each route takes"
+            detail = (
+                f"{request.method} is not allowed on {request.url.path}; see /docs for the methods each route takes"
+            )
         elif error.status_code == 400:
             detail = "malformed request body" if detail == "There was an error parsing the body" else detail.rstrip(".")
             detail += "; send multipart/form-data with the audio in field 'file', or the raw file as the body"
@@ -291,7 +351,11 @@ def _add_error_handlers(app: FastAPI) -> None:
         for item in error.errors():
             location = item.get("loc", ())
             if tuple(location[:2]) == ("body", "file"):
-                return _error_response(400, "missing_file", "field 'file' must be a file upload (a form part with a filename), not a text value")
+                return _error_response(
+                    400,
+                    "missing_file",
+                    "field 'file' must be a file upload (a form part with a filename), not a text value",
+                )
             where = " ".join(str(part) for part in location) or "request"
             problems.append(f"{where}: {item.get('msg', 'invalid')}")
         return _error_response(422, "invalid_request", "; ".join(problems))
@@ -299,7 +363,9 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, error: Exception) -> JSONResponse:
         # Starlette re-raises after this answer is sent, so the server logs the traceback.
-        return _error_response(500, "internal", f"{type(error).__name__}: the server failed on this request; it keeps serving others")
+        return _error_response(
+            500, "internal", f"{type(error).__name__}: the server failed on this request; it keeps serving others"
+        )
 
 
 def _model_name(predictor) -> str:
@@ -365,16 +431,31 @@ def run_server(
         from speech_emotion.model.bundle import load_bundle
 
         load_bundle(model)
-        os.environ[CONFIG_ENV] = json.dumps({
-            "model": str(model), "limits": limits.to_dict(), "encoder": encoder, "allow_encoder_mismatch": allow_encoder_mismatch,
-        })
+        os.environ[CONFIG_ENV] = json.dumps(
+            {
+                "model": str(model),
+                "limits": limits.to_dict(),
+                "encoder": encoder,
+                "allow_encoder_mismatch": allow_encoder_mismatch,
+            }
+        )
         import inspect
 
         # Each worker loads the model before it answers uvicorn's health check (5 s by default in
         # the uvicorn versions that have one): give it time, or workers are killed and restarted forever.
-        slow_start = {"timeout_worker_healthcheck": 600} if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters else {}
+        slow_start = (
+            {"timeout_worker_healthcheck": 600}
+            if "timeout_worker_healthcheck" in inspect.signature(uvicorn.run).parameters
+            else {}
+        )
         uvicorn.run(
-            "speech_emotion.serving.app:create_app_from_env", factory=True, host=host, port=port, workers=workers, log_level=log_level, **slow_start,
+            "speech_emotion.serving.app:create_app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=log_level,
+            **slow_start,
         )
         return
     app = create_app(model, limits=limits, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
@@ -390,4 +471,7 @@ class _EchoPredictor:
         self.bundle = type("Bundle", (), {"meta": {}, "path": Path("echo")})()
 
     def predict(self, signals, *, min_confidence=None):
-        return [{"label": self.classes[0], "probabilities": {c: float(i == 0) for i, c in enumerate(self.classes)}} for _ in signals]
+        return [
+            {"label": self.classes[0], "probabilities": {c: float(i == 0) for i, c in enumerate(self.classes)}}
+            for _ in signals
+        ]

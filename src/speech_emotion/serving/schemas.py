@@ -21,7 +21,9 @@ class Prediction(BaseModel):
     probabilities: dict[str, float] = Field(description="Probability of every class, in the model's class order.")
     duration: float = Field(description="Duration of the decoded clip in seconds.")
     model: str = Field(description="Name of the model that answered.")
-    segments: list[Segment] | None = Field(default=None, description="Only with ?timeline=1: predictions over sliding windows.")
+    segments: list[Segment] | None = Field(
+        default=None, description="Only with ?timeline=1: predictions over sliding windows."
+    )
 
 
 class ErrorBody(BaseModel):
@@ -48,7 +50,9 @@ class ModelInfo(BaseModel):
     classes: list[str] = Field(description="Class names in index order.")
     encoder: EncoderInfo
     metrics: dict = Field(description="Metrics recorded in model.json at training (validation and test speakers).")
-    protocol: str | None = Field(default=None, description="Evaluation protocol of the metrics, e.g. 'speaker-disjoint'.")
+    protocol: str | None = Field(
+        default=None, description="Evaluation protocol of the metrics, e.g. 'speaker-disjoint'."
+    )
 
 
 class Health(BaseModel):
@@ -58,4 +62,6 @@ class Health(BaseModel):
     model: str
     in_flight: int = Field(description="Inferences running now.")
     waiting: int = Field(description="Requests waiting for a turn.")
-    limits: dict = Field(description="max_bytes, max_duration (s), min_duration (s), formats, max_concurrent, max_queue.")
+    limits: dict = Field(
+        description="max_bytes, max_duration (s), min_duration (s), formats, max_concurrent, max_queue."
+    )

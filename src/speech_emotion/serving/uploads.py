@@ -76,7 +76,10 @@ class ServeLimits:
         if self.max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
         if not 0 < self.min_duration <= self.max_duration:
-            raise ValueError(f"expected 0 < min_duration <= max_duration, got min_duration={self.min_duration}, max_duration={self.max_duration}")
+            raise ValueError(
+                f"expected 0 < min_duration <= max_duration, got min_duration={self.min_duration}, "
+                f"max_duration={self.max_duration}"
+            )
         if self.max_concurrent < 1:
             raise ValueError(f"max_concurrent must be at least 1, got {self.max_concurrent}")
         if self.max_queue < 0:
@@ -102,7 +105,9 @@ def parse_formats(formats: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
         raise ValueError(f"formats: expected at least one of {', '.join(KNOWN_FORMATS)}, got {formats!r}")
     for item in parsed:
         if item not in KNOWN_FORMATS:
-            raise ValueError(f"formats: {item!r} is not a format the server can decode; choose from {', '.join(KNOWN_FORMATS)}")
+            raise ValueError(
+                f"formats: {item!r} is not a format the server can decode; choose from {', '.join(KNOWN_FORMATS)}"
+            )
     return parsed
 
 
@@ -145,7 +150,8 @@ def check_content_type(content_type: str | None, *, what: str = "body") -> None:
         >>> check_content_type("text/plain")
         Traceback (most recent call last):
         ...
-        speech_emotion.errors.UploadError: body: content type 'text/plain' is not audio; send audio/* or application/octet-stream (the format is read from the file's bytes)
+        speech_emotion.errors.UploadError: body: content type 'text/plain' is not audio; send audio/* or
+        application/octet-stream (the format is read from the file's bytes)
     """
     if not content_type:
         return
@@ -153,8 +159,10 @@ def check_content_type(content_type: str | None, *, what: str = "body") -> None:
     if media_type.startswith("audio/") or media_type in AUDIO_CONTENT_TYPES:
         return
     raise UploadError(
-        415, "unsupported_media_type",
-        f"{what}: content type {media_type!r} is not audio; send audio/* or application/octet-stream (the format is read from the file's bytes)",
+        415,
+        "unsupported_media_type",
+        f"{what}: content type {media_type!r} is not audio; send audio/* or application/octet-stream (the format is "
+        "read from the file's bytes)",
     )
 
 
@@ -167,15 +175,31 @@ def check_format(data: bytes, limits: ServeLimits, *, filename: str = "upload") 
     if not data:
         raise UploadError(400, "empty", f"{filename}: empty upload (0 bytes); send the audio file's bytes")
     if len(data) > limits.max_bytes:
-        raise UploadError(413, "too_large", f"{filename}: {len(data)} bytes, more than this server's limit of {limits.max_bytes} bytes; send a shorter or compressed clip")
+        raise UploadError(
+            413,
+            "too_large",
+            f"{filename}: {len(data)} bytes, more than this server's limit of {limits.max_bytes} bytes; send a shorter "
+            "or compressed clip",
+        )
     fmt = sniff_format(data)
     accepted = ", ".join(limits.formats)
     if fmt is None:
-        raise UploadError(415, "unsupported_format", f"{filename}: not a recognised audio file (first bytes {data[:8]!r}); send one of: {accepted}")
+        raise UploadError(
+            415,
+            "unsupported_format",
+            f"{filename}: not a recognised audio file (first bytes {data[:8]!r}); send one of: {accepted}",
+        )
     if fmt in ("webm", "mp4"):
-        raise UploadError(415, "unsupported_format", f"{filename}: {fmt} audio cannot be decoded here; convert it to one of: {accepted} (the web page converts microphone recordings to WAV)")
+        raise UploadError(
+            415,
+            "unsupported_format",
+            f"{filename}: {fmt} audio cannot be decoded here; convert it to one of: {accepted} (the web page converts "
+            "microphone recordings to WAV)",
+        )
     if fmt not in limits.formats:
-        raise UploadError(415, "unsupported_format", f"{filename}: {fmt} is not accepted by this server; send one of: {accepted}")
+        raise UploadError(
+            415, "unsupported_format", f"{filename}: {fmt} is not accepted by this server; send one of: {accepted}"
+        )
     return fmt
 
 
@@ -200,9 +224,18 @@ def upload_on_disk(data: bytes, limits: ServeLimits, *, filename: str = "upload"
             info = sf.info(str(path))
         except Exception as error:  # libsndfile raises several types for bad headers
             detail = _first_line(error).replace(str(path), filename)
-            raise UploadError(422, "unreadable_audio", f"{filename}: cannot read the {fmt} header ({detail}); is the file corrupt or truncated?") from None
+            raise UploadError(
+                422,
+                "unreadable_audio",
+                f"{filename}: cannot read the {fmt} header ({detail}); is the file corrupt or truncated?",
+            ) from None
         if info.samplerate > 0 and info.frames / info.samplerate > limits.max_duration:
-            raise UploadError(413, "too_long", f"{filename}: {info.frames / info.samplerate:.1f} s long, more than this server's limit of {limits.max_duration:g} s; send a shorter clip")
+            raise UploadError(
+                413,
+                "too_long",
+                f"{filename}: {info.frames / info.samplerate:.1f} s long, more than this server's limit of "
+                f"{limits.max_duration:g} s; send a shorter clip",
+            )
         yield path
     finally:
         path.unlink(missing_ok=True)
@@ -222,7 +255,12 @@ def decode_file(path: Path, limits: ServeLimits, *, filename: str = "upload") ->
         raise UploadError(422, "unreadable_audio", f"{filename}: {reason}") from None
     duration = len(signal) / SAMPLING_RATE
     if duration > limits.max_duration:
-        raise UploadError(413, "too_long", f"{filename}: {duration:.1f} s long, more than this server's limit of {limits.max_duration:g} s; send a shorter clip")
+        raise UploadError(
+            413,
+            "too_long",
+            f"{filename}: {duration:.1f} s long, more than this server's limit of {limits.max_duration:g} s; send a "
+            "shorter clip",
+        )
     return signal
 
 

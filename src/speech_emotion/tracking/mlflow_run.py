@@ -48,7 +48,8 @@ def _mlflow():
     except ImportError as error:
         raise ImportError(
             f"--tracking-uri needs MLflow, which is not installed ({error}); install it with "
-            f"`pip install 'speech-emotion[all]'` (or `pip install {MLFLOW_PIN}`), or drop --tracking-uri / unset MLFLOW_TRACKING_URI"
+            f"`pip install 'speech-emotion[all]'` (or `pip install {MLFLOW_PIN}`), or drop --tracking-uri / unset "
+            "MLFLOW_TRACKING_URI"
         ) from None
     return MlflowClient, Metric, Param, RunStatus
 
@@ -123,22 +124,33 @@ class MlflowTracker:
                 self.client.update_run(self.run_id, status="RUNNING")
                 history = self.client.get_metric_history(self.run_id, "train_loss")
                 self._logged_epochs = {int(m.step) for m in history}
-                log.info("MLflow: resuming run %s at %s (%d epochs logged)", self.run_id, self.uri, len(self._logged_epochs))
+                log.info(
+                    "MLflow: resuming run %s at %s (%d epochs logged)", self.run_id, self.uri, len(self._logged_epochs)
+                )
                 return self.run_id
             experiment = self.client.get_experiment_by_name(self.experiment)
             experiment_id = experiment.experiment_id if experiment else self.client.create_experiment(self.experiment)
-            created = self.client.create_run(experiment_id, run_name=self.run.name, tags={"speech_emotion.run_folder": str(self.run.resolve())})
+            created = self.client.create_run(
+                experiment_id, run_name=self.run.name, tags={"speech_emotion.run_folder": str(self.run.resolve())}
+            )
             self.run_id = created.info.run_id
-            write_json(self.run / TRACKING_FILE, {"uri": self.uri, "run_id": self.run_id, "experiment": self.experiment, "experiment_id": experiment_id})
+            write_json(
+                self.run / TRACKING_FILE,
+                {"uri": self.uri, "run_id": self.run_id, "experiment": self.experiment, "experiment_id": experiment_id},
+            )
             params = [self._Param(k, v) for k, v in flatten_params(config).items()]
             for start in range(0, len(params), 100):  # MLflow takes at most 100 params per batch
                 self.client.log_batch(self.run_id, params=params[start : start + 100])
         except MlflowException as error:
-            raise TrackingError(f"MLflow tracking at {self.uri}: {error.message}; check --tracking-uri (or MLFLOW_TRACKING_URI), "
-                                "or drop it to train without tracking") from None
+            raise TrackingError(
+                f"MLflow tracking at {self.uri}: {error.message}; check --tracking-uri (or MLFLOW_TRACKING_URI), "
+                "or drop it to train without tracking"
+            ) from None
         except OSError as error:
-            raise TrackingError(f"MLflow tracking at {self.uri} cannot be reached ({error}); start the server, "
-                                "fix --tracking-uri, or drop it to train without tracking") from None
+            raise TrackingError(
+                f"MLflow tracking at {self.uri} cannot be reached ({error}); start the server, "
+                "fix --tracking-uri, or drop it to train without tracking"
+            ) from None
         log.info("MLflow: run %s in experiment %r at %s", self.run_id, self.experiment, self.uri)
         return self.run_id
 
@@ -157,7 +169,11 @@ class MlflowTracker:
         if not isinstance(epoch, int) or epoch in self._logged_epochs:
             return
         timestamp = int(time.time() * 1000)
-        metrics = [self._Metric(name, float(record[name]), timestamp, epoch) for name in EPOCH_METRICS if isinstance(record.get(name), (int, float))]
+        metrics = [
+            self._Metric(name, float(record[name]), timestamp, epoch)
+            for name in EPOCH_METRICS
+            if isinstance(record.get(name), (int, float))
+        ]
         try:
             self.client.log_batch(self.run_id, metrics=metrics)
         except Exception as error:  # a network blip must not end an hour of training
@@ -169,13 +185,25 @@ class MlflowTracker:
         """Log final metrics and the run folder's reports and bundle as artifacts; mark the run FINISHED."""
         timestamp = int(time.time() * 1000)
         final = {"best_epoch": results.get("best_epoch")}
-        for part, prefix in (("val", "best_val"), ("test", "test")):  # best_val_*: not to mix with the per-epoch val_* series
+        for part, prefix in (
+            ("val", "best_val"),
+            ("test", "test"),
+        ):  # best_val_*: not to mix with the per-epoch val_* series
             for name in ("accuracy", "uar", "macro_f1"):
                 final[f"{prefix}_{name}"] = (results.get(part) or {}).get(name)
         final["temperature"] = (results.get("calibration") or {}).get("temperature")
         metrics = [self._Metric(k, float(v), timestamp, 0) for k, v in final.items() if isinstance(v, (int, float))]
         self.client.log_batch(self.run_id, metrics=metrics)
-        for name in ("config.json", "labels.json", "split.json", "skipped.json", "results.json", "metrics.jsonl", "predictions.csv", "report.html"):
+        for name in (
+            "config.json",
+            "labels.json",
+            "split.json",
+            "skipped.json",
+            "results.json",
+            "metrics.jsonl",
+            "predictions.csv",
+            "report.html",
+        ):
             if (self.run / name).is_file():
                 self.client.log_artifact(self.run_id, str(self.run / name))
         if (self.run / "report").is_dir():

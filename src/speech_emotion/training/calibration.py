@@ -6,7 +6,8 @@ Example:
     >>> y = np.array([0, 1, 1, 0])
     >>> t = fit_temperature(logits, y); t > 1.0   # over-confident logits get softened
     True
-    >>> round(expected_calibration_error(softmax(logits / t), y), 3) < round(expected_calibration_error(softmax(logits), y), 3)
+    >>> after = expected_calibration_error(softmax(logits / t), y)
+    >>> round(after, 3) < round(expected_calibration_error(softmax(logits), y), 3)
     True
 """
 
@@ -48,8 +49,15 @@ def reliability(probabilities: np.ndarray, y: np.ndarray, n_bins: int = N_BINS) 
     for low, high in zip(edges[:-1], edges[1:]):
         inside = (confidence > low) & (confidence <= high)
         if inside.any():
-            bins.append({"low": float(low), "high": float(high), "n": int(inside.sum()),
-                         "confidence": float(confidence[inside].mean()), "accuracy": float(correct[inside].mean())})
+            bins.append(
+                {
+                    "low": float(low),
+                    "high": float(high),
+                    "n": int(inside.sum()),
+                    "confidence": float(confidence[inside].mean()),
+                    "accuracy": float(correct[inside].mean()),
+                }
+            )
     return bins
 
 

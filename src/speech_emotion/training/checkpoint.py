@@ -87,23 +87,26 @@ def save_checkpoint(folder: str | Path, state: TrainingState, *, meta: dict) -> 
     payload = save_tensors(tensors, metadata={"format": FORMAT})
     stem = checkpoint_name(state.epoch)
     write_bytes(folder / f"{stem}.safetensors", payload)
-    write_json(folder / f"{stem}.json", {
-        "format": FORMAT,
-        "version": VERSION,
-        "epoch": state.epoch,
-        "tensors": f"{stem}.safetensors",
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "history": state.history,
-        "best_score": state.best_score,
-        "best_epoch": state.best_epoch,
-        "stale": state.stale,
-        "stopped": state.stopped,
-        "alarms": state.alarms,
-        "has_best": state.best_model is not None,
-        "optimizer_scalars": optimizer_scalars,
-        "rng": {"torch": _encode_rng(state.torch_rng), "generator": _encode_rng(state.generator_rng)},
-        "meta": meta,
-    })
+    write_json(
+        folder / f"{stem}.json",
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "epoch": state.epoch,
+            "tensors": f"{stem}.safetensors",
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "history": state.history,
+            "best_score": state.best_score,
+            "best_epoch": state.best_epoch,
+            "stale": state.stale,
+            "stopped": state.stopped,
+            "alarms": state.alarms,
+            "has_best": state.best_model is not None,
+            "optimizer_scalars": optimizer_scalars,
+            "rng": {"torch": _encode_rng(state.torch_rng), "generator": _encode_rng(state.generator_rng)},
+            "meta": meta,
+        },
+    )
     for path in folder.iterdir():
         match = _NAME.match(path.name)
         if match and int(match.group(1)) < state.epoch:
@@ -133,10 +136,15 @@ def load_checkpoint(folder: str | Path) -> tuple[TrainingState, dict] | None:
             log.warning("%s: unreadable checkpoint (%s); trying an older one", path, error)
             continue
         if record.get("format") != FORMAT or not isinstance(record.get("version"), int) or record["version"] > VERSION:
-            raise ValueError(f"{path}: not a checkpoint this speech-emotion reads (format {record.get('format')!r}, "
-                             f"version {record.get('version')!r}; expected {FORMAT!r} ≤ {VERSION}); delete {folder} to train from epoch 1")
+            raise ValueError(
+                f"{path}: not a checkpoint this speech-emotion reads (format {record.get('format')!r}, "
+                f"version {record.get('version')!r}; expected {FORMAT!r} ≤ {VERSION}); delete {folder} to train from "
+                "epoch 1"
+            )
         if hashlib.sha256(payload).hexdigest() != record["sha256"]:
-            log.warning("%s: tensors do not match the recorded sha256; trying an older checkpoint", folder / record["tensors"])
+            log.warning(
+                "%s: tensors do not match the recorded sha256; trying an older checkpoint", folder / record["tensors"]
+            )
             continue
         tensors = load_tensors(payload)
         optimizer_state: dict[int, dict] = {}
@@ -155,7 +163,9 @@ def load_checkpoint(folder: str | Path) -> tuple[TrainingState, dict] | None:
             stopped=record["stopped"],
             alarms=record["alarms"],
             model={k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("model/")},
-            best_model={k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("best/")} if record["has_best"] else None,
+            best_model={k.split("/", 1)[1]: v for k, v in tensors.items() if k.startswith("best/")}
+            if record["has_best"]
+            else None,
             optimizer={"state": {i: optimizer_state[i] for i in sorted(optimizer_state)}},
             torch_rng=_decode_rng(record["rng"]["torch"]),
             generator_rng=_decode_rng(record["rng"]["generator"]),

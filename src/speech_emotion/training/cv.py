@@ -56,10 +56,22 @@ def cross_validate(
     if out is not None:
         out = Path(out)
         prepare_run_folder(out, force)
-        write_json(out / "config.json", {"speech_emotion": __version__, "data": str(Path(data).resolve()), "encoder": encoder,
-                                         "folds": folds, "labels": labels, "corpus": corpus, "train": config.to_dict()})
+        write_json(
+            out / "config.json",
+            {
+                "speech_emotion": __version__,
+                "data": str(Path(data).resolve()),
+                "encoder": encoder,
+                "folds": folds,
+                "labels": labels,
+                "corpus": corpus,
+                "train": config.to_dict(),
+            },
+        )
     with progress("decoding audio", None) as advance:
-        dataset = load_dataset(data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
+        dataset = load_dataset(
+            data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance
+        )
     splits = leave_speakers_out(dataset.speakers, folds, seed=config.seed)
     for split in splits:
         check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths)
@@ -74,18 +86,20 @@ def cross_validate(
         for k, split in enumerate(splits, start=1):
             _, results = fit_and_score(X, dataset.y, split, classes, config)
             test = results["test"]
-            fold_results.append({
-                "fold": k,
-                "test_speakers": split.speakers["test"],
-                "val_speakers": split.speakers["val"],
-                **{m: test[m] for m in METRICS},
-                "n": test["n"],
-                "best_epoch": results["best_epoch"],
-                "temperature": results["calibration"]["temperature"],
-                "ece_before": results["calibration"]["ece_test_before"],
-                "ece_after": results["calibration"]["ece_test_after"],
-                "confusion": test["confusion"],
-            })
+            fold_results.append(
+                {
+                    "fold": k,
+                    "test_speakers": split.speakers["test"],
+                    "val_speakers": split.speakers["val"],
+                    **{m: test[m] for m in METRICS},
+                    "n": test["n"],
+                    "best_epoch": results["best_epoch"],
+                    "temperature": results["calibration"]["temperature"],
+                    "ece_before": results["calibration"]["ece_test_before"],
+                    "ece_after": results["calibration"]["ece_test_after"],
+                    "confusion": test["confusion"],
+                }
+            )
             advance(1)
     summary = {
         "protocol": f"leave-speakers-out, {folds} folds" + (" + speaker-norm" if config.speaker_norm else ""),

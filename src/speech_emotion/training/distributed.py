@@ -74,11 +74,15 @@ def current_world(environ: Mapping[str, str] | None = None) -> World:
         local_rank = int(environ.get("LOCAL_RANK", str(rank)))
     except ValueError:
         raise ValueError(
-            f"WORLD_SIZE={environ.get('WORLD_SIZE')!r}, RANK={environ.get('RANK')!r}, LOCAL_RANK={environ.get('LOCAL_RANK')!r}: "
+            f"WORLD_SIZE={environ.get('WORLD_SIZE')!r}, RANK={environ.get('RANK')!r}, "
+            f"LOCAL_RANK={environ.get('LOCAL_RANK')!r}: "
             "expected integers (as torchrun sets them); unset them to run in one process"
         ) from None
     if size < 1 or not 0 <= rank < size or local_rank < 0:
-        raise ValueError(f"RANK={rank}, WORLD_SIZE={size}: expected 0 <= RANK < WORLD_SIZE; launch with `torchrun --nproc-per-node K`")
+        raise ValueError(
+            f"RANK={rank}, WORLD_SIZE={size}: expected 0 <= RANK < WORLD_SIZE; launch with `torchrun --nproc-per-node "
+            "K`"
+        )
     return World(rank=rank, size=size, local_rank=local_rank)
 
 

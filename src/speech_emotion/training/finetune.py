@@ -139,8 +139,10 @@ def load_finetune_encoder(resolved: dict, n: int, world: World | None = None) ->
 
     reference = resolved["encoder"]
     if str(reference).strip().lower() == "egemaps":
-        raise ValueError("--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
-                         "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone")
+        raise ValueError(
+            "--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
+            "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone"
+        )
     path = resolved.get("encoder_path")
     encoder = load_encoder(path if path and Path(path).exists() else reference, device=str((world or World()).device))
     encoder.top_layers(n)  # checks n against the number of layers
@@ -181,11 +183,21 @@ class FrozenStates:
     def batch(self, rows: Sequence[int]) -> FrozenBatch:
         """The clips ``rows`` as a :class:`FrozenBatch` (frozen statistics: all but the top layers')."""
         n_frozen = self.pooled.shape[1] - self.top
-        return FrozenBatch([self.states[i] for i in rows], [self.windows[i] for i in rows], self.pooled[list(rows), :n_frozen])
+        return FrozenBatch(
+            [self.states[i] for i in rows], [self.windows[i] for i in rows], self.pooled[list(rows), :n_frozen]
+        )
 
 
-def frozen_states_for(encoder: "Encoder", signals: Sequence[np.ndarray], world: World | None = None, *, top: int,
-                      hashes: Sequence[str] | None = None, store=None, progress: Callable[[int], None] | None = None) -> FrozenStates:
+def frozen_states_for(
+    encoder: "Encoder",
+    signals: Sequence[np.ndarray],
+    world: World | None = None,
+    *,
+    top: int,
+    hashes: Sequence[str] | None = None,
+    store=None,
+    progress: Callable[[int], None] | None = None,
+) -> FrozenStates:
     """The cached inputs of the top ``top`` layers and the pooled features of ``signals``, the same on every rank.
 
     With ``store`` and ``hashes`` (an encoder whose fingerprint matches its weights): each rank
@@ -201,10 +213,16 @@ def frozen_states_for(encoder: "Encoder", signals: Sequence[np.ndarray], world: 
     if store is None or hashes is None:
         computed = encoder.frozen_states(signals, top=top, progress=progress)
         states = [np.ascontiguousarray(frames, dtype=np.float16) for frames, _ in computed]
-        pooled = np.stack([vector for _, vector in computed]) if computed else np.zeros((0, encoder.n_layers, encoder.dim), np.float32)
+        pooled = (
+            np.stack([vector for _, vector in computed])
+            if computed
+            else np.zeros((0, encoder.n_layers, encoder.dim), np.float32)
+        )
         return FrozenStates(top, states, windows, pooled)
     rows = list(range(world.rank, len(signals), world.size))
-    mine = extract_frame_states(encoder, [signals[i] for i in rows], [hashes[i] for i in rows], store, top=top, progress=progress)
+    mine = extract_frame_states(
+        encoder, [signals[i] for i in rows], [hashes[i] for i in rows], store, top=top, progress=progress
+    )
     if world.size == 1:
         return FrozenStates(top, mine[0], windows, mine[1])
     barrier(world)
@@ -222,7 +240,9 @@ class FinetuneModel(nn.Module):
         batch_seconds: padded audio seconds per encoder forward pass.
     """
 
-    def __init__(self, encoder: "Encoder", head: EmotionHead, *, top: int | None = None, batch_seconds: float | None = None):
+    def __init__(
+        self, encoder: "Encoder", head: EmotionHead, *, top: int | None = None, batch_seconds: float | None = None
+    ):
         super().__init__()
         self.encoder_module = encoder.module
         self.head = head
@@ -235,9 +255,14 @@ class FinetuneModel(nn.Module):
         :class:`FrozenBatch` through the top layers alone."""
         if isinstance(batch, FrozenBatch):
             if self._top is None:
-                raise ValueError("FinetuneModel: a FrozenBatch needs top=N (the number of trained layers) at construction")
-            return self.head(self._encoder.top_pooled_features(batch.states, batch.windows, batch.frozen, top=self._top,
-                                                               batch_seconds=self._batch_seconds))
+                raise ValueError(
+                    "FinetuneModel: a FrozenBatch needs top=N (the number of trained layers) at construction"
+                )
+            return self.head(
+                self._encoder.top_pooled_features(
+                    batch.states, batch.windows, batch.frozen, top=self._top, batch_seconds=self._batch_seconds
+                )
+            )
         return self.head(self._encoder.pooled_features(batch, batch_seconds=self._batch_seconds))
 
 
@@ -268,8 +293,15 @@ class FinetuneResult:
     val_logits: np.ndarray | None = None
 
 
-def sharded_features(encoder: "Encoder", signals: Sequence[np.ndarray], world: World, *, hashes: Sequence[str] | None = None, store=None,
-                     progress: Callable[[int], None] | None = None) -> np.ndarray:
+def sharded_features(
+    encoder: "Encoder",
+    signals: Sequence[np.ndarray],
+    world: World,
+    *,
+    hashes: Sequence[str] | None = None,
+    store=None,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
     """Pooled features ``(n, n_layers, dim)`` of ``signals``, each rank encoding every K-th clip.
 
     The ranks' rows are summed into one array (every other entry is 0, so the sum is exact):
@@ -377,16 +409,30 @@ def fit_finetune(
     if config.finetune < 1:
         raise ValueError(f"fit_finetune needs config.finetune >= 1 (top layers to train), got {config.finetune}")
     if config.batch_size < world.size or config.batch_size % world.size:
-        raise ValueError(f"batch_size={config.batch_size} must be a multiple of the number of processes ({world.size}): each takes "
-                         f"batch_size / {world.size} clips of every batch; pass --batch-size {max(1, config.batch_size // world.size) * world.size}")
+        raise ValueError(
+            f"batch_size={config.batch_size} must be a multiple of the number of processes ({world.size}): each takes "
+            f"batch_size / {world.size} clips of every batch; pass --batch-size "
+            f"{max(1, config.batch_size // world.size) * world.size}"
+        )
     if not len(train_signals) or not len(val_signals):
-        raise ValueError(f"fine-tuning needs training and validation clips, got {len(train_signals)} and {len(val_signals)}")
+        raise ValueError(
+            f"fine-tuning needs training and validation clips, got {len(train_signals)} and {len(val_signals)}"
+        )
     y_train, y_val = np.asarray(y_train, dtype=np.int64), np.asarray(y_val, dtype=np.int64)
     device = encoder.device
 
     torch.manual_seed(config.seed)
-    head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=n_classes, hidden=config.hidden, dropout=config.dropout,
-                                  hf_compatible=config.hf_compatible, mixing=config.mixing))
+    head = EmotionHead(
+        HeadConfig(
+            n_layers=encoder.n_layers,
+            dim=encoder.dim,
+            n_classes=n_classes,
+            hidden=config.hidden,
+            dropout=config.dropout,
+            hf_compatible=config.hf_compatible,
+            mixing=config.mixing,
+        )
+    )
     parts = {"train": y_train, "val": y_val}
     alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
     for part, y in parts.items():
@@ -402,13 +448,22 @@ def fit_finetune(
             frozen = frozen_states_for(encoder, train_signals, world, top=config.finetune)
         if val_frozen is None:
             val_frozen = frozen_states_for(encoder, val_signals, world, top=config.finetune)
-        if len(frozen.states) != len(train_signals) or len(val_frozen.states) != len(val_signals) or config.finetune not in (frozen.top, val_frozen.top):
-            raise ValueError(f"frozen states: expected {len(train_signals)} training and {len(val_signals)} validation clips for top-{config.finetune}, "
-                             f"got {len(frozen.states)} and {len(val_frozen.states)} for top-{frozen.top}/top-{val_frozen.top}")
+        if (
+            len(frozen.states) != len(train_signals)
+            or len(val_frozen.states) != len(val_signals)
+            or config.finetune not in (frozen.top, val_frozen.top)
+        ):
+            raise ValueError(
+                f"frozen states: expected {len(train_signals)} training and {len(val_signals)} validation clips for "
+                f"top-{config.finetune}, "
+                f"got {len(frozen.states)} and {len(val_frozen.states)} for top-{frozen.top}/top-{val_frozen.top}"
+            )
         if scaler_features is None:
             scaler_features = frozen.pooled
         else:  # the frozen layers' statistics come from the pretrained features given (the feature store's)
-            frozen = FrozenStates(frozen.top, frozen.states, frozen.windows, np.asarray(scaler_features, dtype=np.float32))
+            frozen = FrozenStates(
+                frozen.top, frozen.states, frozen.windows, np.asarray(scaler_features, dtype=np.float32)
+            )
     if scaler_features is None:
         scaler_features = sharded_features(encoder, train_signals, world)
     head.fit_scaler(torch.from_numpy(np.ascontiguousarray(scaler_features, dtype=np.float32)))
@@ -420,19 +475,36 @@ def fit_finetune(
     if world.size > 1:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     encoder_parameters = [p for p in encoder.module.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([
-        {"params": [p for p in head.parameters() if p.requires_grad], "lr": config.lr, "weight_decay": config.weight_decay},
-        {"params": encoder_parameters, "lr": config.encoder_lr, "weight_decay": 0.0},
-    ])
+    optimizer = torch.optim.AdamW(
+        [
+            {
+                "params": [p for p in head.parameters() if p.requires_grad],
+                "lr": config.lr,
+                "weight_decay": config.weight_decay,
+            },
+            {"params": encoder_parameters, "lr": config.encoder_lr, "weight_decay": 0.0},
+        ]
+    )
     weights = class_weights(y_train, n_classes)
     weight_of = torch.tensor(weights, dtype=torch.float32, device=device)
     targets = torch.from_numpy(y_train).to(device)
-    sampler = DistributedSampler(range(len(train_signals)), num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed)
+    sampler = DistributedSampler(
+        range(len(train_signals)), num_replicas=world.size, rank=world.rank, shuffle=True, seed=config.seed
+    )
     local_batch = config.batch_size // world.size
     if world.is_main:
-        log.info("fine-tuning the top %d layer(s) of %s: %d encoder tensors (%d values) at lr %g, head at lr %g; %d process(es), %d clips each per step",
-                 config.finetune, encoder.reference, len(encoder_parameters), sum(p.numel() for p in encoder_parameters), config.encoder_lr,
-                 config.lr, world.size, local_batch)
+        log.info(
+            "fine-tuning the top %d layer(s) of %s: %d encoder tensors (%d values) at lr %g, head at lr %g; %d "
+            "process(es), %d clips each per step",
+            config.finetune,
+            encoder.reference,
+            len(encoder_parameters),
+            sum(p.numel() for p in encoder_parameters),
+            config.encoder_lr,
+            config.lr,
+            world.size,
+            local_batch,
+        )
 
     history: list[dict] = []
     best_uar, best_epoch, stale = -1.0, 0, 0
@@ -450,7 +522,10 @@ def fit_finetune(
             weight = weight_of[target]
             weighted = (weight * nn.functional.cross_entropy(logits, target, reduction="none")).sum()
             # Global normalisation: this batch's weight sum over all ranks; DDP then averages gradients over K.
-            sums = all_reduce_sum(torch.tensor([float(weight.sum()), float(weighted.detach()), float(len(rows))], dtype=torch.float64), world)
+            sums = all_reduce_sum(
+                torch.tensor([float(weight.sum()), float(weighted.detach()), float(len(rows))], dtype=torch.float64),
+                world,
+            )
             loss = weighted * (world.size / float(sums[0]))
             optimizer.zero_grad()
             loss.backward()
@@ -458,20 +533,28 @@ def fit_finetune(
             total += float(sums[1] / sums[0]) * float(sums[2])
             seen += float(sums[2])
         record = {"epoch": epoch, "train_loss": total / seen}
-        val_logits = cached_logits(model, val_frozen, world) if use_cache else sharded_logits(encoder, head, val_signals, world)
+        val_logits = (
+            cached_logits(model, val_frozen, world) if use_cache else sharded_logits(encoder, head, val_signals, world)
+        )
         metrics = classification_metrics(y_val, val_logits.argmax(axis=1), classes)
-        val_loss = nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(y_val), weight=torch.tensor(weights, dtype=torch.float32))
+        val_loss = nn.functional.cross_entropy(
+            torch.from_numpy(val_logits), torch.from_numpy(y_val), weight=torch.tensor(weights, dtype=torch.float32)
+        )
         record |= {"val_loss": float(val_loss), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
         record["seconds"] = round(time.perf_counter() - started, 2)
         close_epoch(record, history, alarms, on_epoch=on_epoch, stop_on_alarm=config.stop_on_alarm)
         improved = record["val_uar"] > best_uar
         stop = not improved and stale + 1 >= config.patience
-        improved, stop = (bool(v) for v in broadcast(torch.tensor([improved, stop], dtype=torch.int64), world).tolist())  # rank 0 decides
+        improved, stop = (
+            bool(v) for v in broadcast(torch.tensor([improved, stop], dtype=torch.int64), world).tolist()
+        )  # rank 0 decides
         if improved:
             best_uar, best_epoch, stale = record["val_uar"], epoch, 0
             best_state = {
                 "head": copy.deepcopy(head.state_dict()),
-                "encoder": {name: p.detach().clone() for name, p in encoder.module.named_parameters() if p.requires_grad},
+                "encoder": {
+                    name: p.detach().clone() for name, p in encoder.module.named_parameters() if p.requires_grad
+                },
             }
         else:
             stale += 1
@@ -522,30 +605,50 @@ def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encod
         raise
     saved = load_encoder(str(target))
     meta = copy.deepcopy(meta)
-    meta["encoder"] = meta["encoder"] | {"bundled": ENCODER_FOLDER, "path": None, "base_fingerprint": meta["encoder"].get("fingerprint"),
-                                         "fingerprint": saved.fingerprint}
+    meta["encoder"] = meta["encoder"] | {
+        "bundled": ENCODER_FOLDER,
+        "path": None,
+        "base_fingerprint": meta["encoder"].get("fingerprint"),
+        "fingerprint": saved.fingerprint,
+    }
     meta["preprocessing"] = saved.preprocessing
     save_bundle(folder, head.to("cpu"), meta)
     return meta
 
 
-def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress, on_epoch: Callable[[dict], None] | None, world: World,
-                 encoder: "Encoder | None" = None) -> dict:
+def run_finetune(
+    out: Path,
+    resolved: dict,
+    status,
+    tracker,
+    *,
+    store,
+    progress,
+    on_epoch: Callable[[dict], None] | None,
+    world: World,
+    encoder: "Encoder | None" = None,
+) -> dict:
     """The fine-tune branch of ``train``: decode, split, fine-tune, score, write the run folder (rank 0).
 
     Every rank runs it; only rank 0 writes. Returns the contents of ``results.json``.
     """
+    from speech_emotion.atomic import append_line
     from speech_emotion.features.store import FeatureStore
     from speech_emotion.reports import build_report
-    from speech_emotion.training.run import bundle_meta, prepare_data, write_predictions, _with_status, _pause_at
-    from speech_emotion.atomic import append_line
+    from speech_emotion.training.run import _pause_at, _with_status, bundle_meta, prepare_data, write_predictions
 
     started = time.perf_counter()
     config = TrainConfig(**resolved["train"])
     if encoder is None:
         encoder = load_finetune_encoder(resolved, config.finetune, world)
-    base = {"reference": resolved["encoder"], "path": resolved.get("encoder_path"), "family": encoder.family,
-            "fingerprint": encoder.fingerprint, "n_layers": encoder.n_layers, "dim": encoder.dim}
+    base = {
+        "reference": resolved["encoder"],
+        "path": resolved.get("encoder_path"),
+        "family": encoder.family,
+        "fingerprint": encoder.fingerprint,
+        "n_layers": encoder.n_layers,
+        "dim": encoder.dim,
+    }
     tracked = _with_status(progress, status, _pause_at())
     dataset, split = prepare_data(out, resolved, status, tracked, write=world.is_main)
     classes = list(dataset.schema.classes)
@@ -560,28 +663,48 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
     train_rows, val_rows = parts["train"], parts["val"]
     store = store if store is not None else FeatureStore()
     frozen = val_frozen = None
-    if encoder.can_run_top:  # one pass over training and validation clips: pooled features and the top layers' input, cached
+    if (
+        encoder.can_run_top
+    ):  # one pass over training and validation clips: pooled features and the top layers' input, cached
         rows = train_rows + val_rows
         share = len(range(world.rank, len(rows), world.size))
         status.stage("encoding", total=share)
         with tracked(f"encoding ({encoder.family}, pretrained; top-{config.finetune} inputs cached)", share) as advance:
-            cached = frozen_states_for(encoder, [signals[i] for i in rows], world, top=config.finetune, hashes=[dataset.hashes[i] for i in rows],
-                                       store=store, progress=advance)
+            cached = frozen_states_for(
+                encoder,
+                [signals[i] for i in rows],
+                world,
+                top=config.finetune,
+                hashes=[dataset.hashes[i] for i in rows],
+                store=store,
+                progress=advance,
+            )
         n_train = len(train_rows)
         frozen = FrozenStates(cached.top, cached.states[:n_train], cached.windows[:n_train], cached.pooled[:n_train])
-        val_frozen = FrozenStates(cached.top, cached.states[n_train:], cached.windows[n_train:], cached.pooled[n_train:])
+        val_frozen = FrozenStates(
+            cached.top, cached.states[n_train:], cached.windows[n_train:], cached.pooled[n_train:]
+        )
         scaler_features = frozen.pooled
     else:
         status.stage("encoding", total=len(range(world.rank, len(train_rows), world.size)))
-        with tracked(f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))) as advance:
-            scaler_features = sharded_features(encoder, [signals[i] for i in train_rows], world, hashes=[dataset.hashes[i] for i in train_rows],
-                                               store=store, progress=advance)
+        with tracked(
+            f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))
+        ) as advance:
+            scaler_features = sharded_features(
+                encoder,
+                [signals[i] for i in train_rows],
+                world,
+                hashes=[dataset.hashes[i] for i in train_rows],
+                store=store,
+                progress=advance,
+            )
     encoded = time.perf_counter()
 
     metrics_file = out / "metrics.jsonl"
     status.stage("training", total=config.max_epochs, epoch=0, max_epochs=config.max_epochs, best_epoch=None)
 
     with progress(f"fine-tuning (top-{config.finetune})", config.max_epochs) as advance:
+
         def record_epoch(record: dict) -> None:
             if world.is_main:
                 append_line(metrics_file, record)
@@ -592,9 +715,21 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
                     on_epoch(record)
             advance(1)
 
-        fit = fit_finetune(encoder, [signals[i] for i in train_rows], dataset.y[train_rows], [signals[i] for i in val_rows], dataset.y[val_rows],
-                           n_classes=len(classes), config=config, classes=classes, scaler_features=scaler_features, world=world,
-                           on_epoch=record_epoch, frozen=frozen, val_frozen=val_frozen)
+        fit = fit_finetune(
+            encoder,
+            [signals[i] for i in train_rows],
+            dataset.y[train_rows],
+            [signals[i] for i in val_rows],
+            dataset.y[val_rows],
+            n_classes=len(classes),
+            config=config,
+            classes=classes,
+            scaler_features=scaler_features,
+            world=world,
+            on_epoch=record_epoch,
+            frozen=frozen,
+            val_frozen=val_frozen,
+        )
     trained = time.perf_counter()
     status.update(best_epoch=fit.best_epoch)
 
@@ -622,7 +757,8 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
             "trainable_values": int(sum(p.numel() for n, p in encoder.module.named_parameters() if n in trainable)),
             "processes": world.size,
             "device": str(encoder.device),
-            "cached_states": frozen is not None,  # the top layers alone ran in each step, on float16 states from the feature store
+            "cached_states": frozen
+            is not None,  # the top layers alone ran in each step, on float16 states from the feature store
         },
     }
     for name, part_logits in logits.items():
@@ -631,15 +767,21 @@ def run_finetune(out: Path, resolved: dict, status, tracker, *, store, progress,
         results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(part_logits), y)
         results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(part_logits / temperature), y)
     seconds = [r["seconds"] for r in fit.history]
-    results["timing"] = {"encode_s": round(encoded - started, 2), "train_s": round(trained - encoded, 2),
-                         "epoch_s": round(float(np.mean(seconds)), 2), "total_s": None}
+    results["timing"] = {
+        "encode_s": round(encoded - started, 2),
+        "train_s": round(trained - encoded, 2),
+        "epoch_s": round(float(np.mean(seconds)), 2),
+        "total_s": None,
+    }
     if not world.is_main:
         return results
 
     meta = bundle_meta(dataset, split, config, results, encoder=base, preprocessing=encoder.preprocessing)
     meta = save_finetuned_bundle(out / "model", fit.head, encoder, meta)
     encoder.fingerprint = meta["encoder"]["fingerprint"]  # the weights it now holds, as saved
-    all_logits = np.zeros((len(dataset), len(classes)), dtype=np.float32)  # train rows stay 0: only val/test rows are written
+    all_logits = np.zeros(
+        (len(dataset), len(classes)), dtype=np.float32
+    )  # train rows stay 0: only val/test rows are written
     for name, part_logits in logits.items():
         all_logits[parts[name]] = part_logits
     write_predictions(out / "predictions.csv", dataset, split, all_logits, classes)

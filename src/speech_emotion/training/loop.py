@@ -14,7 +14,8 @@ Example:
     >>> rng = np.random.default_rng(0)
     >>> y = np.repeat([0, 1], 40)
     >>> X = rng.normal(size=(80, 2, 4)).astype("float32"); X[:, :, 0] += 6 * y[:, None]
-    >>> fit = fit_head(X[::2], y[::2], X[1::2], y[1::2], n_classes=2, config=TrainConfig(max_epochs=30, hidden=8, lr=1e-2))
+    >>> config = TrainConfig(max_epochs=30, hidden=8, lr=1e-2)
+    >>> fit = fit_head(X[::2], y[::2], X[1::2], y[1::2], n_classes=2, config=config)
     >>> fit.history[fit.best_epoch - 1]["val_uar"] > 0.9
     True
 """
@@ -32,7 +33,15 @@ from torch import nn
 
 from speech_emotion.model.head import EmotionHead, HeadConfig
 from speech_emotion.training.metrics import classification_metrics
-from speech_emotion.training.sanity import Alarm, check_encoded_labels, check_epoch, check_output_size, check_predictions, check_split_classes, raise_errors
+from speech_emotion.training.sanity import (
+    Alarm,
+    check_encoded_labels,
+    check_epoch,
+    check_output_size,
+    check_predictions,
+    check_split_classes,
+    raise_errors,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,29 +70,48 @@ class TrainConfig:
     seed: int = 0
     speaker_norm: bool = False  # standardise features per speaker (needs the speaker's other clips at inference)
     mixing: str = "concat"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
-    hf_compatible: bool = False  # linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0; implies mixing="softmax")
-    stop_on_alarm: bool = True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
+    # A linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0; implies
+    # mixing="softmax").
+    hf_compatible: bool = False
+    stop_on_alarm: bool = (
+        True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
+    )
     finetune: int = 0  # > 0: the top N transformer layers of the encoder train with the head (training/finetune.py)
     encoder_lr: float | None = None  # learning rate of the unfrozen layers; None with finetune: lr * ENCODER_LR_FACTOR
-    mixup: float = 0.0  # > 0: Beta(mixup, mixup) mixup of training features and labels (MIXUP_COPIES per example); 0: off
+    mixup: float = (
+        0.0  # > 0: Beta(mixup, mixup) mixup of training features and labels (MIXUP_COPIES per example); 0: off
+    )
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + ("auto",):
             raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)} or auto, got {self.optimizer!r}")
         if self.hf_compatible and self.hidden:
-            raise ValueError(f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}")
+            raise ValueError(
+                f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}"
+            )
         if self.finetune < 0:
-            raise ValueError(f"finetune: expected the number of top encoder layers to train (0: none), got {self.finetune}")
+            raise ValueError(
+                f"finetune: expected the number of top encoder layers to train (0: none), got {self.finetune}"
+            )
         if self.finetune and self.speaker_norm:
-            raise ValueError("finetune with speaker_norm: per-speaker standardisation needs fixed features; drop --speaker-norm to fine-tune")
+            raise ValueError(
+                "finetune with speaker_norm: per-speaker standardisation needs fixed features; drop --speaker-norm to "
+                "fine-tune"
+            )
         if self.finetune and self.optimizer == "lbfgs":
-            raise ValueError("finetune needs mini-batch steps (optimizer adamw): the encoder cannot run on the whole training set at once")
+            raise ValueError(
+                "finetune needs mini-batch steps (optimizer adamw): the encoder cannot run on the whole training set "
+                "at once"
+            )
         if self.optimizer == "auto":
             object.__setattr__(self, "optimizer", "lbfgs" if not self.hidden and not self.finetune else "adamw")
         if self.finetune and self.encoder_lr is None:
             object.__setattr__(self, "encoder_lr", self.lr * ENCODER_LR_FACTOR)
         if not 0 <= self.mixup < float("inf"):
-            raise ValueError(f"mixup: expected the Beta distribution's alpha (a finite number > 0) or 0 for no mixup, got {self.mixup}")
+            raise ValueError(
+                "mixup: expected the Beta distribution's alpha (a finite number > 0) or 0 for no mixup, got "
+                f"{self.mixup}"
+            )
         if self.mixup and self.finetune:
             raise ValueError("mixup mixes pooled features, which fine-tuning does not have: drop --mixup or --finetune")
         if self.encoder_lr is not None and not self.encoder_lr > 0:
@@ -169,11 +197,23 @@ def fit_head(
     """
     classes = classes or [str(i) for i in range(n_classes)]
     if config.finetune:
-        raise ValueError(f"fit_head trains a head on fixed features, but config.finetune={config.finetune}: fine-tuning the encoder "
-                         "needs its clips, not features (speech_emotion.training.finetune.fit_finetune, or `ser train --finetune`)")
+        raise ValueError(
+            f"fit_head trains a head on fixed features, but config.finetune={config.finetune}: fine-tuning the encoder "
+            "needs its clips, not features (speech_emotion.training.finetune.fit_finetune, or `ser train --finetune`)"
+        )
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = EmotionHead(HeadConfig(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes, hidden=config.hidden, dropout=config.dropout, hf_compatible=config.hf_compatible, mixing=config.mixing))
+    head = EmotionHead(
+        HeadConfig(
+            n_layers=X_train.shape[1],
+            dim=X_train.shape[2],
+            n_classes=n_classes,
+            hidden=config.hidden,
+            dropout=config.dropout,
+            hf_compatible=config.hf_compatible,
+            mixing=config.mixing,
+        )
+    )
     parts = {"train": y_train} | ({"val": y_val} if y_val is not None else {})
     alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
     for part, y in parts.items():
@@ -187,15 +227,27 @@ def fit_head(
     if config.mixup:
         X, y = mixup(X, y, n_classes=n_classes, alpha=config.mixup, copies=MIXUP_COPIES, seed=config.seed)
     loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay) if config.optimizer == "adamw" else None
+    optimizer = (
+        torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+        if config.optimizer == "adamw"
+        else None
+    )
     Xv = torch.from_numpy(np.ascontiguousarray(X_val, dtype=np.float32)) if X_val is not None else None
 
     history, best_state, best_uar, best_epoch, stale, stopped, first = [], None, -1.0, 0, 0, False, 1
     if resume is not None:
         head.load_state_dict(resume.model)
         if optimizer is not None:
-            optimizer.load_state_dict({"state": resume.optimizer["state"], "param_groups": optimizer.state_dict()["param_groups"]})
-        history, best_uar, best_epoch, stale, stopped = list(resume.history), resume.best_score, resume.best_epoch, resume.stale, resume.stopped
+            optimizer.load_state_dict(
+                {"state": resume.optimizer["state"], "param_groups": optimizer.state_dict()["param_groups"]}
+            )
+        history, best_uar, best_epoch, stale, stopped = (
+            list(resume.history),
+            resume.best_score,
+            resume.best_epoch,
+            resume.stale,
+            resume.stopped,
+        )
         best_state = resume.best_model
         alarms = [Alarm(**a) for a in resume.alarms]  # the checks above ran again and gave the same
         torch.set_rng_state(resume.torch_rng)
@@ -216,7 +268,11 @@ def fit_head(
                 logits = head(Xv)
             val_pred = logits.argmax(dim=1).numpy()
             metrics = classification_metrics(y_val, val_pred, classes)
-            record |= {"val_loss": float(loss_fn(logits, torch.from_numpy(np.asarray(y_val))).item()), "val_accuracy": metrics["accuracy"], "val_uar": metrics["uar"]}
+            record |= {
+                "val_loss": float(loss_fn(logits, torch.from_numpy(np.asarray(y_val))).item()),
+                "val_accuracy": metrics["accuracy"],
+                "val_uar": metrics["uar"],
+            }
         close_epoch(record, history, alarms, on_epoch=on_epoch, stop_on_alarm=config.stop_on_alarm)
         score = record.get("val_uar", -record["train_loss"])
         if score > best_uar:
@@ -227,11 +283,22 @@ def fit_head(
             stopped = Xv is not None and stale >= config.patience
         stopped = stopped or converged
         if on_checkpoint:
-            on_checkpoint(TrainingState(
-                epoch=epoch, history=history, best_score=best_uar, best_epoch=best_epoch, stale=stale, stopped=stopped,
-                alarms=[a.to_dict() for a in alarms], model=head.state_dict(), best_model=best_state, optimizer=optimizer.state_dict() if optimizer else {"state": {}, "param_groups": []},
-                torch_rng=torch.get_rng_state(), generator_rng=generator.get_state(),
-            ))
+            on_checkpoint(
+                TrainingState(
+                    epoch=epoch,
+                    history=history,
+                    best_score=best_uar,
+                    best_epoch=best_epoch,
+                    stale=stale,
+                    stopped=stopped,
+                    alarms=[a.to_dict() for a in alarms],
+                    model=head.state_dict(),
+                    best_model=best_state,
+                    optimizer=optimizer.state_dict() if optimizer else {"state": {}, "param_groups": []},
+                    torch_rng=torch.get_rng_state(),
+                    generator_rng=generator.get_state(),
+                )
+            )
     head.load_state_dict(best_state)
     head.eval()
     if Xv is not None:
@@ -242,7 +309,9 @@ def fit_head(
     return FitResult(head, history, best_epoch, weights.tolist(), alarms)
 
 
-def mixup(X: torch.Tensor, y: torch.Tensor, *, n_classes: int, alpha: float, copies: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    X: torch.Tensor, y: torch.Tensor, *, n_classes: int, alpha: float, copies: int, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The training set plus ``copies`` mixed examples per example, with soft targets.
 
     Each mixed example is ``lam * a + (1 - lam) * b`` of two random training examples, its
@@ -268,7 +337,14 @@ def mixup(X: torch.Tensor, y: torch.Tensor, *, n_classes: int, alpha: float, cop
     return torch.cat([X, mix(X)]), torch.cat([T, mix(T)])
 
 
-def close_epoch(record: dict, history: list[dict], alarms: list[Alarm], *, on_epoch: Callable[[dict], None] | None, stop_on_alarm: bool) -> None:
+def close_epoch(
+    record: dict,
+    history: list[dict],
+    alarms: list[Alarm],
+    *,
+    on_epoch: Callable[[dict], None] | None,
+    stop_on_alarm: bool,
+) -> None:
     """Run the per-epoch sanity checks on ``record``, add it to ``history``, report it, stop on an error alarm."""
     epoch_alarms = check_epoch(record["epoch"], record["train_loss"], record.get("val_accuracy"))
     record["alarms"] = [a.check for a in epoch_alarms]
@@ -282,8 +358,15 @@ def close_epoch(record: dict, history: list[dict], alarms: list[Alarm], *, on_ep
         raise_errors(epoch_alarms)
 
 
-def _adamw_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
-                 generator: torch.Generator, batch_size: int) -> float:
+def _adamw_epoch(
+    head: EmotionHead,
+    X: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    generator: torch.Generator,
+    batch_size: int,
+) -> float:
     """One shuffled pass of mini-batch steps; returns the mean training loss."""
     head.train()
     order = torch.randperm(len(X), generator=generator)
@@ -302,7 +385,9 @@ def _lbfgs_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: n
     """Up to ``LBFGS_ITERATIONS`` full-batch L-BFGS iterations; returns the training loss after them."""
     head.eval()  # no dropout: the line search compares values of one deterministic function
     matrices = [p for p in head.parameters() if p.ndim > 1]  # biases and layer logits are not penalised
-    optimizer = torch.optim.LBFGS(head.parameters(), max_iter=LBFGS_ITERATIONS, history_size=LBFGS_ITERATIONS, line_search_fn="strong_wolfe")
+    optimizer = torch.optim.LBFGS(
+        head.parameters(), max_iter=LBFGS_ITERATIONS, history_size=LBFGS_ITERATIONS, line_search_fn="strong_wolfe"
+    )
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()

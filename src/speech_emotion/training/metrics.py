@@ -29,7 +29,15 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
     all_labels = list(range(len(classes)))
     present = sorted(set(y_true.tolist()))
     if len(y_true) == 0:
-        return {"accuracy": None, "uar": None, "macro_f1": None, "n": 0, "labels": list(classes), "per_class": {}, "confusion": []}
+        return {
+            "accuracy": None,
+            "uar": None,
+            "macro_f1": None,
+            "n": 0,
+            "labels": list(classes),
+            "per_class": {},
+            "confusion": [],
+        }
     precision, recall, f1, support = precision_recall_fscore_support(y_true, y_pred, labels=all_labels, zero_division=0)
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
@@ -38,7 +46,12 @@ def classification_metrics(y_true: Sequence[int], y_pred: Sequence[int], classes
         "n": int(len(y_true)),
         "labels": list(classes),
         "per_class": {
-            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]), "support": int(support[i])}
+            name: {
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i, name in enumerate(classes)
         },
         "confusion": confusion_matrix(y_true, y_pred, labels=all_labels).tolist(),

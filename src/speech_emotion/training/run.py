@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import io
 import hashlib
+import io
 import json
 import logging
 import os
@@ -97,7 +97,9 @@ def prepare_run_folder(out: Path, force: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def make_split(dataset: Dataset, *, test_speakers=None, val_speakers=None, split_file: dict | None = None, seed: int = 0) -> Split:
+def make_split(
+    dataset: Dataset, *, test_speakers=None, val_speakers=None, split_file: dict | None = None, seed: int = 0
+) -> Split:
     """The split a run uses: a saved one, or speaker-disjoint with a seeded validation sixth."""
     if split_file is not None:
         if "folds" in split_file:
@@ -125,8 +127,15 @@ def data_fingerprint(dataset: Dataset) -> str:
 
 
 def fit_and_score(
-    X: np.ndarray, y: np.ndarray, split: Split, classes: list[str], config: TrainConfig, *, on_epoch: Callable[[dict], None] | None = None,
-    resume: TrainingState | None = None, on_checkpoint: Callable[[TrainingState], None] | None = None,
+    X: np.ndarray,
+    y: np.ndarray,
+    split: Split,
+    classes: list[str],
+    config: TrainConfig,
+    *,
+    on_epoch: Callable[[dict], None] | None = None,
+    resume: TrainingState | None = None,
+    on_checkpoint: Callable[[TrainingState], None] | None = None,
 ) -> tuple[FitResult, dict]:
     """Fit a head on ``split``'s train part (early-stopped on val), calibrate on val, score val and test.
 
@@ -135,8 +144,18 @@ def fit_and_score(
         validation speakers; ECE before/after), class and layer weights, sanity alarms.
     """
     train_rows, val_rows = split.parts["train"], split.parts["val"]
-    fit = fit_head(X[train_rows], y[train_rows], X[val_rows], y[val_rows], n_classes=len(classes), config=config, classes=classes, on_epoch=on_epoch,
-                   resume=resume, on_checkpoint=on_checkpoint)
+    fit = fit_head(
+        X[train_rows],
+        y[train_rows],
+        X[val_rows],
+        y[val_rows],
+        n_classes=len(classes),
+        config=config,
+        classes=classes,
+        on_epoch=on_epoch,
+        resume=resume,
+        on_checkpoint=on_checkpoint,
+    )
     temperature = fit_temperature(predict_logits(fit.head, X[val_rows]), y[val_rows])
     results = {
         "classes": classes,
@@ -156,7 +175,9 @@ def fit_and_score(
             logits = predict_logits(fit.head, X[rows])
             results[name] = classification_metrics(y[rows], logits.argmax(axis=1), classes)
             results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(logits), y[rows])
-            results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(logits / temperature), y[rows])
+            results["calibration"][f"ece_{name}_after"] = expected_calibration_error(
+                softmax(logits / temperature), y[rows]
+            )
     return fit, results
 
 
@@ -168,8 +189,17 @@ def write_predictions(path: Path, dataset: Dataset, split: Split, logits: np.nda
     for part in ("val", "test"):
         for row in split.parts.get(part, []):
             utterance = dataset.manifest[row]
-            writer.writerow([part, utterance.path, utterance.speaker, utterance.fields.get("sex", ""), classes[dataset.y[row]],
-                             classes[int(logits[row].argmax())]] + [f"{v:.6g}" for v in logits[row]])
+            writer.writerow(
+                [
+                    part,
+                    utterance.path,
+                    utterance.speaker,
+                    utterance.fields.get("sex", ""),
+                    classes[dataset.y[row]],
+                    classes[int(logits[row].argmax())],
+                ]
+                + [f"{v:.6g}" for v in logits[row]]
+            )
     write_text(path, buffer.getvalue())
 
 
@@ -203,7 +233,11 @@ def run_config(
         labels = labels.to_dict()
     elif isinstance(labels, Path):
         labels = str(labels)
-    labels_file = str(Path(labels).resolve()) if isinstance(labels, str) and not labels.lstrip().startswith("{") and Path(labels).is_file() else None
+    labels_file = (
+        str(Path(labels).resolve())
+        if isinstance(labels, str) and not labels.lstrip().startswith("{") and Path(labels).is_file()
+        else None
+    )
     return {
         "speech_emotion": __version__,
         "data": str(Path(data).resolve()),
@@ -271,11 +305,25 @@ def train(
     out = Path(out)
     world = current_world()
     if world.size > 1 and not config.finetune:
-        raise ValueError(f"WORLD_SIZE={world.size}: several processes (torchrun) train only in fine-tune mode; the frozen head trains "
-                         "in seconds in one process: run `ser train` without torchrun, or add --finetune top-N")
-    resolved = run_config(data, encoder=encoder, labels=labels, corpus=corpus, speaker_pattern=speaker_pattern, test_speakers=test_speakers,
-                          val_speakers=val_speakers, split_file=split_file, allow_speaker_overlap=allow_speaker_overlap, config=config,
-                          skip_bad=skip_bad, tracking_uri=resolve_uri(tracking_uri) if world.is_main else None)
+        raise ValueError(
+            f"WORLD_SIZE={world.size}: several processes (torchrun) train only in fine-tune mode; the frozen head "
+            "trains "
+            "in seconds in one process: run `ser train` without torchrun, or add --finetune top-N"
+        )
+    resolved = run_config(
+        data,
+        encoder=encoder,
+        labels=labels,
+        corpus=corpus,
+        speaker_pattern=speaker_pattern,
+        test_speakers=test_speakers,
+        val_speakers=val_speakers,
+        split_file=split_file,
+        allow_speaker_overlap=allow_speaker_overlap,
+        config=config,
+        skip_bad=skip_bad,
+        tracking_uri=resolve_uri(tracking_uri) if world.is_main else None,
+    )
     if out.exists() and any(out.iterdir()) and not force:
         prepare_run_folder(out, force)  # raises, on every rank alike: none has written anything yet
     preloaded = None
@@ -290,7 +338,16 @@ def train(
             write_json(out / "config.json", resolved)
         else:
             progress = no_progress  # one set of progress bars: rank 0's
-        results = _execute(out, resolved, resumed=0, store=store, progress=progress, on_epoch=on_epoch, world=world, preloaded=preloaded)
+        results = _execute(
+            out,
+            resolved,
+            resumed=0,
+            store=store,
+            progress=progress,
+            on_epoch=on_epoch,
+            world=world,
+            preloaded=preloaded,
+        )
         barrier(world)  # every rank returns once rank 0 has written the run folder
         return results
 
@@ -329,27 +386,41 @@ def resume(
     try:
         resolved = json.loads((run / "config.json").read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"{run / 'config.json'}: not found; {run} is not a run folder made by `ser train`, or it was killed before "
-                                "it started: start it again with `ser train ... --out`") from None
+        raise FileNotFoundError(
+            f"{run / 'config.json'}: not found; {run} is not a run folder made by `ser train`, or it was killed before "
+            "it started: start it again with `ser train ... --out`"
+        ) from None
     except json.JSONDecodeError as error:
         raise ValueError(f"{run / 'config.json'}: not valid JSON ({error}); start the run again") from None
     if "train" not in resolved or "encoder" not in resolved:
-        raise ValueError(f"{run / 'config.json'}: no 'train' and 'encoder' settings; only runs made by `ser train` can be resumed")
+        raise ValueError(
+            f"{run / 'config.json'}: no 'train' and 'encoder' settings; only runs made by `ser train` can be resumed"
+        )
     if resolved["train"].get("finetune"):
-        raise ValueError(f"{run}: a fine-tune run (--finetune top-{resolved['train']['finetune']}) keeps no checkpoints and cannot be resumed; "
-                         f"start it again with the same `ser train ... --finetune top-{resolved['train']['finetune']}` and --force")
+        raise ValueError(
+            f"{run}: a fine-tune run (--finetune top-{resolved['train']['finetune']}) keeps no checkpoints and cannot "
+            "be resumed; "
+            f"start it again with the same `ser train ... --finetune top-{resolved['train']['finetune']}` and --force"
+        )
     status = read_status(run) or {}
     if status.get("stage") == "finished":
-        raise FileExistsError(f"{run} finished already ({run / 'results.json'}); nothing to resume. Train a new run with another --out")
+        raise FileExistsError(
+            f"{run} finished already ({run / 'results.json'}); nothing to resume. Train a new run with another --out"
+        )
     if status.get("stage") in RUNNING_STAGES and process_state(status) == "alive":
-        raise FileExistsError(f"{run} is still running (pid {status.get('pid')}, stage {status.get('stage')}); follow it with `ser monitor {run}`, "
-                              f"or stop it (kill {status.get('pid')}) before resuming")
+        raise FileExistsError(
+            f"{run} is still running (pid {status.get('pid')}, stage {status.get('stage')}); follow it with `ser "
+            f"monitor {run}`, "
+            f"or stop it (kill {status.get('pid')}) before resuming"
+        )
     uri = resolve_uri(tracking_uri) or resolved.get("tracking_uri")
     if uri != resolved.get("tracking_uri"):
         resolved["tracking_uri"] = uri
         write_json(run / "config.json", resolved)
     log.info("resuming %s (resumed %d time(s) before)", run, status.get("resumed", 0))
-    return _execute(run, resolved, resumed=int(status.get("resumed", 0)) + 1, store=store, progress=progress, on_epoch=on_epoch)
+    return _execute(
+        run, resolved, resumed=int(status.get("resumed", 0)) + 1, store=store, progress=progress, on_epoch=on_epoch
+    )
 
 
 def _pause_at() -> tuple[str, int] | None:
@@ -358,7 +429,10 @@ def _pause_at() -> tuple[str, int] | None:
     if not spec:
         return None
     if stage not in RUNNING_STAGES or not n.isdigit():
-        raise ValueError(f"{PAUSE_ENV}={spec!r}: expected STAGE:N with STAGE one of {', '.join(RUNNING_STAGES)} (a test hook; unset it)")
+        raise ValueError(
+            f"{PAUSE_ENV}={spec!r}: expected STAGE:N with STAGE one of {', '.join(RUNNING_STAGES)} (a test hook; unset "
+            "it)"
+        )
     return stage, int(n)
 
 
@@ -393,12 +467,16 @@ def _with_status(progress: Progress, status: RunStatus, pause: tuple[str, int] |
 
 def _checkpoint_meta(config: TrainConfig, dataset: Dataset, encoder, split: Split) -> dict:
     """What a checkpoint must still match to be resumed from (as JSON would give it back)."""
-    return json.loads(json.dumps({
-        "train": config.to_dict(),
-        "data_fingerprint": data_fingerprint(dataset),
-        "encoder_fingerprint": encoder.fingerprint,
-        "split": {name: len(rows) for name, rows in split.parts.items()},
-    }))
+    return json.loads(
+        json.dumps(
+            {
+                "train": config.to_dict(),
+                "data_fingerprint": data_fingerprint(dataset),
+                "encoder_fingerprint": encoder.fingerprint,
+                "split": {name: len(rows) for name, rows in split.parts.items()},
+            }
+        )
+    )
 
 
 class _SilentStatus(RunStatus):
@@ -408,8 +486,17 @@ class _SilentStatus(RunStatus):
         pass
 
 
-def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progress, on_epoch: Callable[[dict], None] | None,
-             world=None, preloaded=None) -> dict:
+def _execute(
+    out: Path,
+    resolved: dict,
+    *,
+    resumed: int,
+    store,
+    progress: Progress,
+    on_epoch: Callable[[dict], None] | None,
+    world=None,
+    preloaded=None,
+) -> dict:
     """Run (or resume) the run described by ``resolved`` in ``out``; keeps ``status.json`` current."""
     from speech_emotion.training.distributed import World
 
@@ -425,8 +512,17 @@ def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progre
         if resolved["train"].get("finetune"):
             from speech_emotion.training.finetune import run_finetune
 
-            results = run_finetune(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch, world=world,
-                                   encoder=preloaded)
+            results = run_finetune(
+                out,
+                resolved,
+                status,
+                tracker,
+                store=store,
+                progress=progress,
+                on_epoch=on_epoch,
+                world=world,
+                encoder=preloaded,
+            )
         else:
             results = _run(out, resolved, status, tracker, store=store, progress=progress, on_epoch=on_epoch)
         if tracker is not None:
@@ -440,29 +536,57 @@ def _execute(out: Path, resolved: dict, *, resumed: int, store, progress: Progre
     return results
 
 
-def prepare_data(out: Path, resolved: dict, status: RunStatus, progress: Progress, *, write: bool = True) -> tuple[Dataset, Split]:
+def prepare_data(
+    out: Path, resolved: dict, status: RunStatus, progress: Progress, *, write: bool = True
+) -> tuple[Dataset, Split]:
     """Decode and label the corpus, split it, check for leakage; write labels/skipped/split reports when ``write``."""
     labels = resolved.get("labels_file") or resolved.get("labels")
-    corpus, speaker_pattern, skip_bad = resolved.get("corpus"), resolved.get("speaker_pattern"), bool(resolved.get("skip_bad"))
+    corpus, speaker_pattern, skip_bad = (
+        resolved.get("corpus"),
+        resolved.get("speaker_pattern"),
+        bool(resolved.get("skip_bad")),
+    )
     status.stage("decoding")
     with progress("decoding audio", None) as advance:
-        dataset = load_dataset(resolved["data"], corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance)
+        dataset = load_dataset(
+            resolved["data"],
+            corpus=corpus,
+            labels=labels,
+            speaker_pattern=speaker_pattern,
+            skip_bad=skip_bad,
+            progress=advance,
+        )
     if write:
         write_json(out / "labels.json", dataset.label_report)
         if dataset.problems:
             write_json(out / "skipped.json", [p.to_dict() for p in dataset.problems])
-    split = make_split(dataset, test_speakers=resolved.get("test_speakers"), val_speakers=resolved.get("val_speakers"),
-                       split_file=resolved.get("split_file"), seed=int(resolved["train"].get("seed", 0)))
-    leakage = check_leakage(split, dataset.speakers, dataset.hashes, dataset.paths, allow_speaker_overlap=bool(resolved.get("allow_speaker_overlap")))
+    split = make_split(
+        dataset,
+        test_speakers=resolved.get("test_speakers"),
+        val_speakers=resolved.get("val_speakers"),
+        split_file=resolved.get("split_file"),
+        seed=int(resolved["train"].get("seed", 0)),
+    )
+    leakage = check_leakage(
+        split,
+        dataset.speakers,
+        dataset.hashes,
+        dataset.paths,
+        allow_speaker_overlap=bool(resolved.get("allow_speaker_overlap")),
+    )
     split_report = split.to_dict(dataset.paths) | {"leakage": leakage}
     for name, rows in split.parts.items():
-        split_report["parts"][name]["counts"] = dict(zip(dataset.schema.classes, np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes).tolist()))
+        split_report["parts"][name]["counts"] = dict(
+            zip(dataset.schema.classes, np.bincount(dataset.y[rows], minlength=dataset.schema.n_classes).tolist())
+        )
     if write:
         write_json(out / "split.json", split_report)
     return dataset, split
 
 
-def bundle_meta(dataset: Dataset, split: Split, config: TrainConfig, results: dict, *, encoder: dict, preprocessing: dict) -> dict:
+def bundle_meta(
+    dataset: Dataset, split: Split, config: TrainConfig, results: dict, *, encoder: dict, preprocessing: dict
+) -> dict:
     """``model.json`` of a run's bundle (format tag, version and head config are added by ``save_bundle``)."""
     return {
         "classes": results["classes"],
@@ -472,7 +596,11 @@ def bundle_meta(dataset: Dataset, split: Split, config: TrainConfig, results: di
         "train": config.to_dict(),
         "speaker_norm": config.speaker_norm,
         "calibration": results["calibration"],
-        "metrics": {name: {k: results[name][k] for k in ("accuracy", "uar", "macro_f1", "n")} for name in ("val", "test") if name in results},
+        "metrics": {
+            name: {k: results[name][k] for k in ("accuracy", "uar", "macro_f1", "n")}
+            for name in ("val", "test")
+            if name in results
+        },
         "data": {
             "fingerprint": data_fingerprint(dataset),
             "corpus": sorted({u.corpus for u in dataset.manifest}),
@@ -483,7 +611,16 @@ def bundle_meta(dataset: Dataset, split: Split, config: TrainConfig, results: di
     }
 
 
-def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progress: Progress, on_epoch: Callable[[dict], None] | None) -> dict:
+def _run(
+    out: Path,
+    resolved: dict,
+    status: RunStatus,
+    tracker,
+    *,
+    store,
+    progress: Progress,
+    on_epoch: Callable[[dict], None] | None,
+) -> dict:
     from speech_emotion.features.encoders import load_encoder
 
     started = time.perf_counter()
@@ -511,7 +648,8 @@ def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progre
         if changed:
             raise ValueError(
                 f"{checkpoints}: the checkpoint of epoch {state.epoch} was made with another {', '.join(changed)} "
-                f"(the corpus, labels, encoder or settings changed since the run began); restore them, or delete {checkpoints} "
+                "(the corpus, labels, encoder or settings changed since the run began); restore them, or delete "
+                f"{checkpoints} "
                 "to train again from epoch 1"
             )
         log.info("resuming training after epoch %d (%s)", state.epoch, checkpoints)
@@ -521,8 +659,13 @@ def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progre
     if tracker is not None:
         for record in read_metrics(metrics_file):
             tracker.log_epoch(record)
-    status.stage("training", total=config.max_epochs, epoch=state.epoch if state else 0, max_epochs=config.max_epochs,
-                 best_epoch=state.best_epoch if state else None)
+    status.stage(
+        "training",
+        total=config.max_epochs,
+        epoch=state.epoch if state else 0,
+        max_epochs=config.max_epochs,
+        best_epoch=state.best_epoch if state else None,
+    )
     pause = _pause_at()
 
     def record_epoch(record: dict) -> None:
@@ -542,12 +685,26 @@ def _run(out: Path, resolved: dict, status: RunStatus, tracker, *, store, progre
     with progress("training head", config.max_epochs) as advance:
         if state is not None:
             advance(state.epoch)
-        fit, results = fit_and_score(X, dataset.y, split, list(dataset.schema.classes), config,
-                                     on_epoch=lambda r: (record_epoch(r), advance(1)), resume=state, on_checkpoint=checkpoint)
+        fit, results = fit_and_score(
+            X,
+            dataset.y,
+            split,
+            list(dataset.schema.classes),
+            config,
+            on_epoch=lambda r: (record_epoch(r), advance(1)),
+            resume=state,
+            on_checkpoint=checkpoint,
+        )
     classes = results["classes"]
 
-    encoder_meta = {"reference": encoder, "path": encoder_path, "family": loaded.family, "fingerprint": loaded.fingerprint,
-                    "n_layers": loaded.n_layers, "dim": loaded.dim}
+    encoder_meta = {
+        "reference": encoder,
+        "path": encoder_path,
+        "family": loaded.family,
+        "fingerprint": loaded.fingerprint,
+        "n_layers": loaded.n_layers,
+        "dim": loaded.dim,
+    }
     meta = bundle_meta(dataset, split, config, results, encoder=encoder_meta, preprocessing=loaded.preprocessing)
     save_bundle(out / "model", fit.head, meta)
     write_predictions(out / "predictions.csv", dataset, split, predict_logits(fit.head, X), classes)

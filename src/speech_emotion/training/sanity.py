@@ -5,7 +5,8 @@ Each check returns :class:`Alarm` objects; ``severity == "error"`` stops trainin
 
 Example:
     >>> import numpy as np
-    >>> [a.check for a in check_split_classes({"train": np.array([0, 1]), "val": np.array([0, 0])}, ["neutral", "happy"])]
+    >>> parts = {"train": np.array([0, 1]), "val": np.array([0, 0])}
+    >>> [a.check for a in check_split_classes(parts, ["neutral", "happy"])]
     ['class_missing']
 """
 
@@ -42,7 +43,8 @@ def check_output_size(n_outputs: int, n_classes: int) -> list[Alarm]:
         Alarm(
             "output_size",
             "error",
-            f"Cannot assign {n_classes} labels to a head with {n_outputs} outputs. The head's output size must equal the "
+            f"Cannot assign {n_classes} labels to a head with {n_outputs} outputs. The head's output size must equal "
+            "the "
             "number of schema classes; a mismatch usually means class indices were derived outside the schema "
             "(e.g. max(index)+1 with a hole left by a merge).",
         )
@@ -54,7 +56,14 @@ def check_encoded_labels(y: np.ndarray, n_classes: int, part: str) -> list[Alarm
     bad = sorted(set(np.unique(y).tolist()) - set(range(n_classes)))
     if not bad:
         return []
-    return [Alarm("label_range", "error", f"{part}: encoded labels {bad} lie outside 0..{n_classes - 1}; the label mapping has a hole or a stale index.")]
+    return [
+        Alarm(
+            "label_range",
+            "error",
+            f"{part}: encoded labels {bad} lie outside 0..{n_classes - 1}; the label mapping has a hole or a stale "
+            "index.",
+        )
+    ]
 
 
 def check_split_classes(parts: dict[str, np.ndarray], classes: list[str]) -> list[Alarm]:
@@ -66,11 +75,14 @@ def check_split_classes(parts: dict[str, np.ndarray], classes: list[str]) -> lis
             continue
         severity = "error" if part == "train" else "warning"
         cause = (
-            "the model cannot learn a class it never sees: drop or merge it in the schema, or move speakers into training"
+            "the model cannot learn a class it never sees: drop or merge it in the schema, or move speakers into "
+            "training"
             if part == "train"
             else "its recall is undefined and it is left out of UAR; choose speakers that cover every class"
         )
-        alarms.append(Alarm("class_missing", severity, f"class(es) {', '.join(missing)} absent from the {part} part: {cause}."))
+        alarms.append(
+            Alarm("class_missing", severity, f"class(es) {', '.join(missing)} absent from the {part} part: {cause}.")
+        )
     return alarms
 
 

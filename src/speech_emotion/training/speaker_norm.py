@@ -31,7 +31,10 @@ def speaker_normalise(features: np.ndarray, speakers: Sequence[str]) -> np.ndarr
     for speaker in np.unique(speakers):
         rows = speakers == speaker
         if rows.sum() < MIN_CLIPS:
-            raise ValueError(f"speaker {speaker!r} has {int(rows.sum())} clip(s); --speaker-norm needs at least {MIN_CLIPS} per speaker")
+            raise ValueError(
+                f"speaker {speaker!r} has {int(rows.sum())} clip(s); --speaker-norm needs at least {MIN_CLIPS} per "
+                "speaker"
+            )
         block = features[rows]
         out[rows] = (block - block.mean(axis=0)) / (block.std(axis=0) + 1e-5)
     return out
