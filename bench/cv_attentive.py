@@ -44,8 +44,8 @@ def main() -> None:
     from speech_emotion.data.audio import load_audio
     from speech_emotion.data.splits import leave_speakers_out
     from speech_emotion.features.encoders import load_encoder
+    from speech_emotion.model.metrics import classification_metrics
     from speech_emotion.training.loop import class_weights
-    from speech_emotion.training.metrics import classification_metrics
 
     dataset = load_dataset(SHARED / "data" / "ravdess-speech-16k", labels="ravdess-8")
     encoder = load_encoder(args.encoder)

@@ -34,8 +34,8 @@ def main() -> None:
 
     from speech_emotion.data import load_dataset
     from speech_emotion.data.splits import leave_speakers_out
-    from speech_emotion.training.loop import TrainConfig
-    from speech_emotion.training.run import train
+    from speech_emotion.training.config import TrainConfig
+    from speech_emotion.training.pipeline import train
 
     data = SHARED / "data" / "ravdess-speech-16k"
     dataset = load_dataset(data, labels="ravdess-8")

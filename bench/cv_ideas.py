@@ -41,9 +41,11 @@ def main() -> None:
     from speech_emotion.data import load_dataset
     from speech_emotion.data.splits import leave_speakers_out
     from speech_emotion.features.encoders import load_encoder
-    from speech_emotion.training.loop import TrainConfig, fit_head, predict_proba
-    from speech_emotion.training.metrics import classification_metrics
-    from speech_emotion.training.run import encode_dataset
+    from speech_emotion.features.store import encode_dataset
+    from speech_emotion.model.head import predict_proba
+    from speech_emotion.model.metrics import classification_metrics
+    from speech_emotion.training.config import TrainConfig
+    from speech_emotion.training.loop import fit_head
 
     dataset = load_dataset(SHARED / "data" / "ravdess-speech-16k", labels="ravdess-8")
     names = ["base"] + ([] if args.mode == "bag" else args.mode.split("+"))

@@ -49,13 +49,14 @@ def main() -> None:
     from speech_emotion.data import load_dataset
     from speech_emotion.data.splits import leave_speakers_out
     from speech_emotion.features.encoders import load_encoder
-    from speech_emotion.training.loop import TrainConfig, fit_head, predict_proba
-    from speech_emotion.training.run import encode_dataset
+    from speech_emotion.features.store import encode_dataset
+    from speech_emotion.model.head import predict_proba
+    from speech_emotion.training.config import TrainConfig
+    from speech_emotion.training.loop import fit_head
 
     exports = {"int8": args.export} | ({"onnx-fp32": args.fp32_export} if args.fp32_export else {})
     predictors = {name: Predictor.from_pretrained(folder) for name, folder in exports.items()}
-    encoder_meta = predictors["int8"].bundle.meta["encoder"]
-    reference = encoder_meta.get("path") or encoder_meta["reference"]  # path: resolved when the model was trained
+    reference = predictors["int8"].meta.encoder.source  # the recorded folder when it is still there
     dataset = load_dataset(args.data, labels=args.labels)
     config = TrainConfig(seed=args.seed)
     features = {"torch": encode_dataset(dataset, load_encoder(reference))}

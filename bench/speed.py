@@ -246,25 +246,18 @@ def untrained_model(folder: Path, encoder_folder: str) -> Path:
     from speech_emotion.features.encoders import load_encoder
     from speech_emotion.model.bundle import save_bundle
     from speech_emotion.model.head import EmotionHead, HeadConfig
+    from speech_emotion.model.metadata import BundleMeta, EncoderRef
 
     encoder = load_encoder(encoder_folder)
     schema = LabelSchema.from_name("ravdess-8")
     head = EmotionHead(HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes))
     head.eval()
-    meta = {
-        "classes": list(schema.classes),
-        "schema": schema.to_dict(),
-        "encoder": {
-            "reference": encoder_folder,
-            "path": str(Path(encoder_folder).resolve()),
-            "family": encoder.family,
-            "fingerprint": encoder.fingerprint,
-            "n_layers": encoder.n_layers,
-            "dim": encoder.dim,
-        },
-        "preprocessing": encoder.preprocessing,
-        "note": "untrained head, built by bench/speed.py for timing only",
-    }
+    meta = BundleMeta(  # an untrained head: for timing only
+        classes=tuple(schema.classes),
+        schema=schema.to_dict(),
+        encoder=EncoderRef.of(encoder, reference=encoder_folder, path=str(Path(encoder_folder).resolve())),
+        preprocessing=encoder.preprocessing,
+    )
     save_bundle(folder / "model", head, meta)
     return folder
 

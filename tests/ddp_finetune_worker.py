@@ -21,7 +21,7 @@ VAL_SPEAKERS = ["04"]
 
 def config():
     """The tiny recipe both the test's single process and the ranks use (dropout 0: ranks draw no masks)."""
-    from speech_emotion.training.loop import TrainConfig
+    from speech_emotion.training.config import TrainConfig
 
     return TrainConfig(
         max_epochs=3,
@@ -45,7 +45,7 @@ def main(corpus: str, encoder: str, run: str, dump: str) -> None:
     from speech_emotion.features.encoders import load_encoder
     from speech_emotion.training.distributed import current_world, process_group
     from speech_emotion.training.finetune import fit_finetune
-    from speech_emotion.training.run import make_split, train
+    from speech_emotion.training.pipeline import make_split, train
 
     world = current_world()
     with process_group(world):  # one group for both calls (train() uses it and leaves it alone)

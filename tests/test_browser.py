@@ -49,8 +49,8 @@ def _browser_available():
 @pytest.fixture(scope="module")
 def run_dir(synth_corpus, whisper_tiny, tmp_path_factory) -> Path:
     from speech_emotion.features.store import FeatureStore
-    from speech_emotion.training.loop import TrainConfig
-    from speech_emotion.training.run import train
+    from speech_emotion.training.config import TrainConfig
+    from speech_emotion.training.pipeline import train
 
     out = tmp_path_factory.mktemp("browser") / "synth-whisper-tiny"
     train(

@@ -9,6 +9,7 @@ import pytest
 from speech_emotion.errors import BundleError
 from speech_emotion.model.bundle import load_bundle, save_bundle
 from speech_emotion.model.head import EmotionHead, HeadConfig
+from speech_emotion.model.metadata import BundleMeta, EncoderRef
 
 CLASSES = ["neutral", "happy", "sad"]
 
@@ -16,7 +17,8 @@ CLASSES = ["neutral", "happy", "sad"]
 @pytest.fixture
 def bundle(tmp_path):
     head = EmotionHead(HeadConfig(n_layers=2, dim=4, n_classes=3, hidden=8))
-    save_bundle(tmp_path, head, {"classes": CLASSES, "schema": {"classes": CLASSES}})
+    meta = BundleMeta(classes=tuple(CLASSES), schema={"classes": CLASSES}, encoder=EncoderRef(reference="egemaps"))
+    save_bundle(tmp_path, head, meta)
     return tmp_path
 
 

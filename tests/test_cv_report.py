@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from speech_emotion import Predictor
 from speech_emotion.cli.app import app
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import train
 
 runner = CliRunner()
 FAST = ["--epochs", "40", "--lr", "3e-3", "--hidden", "32", "--warn-only"]
@@ -113,4 +113,4 @@ def test_report_and_calibration(synth_corpus, tiny_wav2vec2, tmp_path):
     assert (run / "report.html").is_file()
     # Predictions use the calibrated temperature.
     predictor = Predictor.from_pretrained(run)
-    assert predictor.bundle.temperature == pytest.approx(calibration["temperature"])
+    assert predictor.meta.temperature == pytest.approx(calibration["temperature"])

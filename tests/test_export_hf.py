@@ -19,8 +19,8 @@ from speech_emotion.errors import BundleError
 from speech_emotion.export.huggingface import EXPORT_INFO, export_huggingface, hf_head_weights
 from speech_emotion.features.store import FeatureStore
 from speech_emotion.model.head import EmotionHead, HeadConfig
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import train
 
 runner = CliRunner()
 LINEAR = TrainConfig(max_epochs=40, lr=3e-3, hidden=0, hf_compatible=True, stop_on_alarm=False)
@@ -167,7 +167,7 @@ def test_wav2vec2_export_agrees_with_predict(w2v_run, synth_corpus, tmp_path, st
         "01, 02, 03",
         "exact",
         "Intended use and limits",
-        predictor.bundle.meta["encoder"]["fingerprint"],
+        predictor.meta.encoder.fingerprint,
     ):
         assert text in card, text
 

@@ -26,8 +26,8 @@ from speech_emotion.cli.app import app  # noqa: E402
 from speech_emotion.errors import BundleError  # noqa: E402
 from speech_emotion.export.onnx import export_onnx  # noqa: E402
 from speech_emotion.inference.backends import whisper_log_mel  # noqa: E402
-from speech_emotion.training.loop import TrainConfig  # noqa: E402
-from speech_emotion.training.run import train  # noqa: E402
+from speech_emotion.training.config import TrainConfig  # noqa: E402
+from speech_emotion.training.pipeline import train  # noqa: E402
 
 TEMPERATURE = 100.0  # spreads the synthetic-data head's probabilities, so agreement is tested away from 0 and 1
 
@@ -218,6 +218,7 @@ def test_group_norm_wav2vec2_export_runs_clip_by_clip(tmp_path):
     from speech_emotion.features.encoders import load_encoder
     from speech_emotion.model.bundle import save_bundle
     from speech_emotion.model.head import EmotionHead, HeadConfig
+    from speech_emotion.model.metadata import BundleMeta, EncoderRef
 
     folder = tmp_path / "w2v2-group"
     config = Wav2Vec2Config(
@@ -242,24 +243,13 @@ def test_group_norm_wav2vec2_export_runs_clip_by_clip(tmp_path):
         HeadConfig(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=schema.n_classes, hidden=8)
     ).eval()
     head.fit_scaler(torch.from_numpy(np.stack(encoder.features(signals))))
-    encoder_meta = {
-        "reference": str(folder),
-        "path": str(folder),
-        "family": "ssl",
-        "fingerprint": encoder.fingerprint,
-        "n_layers": encoder.n_layers,
-        "dim": encoder.dim,
-    }
-    save_bundle(
-        tmp_path / "run" / "model",
-        head,
-        {
-            "classes": list(schema.classes),
-            "schema": schema.to_dict(),
-            "encoder": encoder_meta,
-            "preprocessing": encoder.preprocessing,
-        },
+    meta = BundleMeta(
+        classes=tuple(schema.classes),
+        schema=schema.to_dict(),
+        encoder=EncoderRef.of(encoder, reference=str(folder), path=str(folder)),
+        preprocessing=encoder.preprocessing,
     )
+    save_bundle(tmp_path / "run" / "model", head, meta)
     export_onnx(tmp_path / "run", tmp_path / "onnx")
     assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"]["input"]["names"] == ["input_values"]
     torch_predictor, onnx_predictor = (

@@ -23,16 +23,12 @@ from speech_emotion.data.dataset import load_dataset
 from speech_emotion.errors import BundleError
 from speech_emotion.features.encoders import load_encoder
 from speech_emotion.inference.evaluate import evaluate
-from speech_emotion.training.calibration import softmax
-from speech_emotion.training.finetune import (
-    fit_finetune,
-    head_logits,
-    parse_finetune,
-    save_finetuned_bundle,
-    unfreeze_top,
-)
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import make_split, resume, train
+from speech_emotion.model.calibration import softmax
+from speech_emotion.model.head import predict_logits
+from speech_emotion.model.metadata import BundleMeta, EncoderRef
+from speech_emotion.training.config import TrainConfig, parse_finetune
+from speech_emotion.training.finetune import fit_finetune, save_finetuned_bundle, unfreeze_top
+from speech_emotion.training.pipeline import make_split, resume, train
 
 sys.path.insert(0, str(Path(__file__).parent))
 import ddp_finetune_worker as worker  # noqa: E402  (the script each torchrun rank runs)
@@ -66,7 +62,7 @@ def test_options_and_refusals(synth_corpus, tiny_wav2vec2, tmp_path, monkeypatch
     for bad in ("top-0", "3", "all", "top-x"):
         with pytest.raises(ValueError, match="expected top-N with N >= 1"):
             parse_finetune(bad)
-    assert TrainConfig(finetune=2, lr=1e-3).encoder_lr == pytest.approx(1e-4)  # default: a tenth of the head's
+    assert TrainConfig(finetune=2, lr=1e-3).resolved().encoder_lr == pytest.approx(1e-4)  # a tenth of the head's
     assert TrainConfig(finetune=2, lr=1e-3, encoder_lr=5e-5).encoder_lr == 5e-5
     assert TrainConfig().encoder_lr is None
     with pytest.raises(ValueError, match="speaker_norm"):
@@ -134,7 +130,7 @@ def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny
     history = fit.history
     assert history[0]["val_accuracy"] <= 0.75 and max(h["val_uar"] for h in history) >= 0.9, history
     assert history[-1]["train_loss"] < 0.3 * history[0]["train_loss"], history
-    test_logits = head_logits(fit.head, np.stack(fit.encoder.features(test_x)))
+    test_logits = predict_logits(fit.head, np.stack(fit.encoder.features(test_x)))
     assert (test_logits.argmax(axis=1) == test_y).mean() >= 0.75  # chance: 1/3
 
     after = fit.encoder.module.state_dict()
@@ -145,24 +141,17 @@ def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny
             assert torch.equal(value, after[name]), f"{name} is frozen but changed"
 
     dataset = parts["dataset"]
-    meta = {
-        "classes": list(dataset.schema.classes),
-        "schema": dataset.schema.to_dict(),
-        "preprocessing": encoder.preprocessing,
-        "encoder": {
-            "reference": str(tiny_wav2vec2),
-            "path": str(tiny_wav2vec2),
-            "family": "ssl",
-            "fingerprint": encoder.fingerprint,
-            "n_layers": encoder.n_layers,
-            "dim": encoder.dim,
-        },
-    }
+    meta = BundleMeta(
+        classes=tuple(dataset.schema.classes),
+        schema=dataset.schema.to_dict(),
+        preprocessing=encoder.preprocessing,
+        encoder=EncoderRef.of(encoder, reference=str(tiny_wav2vec2), path=str(tiny_wav2vec2)),
+    )
     written = save_finetuned_bundle(tmp_path / "model", fit.head, fit.encoder, meta)
-    assert written["encoder"]["bundled"] == "encoder" and written["encoder"]["path"] is None
-    assert written["encoder"]["base_fingerprint"] == encoder.fingerprint != written["encoder"]["fingerprint"]
+    assert written.encoder.bundled == "encoder" and written.encoder.path is None
+    assert written.encoder.base_fingerprint == encoder.fingerprint != written.encoder.fingerprint
     predictor = Predictor.from_pretrained(tmp_path / "model")
-    assert predictor.encoder.fingerprint == written["encoder"]["fingerprint"]
+    assert predictor.encoder.fingerprint == written.encoder.fingerprint
     loaded = np.array([[p["probabilities"][c] for c in predictor.classes] for p in predictor.predict(test_x)])
     np.testing.assert_allclose(loaded, softmax(test_logits), atol=1e-5)
     # The fingerprint check stays meaningful: the pretrained encoder does not pass for the fine-tuned one.
@@ -183,8 +172,9 @@ def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_
     )
     assert results["test"]["accuracy"] >= 0.9 and results["test"]["n"] == 24
     assert results["finetune"]["top"] == 1 and results["finetune"]["processes"] == 1
-    saved_config = json.loads((run / "config.json").read_text())["train"]
-    assert saved_config["finetune"] == 1 and saved_config["encoder_lr"] == pytest.approx(3e-4)
+    saved_config = json.loads((run / "config.json").read_text())
+    assert saved_config["train"]["finetune"] == 1 and saved_config["train"]["encoder_lr"] is None  # as asked
+    assert saved_config["train_resolved"]["encoder_lr"] == pytest.approx(3e-4)  # as trained
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in epochs] == [1, 2, 3] and all(e["seconds"] > 0 for e in epochs)
     assert not (run / "checkpoints").exists()
@@ -214,11 +204,11 @@ def test_whisper_tiny_top1_run_folder_carries_the_encoder(synth_corpus, whisper_
     in_memory = np.array([[float(v) for v in row[6:]] for row in test_rows])  # logits of the model as trained
     clips = [load_audio(row[1])[0] for row in test_rows]
     features = np.stack(predictor.encoder.features(clips))
-    np.testing.assert_allclose(head_logits(predictor.bundle.head, features), in_memory, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(predict_logits(predictor.backend.bundle.head, features), in_memory, rtol=1e-4, atol=1e-4)
     loaded = [predictor(row[1])["probabilities"] for row in test_rows]
     np.testing.assert_allclose(
         [[p[c] for c in predictor.classes] for p in loaded],
-        softmax(in_memory / predictor.bundle.temperature),
+        softmax(in_memory / predictor.meta.temperature),
         atol=1e-4,
     )
     pretrained = np.stack(load_encoder(str(whisper_tiny)).features(clips))
@@ -494,5 +484,5 @@ def test_fit_finetune_runs_only_the_top_layers_and_matches_the_whole_encoder(par
         torch.testing.assert_close(trained[name], value, atol=1e-3, rtol=0, msg=name)
     # The kept weights are scored through the inference path at the end: what the bundle will predict.
     np.testing.assert_allclose(
-        cached.val_logits, head_logits(cached.head, np.stack(cached.encoder.features(val_x))), rtol=1e-5, atol=1e-5
+        cached.val_logits, predict_logits(cached.head, np.stack(cached.encoder.features(val_x))), rtol=1e-5, atol=1e-5
     )

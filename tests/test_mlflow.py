@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner
 
 from speech_emotion.cli.app import app
-from speech_emotion.training.run import resume
+from speech_emotion.training.pipeline import resume
 
 runner = CliRunner()
 SERVER_START_S = 300  # sqlite migrations and imports take a while on a busy 2-core machine

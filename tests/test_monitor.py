@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -18,12 +17,13 @@ from typer.testing import CliRunner
 
 from speech_emotion.cli.app import app
 from speech_emotion.features.store import FeatureStore
-from speech_emotion.monitor import read_run, read_status, render, watch
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import PAUSE_ENV, resume, train
+from speech_emotion.monitor import read_run, render, watch
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import resume, train
 
 runner = CliRunner()
 SER = [sys.executable, "-c", "import sys; sys.argv[0] = 'ser'; from speech_emotion.cli.app import main; main()"]
+PAUSED_RUN = [sys.executable, str(Path(__file__).parent / "paused_run.py")]
 EPOCH_LINE = re.compile(r"^epoch (\d+) (.*)$")
 
 
@@ -154,33 +154,21 @@ def test_not_a_run(tmp_path):
 
 
 def test_follows_a_live_run_until_it_dies_then_the_resumed_run_to_the_end(synth_corpus, tiny_wav2vec2, tmp_path):
-    run = tmp_path / "run"
-    env = {**os.environ, PAUSE_ENV: "training:3"}
+    run, marker = tmp_path / "run", tmp_path / "paused"
+    spec = {
+        "pause": "training:3",
+        "marker": str(marker),
+        "train": {
+            "data": str(synth_corpus),
+            "encoder": str(tiny_wav2vec2),
+            "out": str(run),
+            "test_speakers": ["05", "06"],
+            "val_speakers": ["04"],
+            "config": {"max_epochs": 6, "lr": 3e-3, "hidden": 32, "stop_on_alarm": False},
+        },
+    }
     training = subprocess.Popen(
-        SER
-        + [
-            "train",
-            str(synth_corpus),
-            "--encoder",
-            str(tiny_wav2vec2),
-            "--out",
-            str(run),
-            "--test-speakers",
-            "05-06",
-            "--val-speakers",
-            "04",
-            "--epochs",
-            "6",
-            "--lr",
-            "3e-3",
-            "--hidden",
-            "32",
-            "--warn-only",
-        ],
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        PAUSED_RUN + [json.dumps(spec)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     # Non-interactive, as `ser remote monitor` runs it over ssh: stdout is a pipe, so plain lines.
     monitor = subprocess.Popen(
@@ -200,9 +188,7 @@ def test_follows_a_live_run_until_it_dies_then_the_resumed_run_to_the_end(synth_
     reader.start()
     try:
         deadline = time.monotonic() + 180
-        while (read_status(run) or {}).get("paused") != "training:3" or not any(
-            line.startswith("epoch 3 ") for line in lines
-        ):
+        while not marker.exists() or not any(line.startswith("epoch 3 ") for line in lines):
             assert training.poll() is None, training.stderr.read().decode()[-3000:]
             assert monitor.poll() is None, monitor.stderr.read()
             assert time.monotonic() < deadline, (

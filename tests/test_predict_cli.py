@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from speech_emotion.cli.app import app
 from speech_emotion.features.store import FeatureStore
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import train
 
 runner = CliRunner()
 CLASSES = ["neutral", "happy", "sad"]  # the synthetic corpus's pitch classes

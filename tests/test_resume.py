@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -20,35 +19,22 @@ from speech_emotion.cli.app import app
 from speech_emotion.features.store import FeatureStore
 from speech_emotion.monitor import read_run, read_status
 from speech_emotion.training.checkpoint import load_checkpoint, save_checkpoint
-from speech_emotion.training.loop import TrainConfig, fit_head
-from speech_emotion.training.run import PAUSE_ENV, resume, train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.loop import fit_head
+from speech_emotion.training.pipeline import resume, train
 
 runner = CliRunner()
 SER = [sys.executable, "-c", "import sys; sys.argv[0] = 'ser'; from speech_emotion.cli.app import main; main()"]
+PAUSED_RUN = [sys.executable, str(Path(__file__).parent / "paused_run.py")]
 EPOCHS = 12
 CONFIG = TrainConfig(
     max_epochs=EPOCHS, patience=EPOCHS, lr=3e-3, hidden=32, stop_on_alarm=False
 )  # dropout 0.2: the global RNG matters
-CLI_ARGS = [
-    "--test-speakers",
-    "05-06",
-    "--val-speakers",
-    "04",
-    "--epochs",
-    str(EPOCHS),
-    "--patience",
-    str(EPOCHS),
-    "--lr",
-    "3e-3",
-    "--hidden",
-    "32",
-    "--warn-only",
-]
 
 
 @pytest.fixture(scope="module")
 def reference(synth_corpus, tiny_wav2vec2, tmp_path_factory) -> Path:
-    """An uninterrupted run (in process, its own cold feature store) with the settings of CLI_ARGS."""
+    """An uninterrupted run (in process, its own cold feature store) with the settings of the killed runs."""
     root = tmp_path_factory.mktemp("reference")
     train(
         synth_corpus,
@@ -62,33 +48,29 @@ def reference(synth_corpus, tiny_wav2vec2, tmp_path_factory) -> Path:
     return root / "run"
 
 
-def start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
+def start_paused(spec: dict, where: str, marker: Path, log: Path) -> subprocess.Popen:
+    """A run (tests/paused_run.py) that stops at ``where`` (``STAGE:N``) and writes ``marker`` there."""
+    spec = spec | {"pause": where, "marker": str(marker)}
     return subprocess.Popen(
-        SER + args,
-        env={**os.environ, **env},
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log, "wb"),
+        PAUSED_RUN + [json.dumps(spec)], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=open(log, "wb")
     )
 
 
-def kill_when_paused(process: subprocess.Popen, run: Path, where: str, log: Path, timeout: float = 180.0) -> dict:
-    """Wait for the run to reach the pause hook ``where``, then SIGKILL it (no chance to clean up)."""
+def kill_when_paused(process: subprocess.Popen, run: Path, marker: Path, log: Path, timeout: float = 180.0) -> dict:
+    """Wait for the run to stop at its pause point, then SIGKILL it (no chance to clean up); its last status."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            pytest.fail(
-                f"the run ended (rc {process.returncode}) before pausing at {where}:\n{log.read_text()[-3000:]}"
-            )
-        status = read_status(run)
-        if status and status.get("paused") == where:
+            pytest.fail(f"the run ended (rc {process.returncode}) before pausing:\n{log.read_text()[-3000:]}")
+        if marker.exists():
             process.send_signal(signal.SIGKILL)
             process.wait(timeout=30)
             assert process.returncode == -signal.SIGKILL
-            return status
+            marker.unlink()
+            return read_status(run)
         time.sleep(0.05)
     process.kill()
-    pytest.fail(f"the run did not pause at {where} within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"the run did not pause within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
 
 
 def run_to_end(args: list[str], log: Path) -> None:
@@ -106,12 +88,23 @@ def assert_same_weights(a: Path, b: Path) -> None:
 
 
 def test_sigkill_during_encoding_then_training_resumes_bit_identical(synth_corpus, tiny_wav2vec2, reference, tmp_path):
-    run, log = tmp_path / "run", tmp_path / "train.log"
-    args = ["train", str(synth_corpus), "--encoder", str(tiny_wav2vec2), "--out", str(run), *CLI_ARGS]
+    run, log, marker = tmp_path / "run", tmp_path / "train.log", tmp_path / "paused"
+    config = {"max_epochs": EPOCHS, "patience": EPOCHS, "lr": 3e-3, "hidden": 32, "stop_on_alarm": False}
+    assert TrainConfig(**config) == CONFIG
+    spec = {
+        "train": {
+            "data": str(synth_corpus),
+            "encoder": str(tiny_wav2vec2),
+            "out": str(run),
+            "test_speakers": ["05", "06"],
+            "val_speakers": ["04"],
+            "config": config,
+        }
+    }
 
     # 1. Killed while encoding: after the first chunk of 64 clips went to the feature store,
-    #    before the last 8 did (the pause hook sits between encoding a chunk and storing it).
-    status = kill_when_paused(start(args, log, **{PAUSE_ENV: "encoding:65"}), run, "encoding:65", log)
+    #    before the last 8 did (the step hook is called between encoding a chunk and storing it).
+    status = kill_when_paused(start_paused(spec, "encoding:65", marker, log), run, marker, log)
     assert status["stage"] == "encoding" and status["progress"]["total"] == 72
     assert FeatureStore().info()["n_entries"] == 64
     assert read_run(run).state == "died"
@@ -119,9 +112,7 @@ def test_sigkill_during_encoding_then_training_resumes_bit_identical(synth_corpu
 
     # 2. Resumed with no other argument; killed again during training, right after epoch 5's
     #    metrics line and before epoch 5's checkpoint.
-    status = kill_when_paused(
-        start(["train", "--resume", str(run)], log, **{PAUSE_ENV: "training:5"}), run, "training:5", log
-    )
+    status = kill_when_paused(start_paused({"resume": str(run)}, "training:5", marker, log), run, marker, log)
     assert status["stage"] == "training" and status["epoch"] == 5 and status["resumed"] == 1
     assert FeatureStore().info()["n_entries"] == 72
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4, 5]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from speech_emotion.errors import SanityError
-from speech_emotion.training.loop import TrainConfig, fit_head
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.loop import fit_head
 from speech_emotion.training.sanity import check_output_size
 
 CONFIG = TrainConfig(max_epochs=30, patience=30, hidden=16, lr=5e-2)

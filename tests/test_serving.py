@@ -22,6 +22,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from speech_emotion.cli.app import app as cli  # noqa: E402
+from speech_emotion.model.metadata import BundleMeta, EncoderRef  # noqa: E402
 from speech_emotion.serving import ServeLimits, UploadError, create_app  # noqa: E402
 from speech_emotion.serving.uploads import decode_upload, parse_formats, sniff_format  # noqa: E402
 
@@ -36,8 +37,8 @@ GOOD = "Actor_05/03-01-03-01-01-01-05.wav"  # a 'happy' (260 Hz) clip of a test 
 @pytest.fixture(scope="module")
 def run_dir(synth_corpus, whisper_tiny, tmp_path_factory) -> Path:
     from speech_emotion.features.store import FeatureStore
-    from speech_emotion.training.loop import TrainConfig
-    from speech_emotion.training.run import train
+    from speech_emotion.training.config import TrainConfig
+    from speech_emotion.training.pipeline import train
 
     out = tmp_path_factory.mktemp("serving") / "run"
     train(
@@ -184,7 +185,7 @@ def test_health_model_and_page(client, predictor):
         },
     }
     model = client.get("/model").json()
-    meta = predictor.bundle.meta
+    meta = predictor.meta.to_dict()
     assert model["classes"] == ["neutral", "happy", "sad"] == predictor.classes
     assert model["encoder"]["reference"] == meta["encoder"]["reference"]
     assert model["encoder"]["fingerprint"] == meta["encoder"]["fingerprint"]
@@ -487,7 +488,10 @@ class SlowPredictor:
     classes = ["neutral", "happy"]
 
     def __init__(self):
-        self.bundle = type("Bundle", (), {"meta": {"encoder": {"reference": "fake"}}, "path": Path("slow")})()
+        self.meta = BundleMeta(
+            classes=tuple(self.classes), schema={"classes": self.classes}, encoder=EncoderRef(reference="fake")
+        )
+        self.path = Path("slow")
         self.release = threading.Event()
         self.lock = threading.Lock()
         self.running = 0

@@ -26,8 +26,8 @@ from speech_emotion.inference.timeline import (
     speech_regions,
     stream_audio,
 )
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import train
 
 SILENCE = 2.0
 NEUTRAL, ANGRY = "01", "05"

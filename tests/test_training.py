@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from speech_emotion import Predictor
 from speech_emotion.cli.app import app
 from speech_emotion.inference.evaluate import evaluate
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import train
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import train
 
 runner = CliRunner()
 FAST = TrainConfig(
@@ -196,7 +196,8 @@ def test_lbfgs_linear_head_is_the_logistic_regression_probe():
     # objective as scikit-learn's class-balanced multinomial LogisticRegression with C = 1/(λ n).
     from sklearn.linear_model import LogisticRegression
 
-    from speech_emotion.training.loop import fit_head, predict_proba
+    from speech_emotion.model.head import predict_proba
+    from speech_emotion.training.loop import fit_head
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], [40, 80, 60])  # imbalanced: class weights matter
@@ -204,7 +205,7 @@ def test_lbfgs_linear_head_is_the_logistic_regression_probe():
     X = ((X - X.mean(0)) / X.std(0, ddof=1)).astype(np.float32)  # already standard: the head's scaler is the identity
     l2 = 0.05
     config = TrainConfig(weight_decay=l2, max_epochs=200)
-    assert config.optimizer == "lbfgs"
+    assert config.optimizer == "auto" and config.resolved().optimizer == "lbfgs"  # asked, then resolved
     fit = fit_head(X, y, None, None, n_classes=3, config=config)
     reference = LogisticRegression(C=1 / (l2 * len(y)), class_weight="balanced", tol=1e-10, max_iter=10_000).fit(
         X.reshape(len(y), -1), y
@@ -213,7 +214,8 @@ def test_lbfgs_linear_head_is_the_logistic_regression_probe():
 
 
 def test_mixup_softens_an_overconfident_probe_and_still_learns():
-    from speech_emotion.training.loop import fit_head, predict_proba
+    from speech_emotion.model.head import predict_proba
+    from speech_emotion.training.loop import fit_head
 
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 30)
@@ -260,5 +262,6 @@ def test_default_recipe_learns_pitch_classes(synth_corpus, tiny_wav2vec2, tmp_pa
         val_speakers=["04"],
         config=TrainConfig(stop_on_alarm=False),
     )
-    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["optimizer"] == "lbfgs"
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["train"]["optimizer"] == "auto" and config["train_resolved"]["optimizer"] == "lbfgs"
     assert results["test"]["accuracy"] >= 0.8, results["test"]

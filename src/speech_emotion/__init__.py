@@ -9,10 +9,9 @@ Example:
 from speech_emotion.data import LabelSchema
 from speech_emotion.data import load_dataset
 from speech_emotion.data import read_corpus
+from speech_emotion.version import __version__
 
-__version__ = "0.1.0"
-
-__all__ = ["LabelSchema", "Predictor", "load_dataset", "read_corpus"]
+__all__ = ["LabelSchema", "Predictor", "__version__", "load_dataset", "read_corpus"]
 
 
 def __getattr__(name: str):

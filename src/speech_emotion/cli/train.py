@@ -13,9 +13,7 @@ from speech_emotion.cli.console import err_console, fail, print_json, progress_b
 from speech_emotion.cli.data import CorpusOpt, DataArg, JsonOpt, LabelsOpt, SpeakerPatternOpt, print_label_report
 from speech_emotion.data.splits import parse_speakers
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
-from speech_emotion.training.distributed import current_world
-from speech_emotion.training.finetune import parse_finetune
-from speech_emotion.training.loop import MIXUP_COPIES, TrainConfig
+from speech_emotion.training.config import MIXUP_COPIES, TrainConfig, parse_finetune
 
 USER_ERRORS = (
     BundleError,
@@ -217,8 +215,9 @@ def train(
     Example: ser train ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder
     --labels ravdess-8 --test-speakers 16-18 --out runs/base
     """
-    from speech_emotion.training.run import resume as resume_training
-    from speech_emotion.training.run import train as run_training
+    from speech_emotion.training.distributed import current_world
+    from speech_emotion.training.pipeline import resume as resume_training
+    from speech_emotion.training.pipeline import train as run_training
 
     if resume is not None:
         given = [
@@ -328,10 +327,10 @@ def evaluate(
     from speech_emotion.inference.evaluate import evaluate as run_evaluation
 
     if speaker_norm:
-        from speech_emotion.model.bundle import load_bundle
+        from speech_emotion.model.metadata import BundleMeta
 
         try:
-            trained_with = load_bundle(model).meta.get("speaker_norm", False)
+            trained_with = BundleMeta.read(model)[0].speaker_norm
         except USER_ERRORS as error:
             raise fail(error) from None
         if not trained_with:

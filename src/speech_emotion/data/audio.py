@@ -66,7 +66,7 @@ def load_audio(
         data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
     except Exception as error:  # libsndfile raises several types for bad files
         raise AudioError(path, f"cannot decode audio ({_short(error)}); is the file truncated or not audio?") from error
-    _check_complete(path)
+    check_complete(path)
     return check_signal(data, file_rate, path=path, sampling_rate=sampling_rate, min_duration=min_duration)
 
 
@@ -152,7 +152,7 @@ def audio_hash(signal: np.ndarray) -> str:
     return hashlib.sha256(quantised.tobytes()).hexdigest()
 
 
-def _check_complete(path: Path) -> None:
+def check_complete(path: Path) -> None:
     """Refuse a WAV or Ogg file cut short, which libsndfile would quietly read in part.
 
     A truncated FLAC fails to decode; a truncated WAV or Ogg decodes to the samples that

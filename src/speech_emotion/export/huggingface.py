@@ -48,27 +48,25 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
-from speech_emotion import __version__
 from speech_emotion.atomic import write_json
 from speech_emotion.data.audio import SAMPLING_RATE, load_audio
 from speech_emotion.data.dataset import load_dataset
 from speech_emotion.errors import BundleError
-from speech_emotion.features.store import FeatureStore, extract_features
+from speech_emotion.features.store import FeatureStore, encode_dataset, extract_features
 from speech_emotion.inference.predictor import Predictor
-from speech_emotion.model.head import EmotionHead
-from speech_emotion.training.loop import TrainConfig, fit_head, predict_logits
-from speech_emotion.training.metrics import classification_metrics
-from speech_emotion.training.run import encode_dataset
+from speech_emotion.model.head import EmotionHead, predict_logits
+from speech_emotion.model.metrics import classification_metrics
+from speech_emotion.progress import Progress, no_progress
+from speech_emotion.training.config import RunConfig, TrainConfig
+from speech_emotion.training.loop import fit_head
+from speech_emotion.version import __version__
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int | None], ContextManager[Callable[[int], None]]]
-"""``progress(description, total)`` → context yielding ``advance(n)``; the CLI passes Rich bars."""
 
 EXPORT_INFO = "speech_emotion_export.json"
 CARD = "README.md"
@@ -84,11 +82,6 @@ RETRAIN_HINT = (
     "head "
     "on mean features with a standardisation shared across layers, which a stock transformers head computes exactly"
 )
-
-
-@contextlib.contextmanager
-def no_progress(description: str, total: int | None):
-    yield lambda n=1: None
 
 
 @contextlib.contextmanager
@@ -271,10 +264,10 @@ class _RunData:
 
     def __init__(self, run: Path, bundle, data: str | Path | None, progress: Progress):
         self.run = run
-        self.config = _read_json(run / "config.json")
+        self.config = RunConfig.read(run)
         self.split = _read_json(run / "split.json")
         self.results = _read_json(run / "results.json") if (run / "results.json").is_file() else {}
-        self.data = Path(data) if data is not None else Path(self.config["data"])
+        self.data = Path(data) if data is not None else Path(self.config.data)
         if not self.data.exists():
             raise FileNotFoundError(
                 f"{self.data}: the corpus the run {run} was trained on is not there (from {run / 'config.json'}); "
@@ -283,17 +276,17 @@ class _RunData:
         with progress("decoding audio", None) as advance:
             self.dataset = load_dataset(
                 self.data,
-                corpus=self.config.get("corpus"),
+                corpus=self.config.corpus,
                 labels=bundle.schema,
-                speaker_pattern=self.config.get("speaker_pattern"),
-                skip_bad=bool(self.config.get("skip_bad")),
+                speaker_pattern=self.config.speaker_pattern,
+                skip_bad=self.config.skip_bad,
                 progress=advance,
             )
         self.rows: dict[str, np.ndarray] = {}
         hashes = np.asarray(self.dataset.hashes)
         seen = set()
         for part in ("train", "val"):
-            wanted = set(bundle.meta["data"]["audio_hashes"][part])
+            wanted = set(bundle.meta.data["audio_hashes"][part])
             rows = np.flatnonzero(np.isin(hashes, sorted(wanted)))
             missing = len(wanted - set(hashes[rows].tolist()))
             if missing:
@@ -424,14 +417,14 @@ def export_huggingface(
     started = time.perf_counter()
     model, out = Path(model), Path(out)
     predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
-    bundle = predictor.bundle
-    family = bundle.meta["encoder"]["family"]
+    bundle = predictor.backend.bundle
+    family = bundle.meta.encoder.family
     if family not in ("ssl", "whisper"):
         raise BundleError(
             f"{bundle.path}: encoder family {family!r} has no stock transformers classification class; "
             "train on a wav2vec 2.0-family or Whisper encoder to export to Hugging Face (or use --format onnx)"
         )
-    if bundle.meta.get("speaker_norm"):
+    if bundle.meta.speaker_norm:
         raise BundleError(
             f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over "
             "single clips cannot do; retrain without --speaker-norm"
@@ -472,7 +465,9 @@ def export_huggingface(
         "architecture": type(hf_model).__name__,
         "family": family,
         "classes": classes,
-        "encoder": {k: bundle.meta["encoder"].get(k) for k in ("reference", "family", "fingerprint", "n_layers")},
+        "encoder": {
+            k: bundle.meta.encoder.to_dict().get(k) for k in ("reference", "family", "fingerprint", "n_layers")
+        },
     }
     if family == "ssl":
         weights = hf_head_weights(bundle.head, temperature=bundle.temperature)
@@ -494,7 +489,7 @@ def export_huggingface(
                 info["check"] = _check_export(staging, predictor, run, store, progress, exact=family == "ssl")
         info["export_s"] = round(time.perf_counter() - started, 1)
         write_json(staging / EXPORT_INFO, info)
-        (staging / CARD).write_text(model_card(info, bundle.meta, run), encoding="utf-8")
+        (staging / CARD).write_text(model_card(info, bundle.meta.to_dict(), run), encoding="utf-8")
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -513,9 +508,7 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
         with progress(f"encoding {part} clips as the pipeline does (30 s padded)", len(loaders)) as advance:
             X[part] = extract_features(pipeline_encoder, loaders, run.hashes(part), store, progress=advance)
     # The run's hyper-parameters (seed, lr, epochs, patience, alarms), as a linear hf_compatible head.
-    recorded = {
-        k: v for k, v in (predictor.bundle.meta.get("train") or {}).items() if k in TrainConfig.__dataclass_fields__
-    }
+    recorded = {k: v for k, v in (predictor.meta.train or {}).items() if k in TrainConfig.__dataclass_fields__}
     recorded.update(hidden=0, hf_compatible=True)
     for key, plain in (("speaker_norm", False), ("mixing", "softmax")):
         if key in recorded:
@@ -593,7 +586,7 @@ def _check_export(folder: Path, predictor, run: _RunData | None, store, progress
         check["accuracy_gap"] = round(check["ser_predict"]["accuracy"] - check["pipeline"]["accuracy"], 4)
     if exact and check["max_abs_diff"] is not None and check["max_abs_diff"] > MAX_DIFF:
         raise BundleError(
-            f"{predictor.bundle.path}: the exported model's probabilities differ from `ser predict`'s by up to "
+            f"{predictor.path}: the exported model's probabilities differ from `ser predict`'s by up to "
             f"{check['max_abs_diff']:.2g} on {where} (expected < {MAX_DIFF}); this is a bug in the export, please "
             "report it"
         )

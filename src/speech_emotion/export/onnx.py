@@ -21,7 +21,6 @@ dynamic quantization (the head stays fp32).
 
 from __future__ import annotations
 
-import copy
 import logging
 import shutil
 import tempfile
@@ -34,15 +33,8 @@ import numpy as np
 
 from speech_emotion.atomic import write_json
 from speech_emotion.errors import BundleError
-from speech_emotion.inference.backends import (
-    ENCODER_FILE,
-    HEAD_FILE,
-    MEL_FILTERS_FILE,
-    META,
-    ONNX_FORMAT,
-    ONNX_VERSION,
-    file_sha256,
-)
+from speech_emotion.inference.backends import ENCODER_FILE, HEAD_FILE, MEL_FILTERS_FILE, file_sha256
+from speech_emotion.model.metadata import META_FILE, ONNX_FORMAT, ONNX_VERSION
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +84,14 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     started = time.perf_counter()
     out = Path(out)
     predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
-    bundle, torch_encoder = predictor.bundle, predictor.encoder
-    family = bundle.meta["encoder"]["family"]
+    bundle, torch_encoder = predictor.backend.bundle, predictor.encoder
+    family = bundle.meta.encoder.family
     if family not in ("whisper", "ssl"):
         raise BundleError(
             f"{bundle.path}: encoder family {family!r} cannot be exported to ONNX (openSMILE is not a neural network); "
             "train on a Whisper or wav2vec 2.0-family encoder to export"
         )
-    if bundle.meta.get("speaker_norm"):
+    if bundle.meta.speaker_norm:
         raise BundleError(
             f"{bundle.path}: the model standardises features per speaker (--speaker-norm) and cannot label single "
             "clips; "
@@ -125,8 +117,7 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             _quantize_int8(staging / ENCODER_FILE)
 
         files = sorted(p.name for p in staging.iterdir() if p.is_file())
-        meta = copy.deepcopy(bundle.meta)
-        meta["onnx"] = {
+        onnx = {
             "format": ONNX_FORMAT,
             "version": ONNX_VERSION,
             "backend": "onnxruntime",
@@ -140,7 +131,8 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             },
             "source": str(bundle.path.resolve()),
         }
-        write_json(staging / META, meta)
+        meta = bundle.meta.replace(kind="onnx", onnx=onnx)
+        write_json(staging / META_FILE, meta.to_dict())
 
         check = _check_against_torch(staging, predictor)
         if quantize is None and check > FP32_TOLERANCE:
@@ -159,7 +151,7 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         "quantization": quantize or "none (fp32)",
         "opset": OPSET,
         "files": ", ".join(
-            f"{name} ({meta['onnx']['files'][name]['bytes'] / 1e6:.1f} MB)" for name in files if name != META
+            f"{name} ({onnx['files'][name]['bytes'] / 1e6:.1f} MB)" for name in files if name != META_FILE
         ),
         "max_abs_diff_vs_torch": f"{check:.2e}",
         "export_s": round(time.perf_counter() - started, 1),

@@ -17,6 +17,7 @@ the top layers. They sit beside the pooled features as ``<key>.frames.npy``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -30,9 +31,12 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
+from speech_emotion.data.audio import load_audio
 from speech_emotion.features.encoders import _check_signal
+from speech_emotion.progress import Progress, no_progress
 
 if TYPE_CHECKING:
+    from speech_emotion.data.dataset import Dataset
     from speech_emotion.features.encoders import Encoder
 
 logger = logging.getLogger(__name__)
@@ -412,6 +416,24 @@ def extract_features(
         if progress is not None and n_duplicates:
             progress(n_duplicates)
     return output
+
+
+def encode_dataset(
+    dataset: Dataset, encoder: Encoder, *, store: FeatureStore | None = None, progress: Progress = no_progress
+) -> np.ndarray:
+    """Pooled features of every row of a dataset, ``(n, n_layers, dim)``, through the feature store.
+
+    Audio is decoded only for rows whose features are not cached yet. ``store`` defaults to
+    :class:`FeatureStore()` (``$SER_CACHE`` or the platform cache folder).
+    """
+    store = store if store is not None else FeatureStore()
+    loaders = [functools.partial(_decode, path) for path in dataset.paths]
+    with progress(f"encoding ({encoder.family})", len(dataset)) as advance:
+        return extract_features(encoder, loaders, dataset.hashes, store, progress=advance)
+
+
+def _decode(path: str) -> np.ndarray:
+    return load_audio(path)[0]
 
 
 def _load_signal(encoder: Encoder, signals: Sequence, audio_hashes: Sequence[str], index: int) -> np.ndarray:

@@ -1,9 +1,10 @@
 """Backends behind :class:`~speech_emotion.inference.predictor.Predictor`: PyTorch and ONNX Runtime.
 
-A backend holds what a predictor needs: ``bundle`` (``meta``, ``path``, ``classes``,
-``schema``, ``temperature``), ``encoder`` (``features(signals)`` → pooled per-layer features,
-plus the ``fingerprint``/``preprocessing`` the feature store keys on) and
-``predict_features(X)`` → probabilities with the bundle's temperature.
+A backend holds what a predictor needs: ``meta`` (the model's
+:class:`~speech_emotion.model.metadata.BundleMeta`) and ``path`` (its folder), ``encoder``
+(``features(signals)`` → pooled per-layer features, plus the ``fingerprint``/``preprocessing``
+the feature store keys on) and ``predict_features(X)`` → probabilities with the model's
+temperature. Which backend a folder needs is written in its ``model.json`` (``kind``).
 
 - :class:`TorchBackend`: a bundle made by ``ser train`` (``model.safetensors``) and the
   encoder it names, loaded with torch and transformers.
@@ -19,39 +20,29 @@ Example:
     >>> filters = np.zeros((201, 80), dtype=np.float32); filters[10:20, :] = 1.0
     >>> whisper_log_mel(np.zeros(16000, dtype=np.float32) + 0.1, filters).shape  # (n_mels, ceil(n / hop))
     (80, 100)
-    >>> is_onnx_export("./no/such/folder")
-    False
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from speech_emotion.data.audio import split_windows
-from speech_emotion.data.labels import LabelSchema
 from speech_emotion.errors import BundleError
+from speech_emotion.model.metadata import META_FILE, BundleMeta, EncoderRef
 
 log = logging.getLogger(__name__)
 
 SAMPLING_RATE = 16000
 """Sampling rate in Hz that every encoder expects."""
 
-# The same tag and version as speech_emotion.model.bundle, which cannot be imported here (torch).
-META = "model.json"
-BUNDLE_FORMAT = "speech-emotion/bundle"
-BUNDLE_VERSION = 1
-ONNX_FORMAT = "speech-emotion/onnx"
-ONNX_VERSION = 1
 ENCODER_FILE = "encoder.onnx"
 HEAD_FILE = "head.onnx"
 MEL_FILTERS_FILE = "mel_filters.npy"
@@ -95,19 +86,20 @@ class TorchBackend:
 
     def __init__(self, bundle: Any, encoder: Any):
         self.bundle = bundle
+        self.meta: BundleMeta = bundle.meta
+        self.path: Path = bundle.path
         self.encoder = encoder
 
     @classmethod
     def load(
         cls, model: str | Path, *, encoder: str | None = None, allow_encoder_mismatch: bool = False
-    ) -> "TorchBackend":
+    ) -> TorchBackend:
         """Load a bundle and the encoder it names, checking fingerprint and preprocessing.
 
         Raises:
             BundleError: bundle invalid, encoder not found, or fingerprint mismatch.
         """
         use_passive_waiting()  # before torch is first imported
-        from speech_emotion.features.encoders import load_encoder
         from speech_emotion.model.bundle import load_bundle
 
         threads = _env_threads()
@@ -116,76 +108,62 @@ class TorchBackend:
 
             torch.set_num_threads(threads)
         bundle = load_bundle(model)
-        recorded = bundle.meta["encoder"]
-        if encoder:
-            candidates = [encoder]
-        elif recorded.get("bundled"):  # a fine-tuned encoder travels inside the bundle (training/finetune.py)
-            inside = Path(str(recorded["bundled"]))
-            if inside.is_absolute() or ".." in inside.parts:
-                raise BundleError(
-                    f"{bundle.path / META}: encoder.bundled must be a folder inside the bundle, got "
-                    f"{recorded['bundled']!r}"
-                )
-            candidates = [str(bundle.path / inside)]
-        else:
-            candidates = [c for c in (recorded.get("path"), recorded["reference"]) if c]
-        errors = []
-        for candidate in candidates:
-            try:
-                loaded = load_encoder(candidate)
-                break
-            except (OSError, ValueError) as error:
-                errors.append(f"{candidate}: {error}")
-        else:
-            raise BundleError(
-                f"{bundle.path}: cannot load the encoder this model was trained on:\n  "
-                + "\n  ".join(errors)
-                + "\npass encoder=... (--encoder) pointing to a copy of it"
-            )
-        if loaded.fingerprint != recorded["fingerprint"] or loaded.preprocessing != bundle.meta.get(
-            "preprocessing", loaded.preprocessing
+        loaded = _load_recorded_encoder(bundle.meta.encoder, bundle.path, encoder)
+        recorded = bundle.meta.encoder
+        if loaded.fingerprint != recorded.fingerprint or loaded.preprocessing != (
+            bundle.meta.preprocessing or loaded.preprocessing
         ):
             message = (
                 f"{bundle.path}: encoder {loaded.reference!r} has fingerprint {loaded.fingerprint[:12]}…, but the "
-                "model was "
-                f"trained on {recorded['reference']!r} with fingerprint {recorded['fingerprint'][:12]}… (other "
-                "weights, "
-                "config or preprocessing)"
+                f"model was trained on {recorded.reference!r} with fingerprint {str(recorded.fingerprint)[:12]}… "
+                "(other weights, config or preprocessing)"
             )
             if not allow_encoder_mismatch:
                 raise BundleError(
-                    message
-                    + "; pass the original encoder, or allow_encoder_mismatch=True (--allow-encoder-mismatch) to force "
-                    "it"
+                    f"{message}; pass the original encoder, or allow_encoder_mismatch=True (--allow-encoder-mismatch) "
+                    "to force it"
                 )
             log.warning(message + "; continuing because the mismatch was allowed")
         return cls(bundle, loaded)
 
     def predict_features(self, features: np.ndarray) -> np.ndarray:
         """Probabilities, shape (n, K), from pooled features (n, n_layers, dim)."""
-        import torch
+        from speech_emotion.model.head import predict_proba
 
-        from speech_emotion.training.loop import predict_proba
+        return predict_proba(self.bundle.head, features, temperature=self.meta.temperature)
 
-        with torch.inference_mode():
-            return predict_proba(self.bundle.head, features, temperature=self.bundle.temperature)
+
+def _load_recorded_encoder(recorded: EncoderRef, bundle: Path, given: str | None):
+    """The encoder a bundle names: ``given`` if any, else the one inside the bundle, else the recorded folder or id.
+
+    Raises:
+        BundleError: none of them loads (every attempt's error is listed).
+    """
+    from speech_emotion.features.encoders import load_encoder
+
+    inside = recorded.bundled_folder(bundle)  # a fine-tuned encoder travels inside the bundle
+    if given:
+        candidates = [given]
+    elif inside is not None:
+        candidates = [str(inside)]
+    else:
+        candidates = [c for c in (recorded.path, recorded.reference) if c]
+    errors = []
+    for candidate in candidates:
+        try:
+            return load_encoder(candidate)
+        except (OSError, ValueError) as error:
+            errors.append(f"{candidate}: {error}")
+    raise BundleError(
+        f"{bundle}: cannot load the encoder this model was trained on:\n  "
+        + "\n  ".join(errors)
+        + "\npass encoder=... (--encoder) pointing to a copy of it"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # ONNX Runtime
 # ---------------------------------------------------------------------------------------------
-
-
-def is_onnx_export(path: str | Path) -> bool:
-    """True when ``path`` is a folder written by ``ser export --format onnx``."""
-    meta_file = Path(path) / META
-    if not meta_file.is_file():
-        return False
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return False
-    return isinstance(meta, dict) and isinstance(meta.get("onnx"), dict)
 
 
 def file_sha256(path: str | Path) -> str:
@@ -195,28 +173,6 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@dataclass
-class OnnxBundle:
-    """The metadata of an ONNX export (``model.json``); the head itself is ``head.onnx``."""
-
-    meta: dict
-    path: Path
-
-    @property
-    def classes(self) -> list[str]:
-        """Class names in index order."""
-        return list(self.meta["classes"])
-
-    @property
-    def schema(self) -> LabelSchema:
-        return LabelSchema.from_dict(self.meta["schema"])
-
-    @property
-    def temperature(self) -> float:
-        """Softmax temperature, already applied inside ``head.onnx``."""
-        return float(self.meta.get("calibration", {}).get("temperature", 1.0))
 
 
 def whisper_log_mel(
@@ -471,18 +427,21 @@ class OnnxBackend:
     name = "onnx"
 
     def __init__(self, folder: str | Path, *, threads: int | None = None):
-        folder = Path(folder)
-        meta = _read_onnx_meta(folder)
-        self.bundle = OnnxBundle(meta, folder)
-        threads = threads or _env_threads()
-        hashes = _check_files(folder, meta)
-        self.encoder = OnnxEncoder(folder, meta, fingerprint=hashes[ENCODER_FILE], threads=threads)
-        self._head = _session(folder / HEAD_FILE, 1)
-        n_outputs = self._head.get_outputs()[0].shape[-1]
-        if isinstance(n_outputs, int) and n_outputs != len(self.bundle.classes):
+        self.meta, self.path = BundleMeta.read(folder)
+        if self.meta.kind != "onnx":
             raise BundleError(
-                f"Cannot assign {len(self.bundle.classes)} labels to a head with {n_outputs} outputs "
-                f"({folder / HEAD_FILE})"
+                f"{self.path / META_FILE}: a model of kind {self.meta.kind!r}, not an ONNX export; export it with "
+                "`ser export --format onnx`, or load it with Predictor.from_pretrained"
+            )
+        threads = threads or _env_threads()
+        hashes = _check_files(self.path, self.meta.onnx)
+        self.encoder = OnnxEncoder(self.path, self.meta.to_dict(), fingerprint=hashes[ENCODER_FILE], threads=threads)
+        self._head = _session(self.path / HEAD_FILE, 1)
+        n_outputs = self._head.get_outputs()[0].shape[-1]
+        if isinstance(n_outputs, int) and n_outputs != self.meta.n_classes:
+            raise BundleError(
+                f"Cannot assign {self.meta.n_classes} labels to a head with {n_outputs} outputs "
+                f"({self.path / HEAD_FILE})"
             )
 
     @classmethod
@@ -504,7 +463,7 @@ class OnnxBackend:
         if features.ndim != 3 or features.shape[1:] != expected:
             raise ValueError(f"expected features of shape (n, {expected[0]}, {expected[1]}), got {features.shape}")
         if not len(features):
-            return np.zeros((0, len(self.bundle.classes)), dtype=np.float32)
+            return np.zeros((0, self.meta.n_classes), dtype=np.float32)
         return self._head.run(None, {"features": features})[0]
 
 
@@ -513,50 +472,13 @@ def _env_threads() -> int | None:
     return int(value) if value and value.isdigit() and int(value) > 0 else None
 
 
-def _read_onnx_meta(folder: Path) -> dict:
-    meta_file = folder / META
-    try:
-        meta = json.loads(meta_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise BundleError(f"{folder}: no {META}; pass a folder made by `ser export --format onnx`") from None
-    except json.JSONDecodeError as error:
-        raise BundleError(f"{meta_file}: not valid JSON ({error})") from error
-    if not isinstance(meta, dict) or meta.get("format") != BUNDLE_FORMAT:
-        raise BundleError(
-            f"{meta_file}: not a speech-emotion model (format tag "
-            f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {BUNDLE_FORMAT!r})"
-        )
-    if not isinstance(meta.get("version"), int) or meta["version"] > BUNDLE_VERSION:
-        raise BundleError(
-            f"{meta_file}: bundle version {meta.get('version')!r} is newer than this speech-emotion reads "
-            f"({BUNDLE_VERSION}); upgrade speech-emotion"
-        )
-    onnx_meta = meta.get("onnx")
-    if not isinstance(onnx_meta, dict) or onnx_meta.get("format") != ONNX_FORMAT:
-        raise BundleError(
-            f"{meta_file}: 'onnx' section missing or not {ONNX_FORMAT!r}; re-export with `ser export --format onnx`"
-        )
-    if not isinstance(onnx_meta.get("version"), int) or onnx_meta["version"] > ONNX_VERSION:
-        raise BundleError(
-            f"{meta_file}: ONNX export version {onnx_meta.get('version')!r} is newer than this speech-emotion reads "
-            f"({ONNX_VERSION}); upgrade speech-emotion"
-        )
-    classes = meta.get("classes")
-    if not isinstance(classes, list) or not classes:
-        raise BundleError(f"{meta_file}: needs a non-empty 'classes' list in index order")
-    schema = LabelSchema.from_dict(meta["schema"])
-    if list(schema.classes) != classes:
-        raise BundleError(f"{meta_file}: classes {classes} disagree with the schema's classes {list(schema.classes)}")
-    return meta
-
-
-def _check_files(folder: Path, meta: dict) -> dict[str, str]:
+def _check_files(folder: Path, onnx: dict) -> dict[str, str]:
     """Every file listed under ``onnx.files`` exists and has its recorded sha256; returns the hashes."""
-    files = meta["onnx"].get("files") or {}
+    files = onnx.get("files") or {}
     for required in (ENCODER_FILE, HEAD_FILE):
         if required not in files:
             raise BundleError(
-                f"{folder / META}: onnx.files does not list {required}; re-export with `ser export --format onnx`"
+                f"{folder / META_FILE}: onnx.files does not list {required}; re-export with `ser export --format onnx`"
             )
     hashes = {}
     for name, recorded in files.items():
@@ -566,7 +488,8 @@ def _check_files(folder: Path, meta: dict) -> dict[str, str]:
         actual = file_sha256(path)
         if actual != recorded.get("sha256"):
             raise BundleError(
-                f"{path}: sha256 {actual[:12]}… differs from {str(recorded.get('sha256'))[:12]}… recorded in {META} "
+                f"{path}: sha256 {actual[:12]}… differs from {str(recorded.get('sha256'))[:12]}… recorded in "
+                f"{META_FILE} "
                 "(the file was changed or replaced); re-export the model"
             )
         hashes[name] = actual

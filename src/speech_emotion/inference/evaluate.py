@@ -16,10 +16,11 @@ from speech_emotion.data.corpora import read_corpus
 from speech_emotion.data.dataset import load_dataset
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import canonical_label
+from speech_emotion.features.speaker_norm import speaker_normalise
+from speech_emotion.features.store import encode_dataset
 from speech_emotion.inference.predictor import Predictor
-from speech_emotion.training.metrics import classification_metrics
-from speech_emotion.training.run import Progress, encode_dataset, no_progress
-from speech_emotion.training.speaker_norm import speaker_normalise
+from speech_emotion.model.metrics import classification_metrics
+from speech_emotion.progress import Progress, no_progress
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def evaluate(
         LabelError: labels outside the schema without ``skip_unknown``.
     """
     predictor = model if isinstance(model, Predictor) else Predictor.from_pretrained(model)
-    schema = predictor.bundle.schema
+    schema = predictor.meta.label_schema
     skipped_labels = {}
     if skip_unknown:
         raw = read_corpus(data, corpus=corpus, speaker_pattern=speaker_pattern).label_counts()
@@ -67,7 +68,7 @@ def evaluate(
             data, corpus=corpus, labels=schema, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance
         )
 
-    seen = predictor.bundle.meta.get("data", {})
+    seen = predictor.meta.data
     seen_hashes = {h for part in seen.get("audio_hashes", {}).values() for h in part}
     seen_speakers = {s for part in seen.get("speakers", {}).values() for s in part}
     seen_corpora = set(seen.get("corpus", []))
@@ -89,13 +90,13 @@ def evaluate(
     if len(clean):
         subset = dataset.subset(clean)
         features = encode_dataset(subset, predictor.encoder, store=store, progress=progress)
-        if predictor.bundle.meta.get("speaker_norm"):
+        if predictor.meta.speaker_norm:
             # Each evaluated speaker is standardised by their own clips, as in training.
             features = speaker_normalise(features, subset.speakers)
         predictions = predictor.predict_features(features).argmax(axis=1)
         result = classification_metrics(subset.y, predictions, predictor.classes)
     result["speakers"] = sorted({dataset.speakers[i] for i in clean})
-    result["speaker_norm"] = bool(predictor.bundle.meta.get("speaker_norm"))
+    result["speaker_norm"] = predictor.meta.speaker_norm
     result["contaminated"] = {
         "n": len(contaminated),
         "files": [dataset.paths[i] for i in contaminated],

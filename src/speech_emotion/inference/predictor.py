@@ -21,7 +21,8 @@ import numpy as np
 
 from speech_emotion.data.audio import SAMPLING_RATE, check_signal, load_audio
 from speech_emotion.errors import AudioError
-from speech_emotion.inference.backends import OnnxBackend, TorchBackend, is_onnx_export
+from speech_emotion.inference.backends import OnnxBackend, TorchBackend
+from speech_emotion.model.metadata import BundleMeta, model_kind
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,8 @@ class Predictor:
             :class:`~speech_emotion.inference.backends.OnnxBackend`.
 
     Attributes:
-        bundle: the model's metadata (``meta``, ``path``, ``classes``, ``schema``, ``temperature``).
+        meta: the model's metadata (:class:`~speech_emotion.model.metadata.BundleMeta`).
+        path: the model folder.
         encoder: ``features(signals)`` → pooled per-layer features (used by ``ser evaluate``).
         classes: class names in index order.
         backend_name: ``"torch"`` or ``"onnx"``.
@@ -48,9 +50,10 @@ class Predictor:
 
     def __init__(self, backend: TorchBackend | OnnxBackend):
         self.backend = backend
-        self.bundle = backend.bundle
+        self.meta: BundleMeta = backend.meta
+        self.path: Path = backend.path
         self.encoder = backend.encoder
-        self.classes = self.bundle.classes
+        self.classes = list(self.meta.classes)
         self.backend_name = backend.name
 
     @classmethod
@@ -89,7 +92,7 @@ class Predictor:
         """
         if backend not in BACKENDS:
             raise ValueError(f"backend: expected one of {', '.join(BACKENDS)}, got {backend!r}")
-        onnx = is_onnx_export(model)
+        onnx = model_kind(model) == "onnx"
         if backend == "onnx" and not onnx:
             raise ValueError(
                 f"{model}: backend='onnx' needs a folder made by `ser export --format onnx`; export this model first"
@@ -119,9 +122,9 @@ class Predictor:
 
     def _forward(self, signals: Sequence[np.ndarray]) -> np.ndarray:
         """Probabilities, shape (n, K), for decoded signals."""
-        if self.bundle.meta.get("speaker_norm"):
+        if self.meta.speaker_norm:
             raise ValueError(
-                f"{self.bundle.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
+                f"{self.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
                 "single clips; score it with `ser evaluate` on several clips per speaker, or train without "
                 "--speaker-norm"
             )

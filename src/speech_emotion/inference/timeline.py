@@ -49,7 +49,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-from speech_emotion.data.audio import SAMPLING_RATE, _check_complete
+from speech_emotion.data.audio import SAMPLING_RATE, check_complete
 from speech_emotion.errors import AudioError
 
 BLOCK_SECONDS = 10.0
@@ -389,7 +389,7 @@ def stream_audio(path: str | Path, *, block_seconds: float = BLOCK_SECONDS) -> I
         sound = sf.SoundFile(str(path))
     except Exception as error:
         raise AudioError(path, f"cannot decode audio ({_short(error)}); is the file truncated or not audio?") from error
-    _check_complete(path)
+    check_complete(path)
     with sound:
         file_rate = sound.samplerate
         resampler = (

@@ -9,69 +9,11 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-
+import numpy as np
 import torch
 from torch import nn
 
-from speech_emotion.errors import BundleError
-
-MIXINGS = ("softmax", "concat")
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    """Shape and regularisation of an :class:`EmotionHead`; round-trips through JSON.
-
-    Attributes:
-        n_layers: encoder layers the features come from.
-        dim: feature width per layer.
-        n_classes: K, the number of schema classes.
-        hidden: width of the hidden layer; 0 makes the head linear after layer weighting.
-        dropout: dropout on the weighted features and the hidden layer.
-        hf_compatible: the form a stock transformers ``*ForSequenceClassification`` /
-            ``*ForAudioClassification`` head computes exactly (weighted layer sum, projector,
-            mean pooling, classifier), so ``ser export --format hf`` can copy it: only the
-            per-layer MEAN half of the pooled statistics is used (no std), standardised with
-            one per-dimension scale shared by all layers times one factor per layer.
-            Needs ``hidden=0``.
-        mixing: ``"softmax"`` mixes layers with learned softmax weights (a weighted sum);
-            ``"concat"`` feeds every standardised layer to the classifier side by side.
-    """
-
-    n_layers: int
-    dim: int
-    n_classes: int
-    hidden: int = 256
-    dropout: float = 0.2
-    hf_compatible: bool = False
-    mixing: str = "softmax"
-
-    def __post_init__(self) -> None:
-        if self.mixing not in MIXINGS:
-            raise BundleError(f"head mixing {self.mixing!r} is not one of {', '.join(MIXINGS)}")
-        if self.hf_compatible and self.mixing != "softmax":
-            raise ValueError(
-                "hf_compatible=True needs mixing='softmax': a stock transformers head sums layers with weights"
-            )
-        if self.hf_compatible and self.hidden:
-            raise ValueError(
-                f"hf_compatible=True needs a linear head (hidden=0), got hidden={self.hidden}; a stock transformers "
-                "head has no hidden layer"
-            )
-        if self.hf_compatible and self.dim % 2:
-            raise ValueError(f"hf_compatible=True needs mean+std features (even dim), got dim={self.dim}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, spec: dict) -> "HeadConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(spec) - known
-        if unknown:
-            raise BundleError(f"head config has unknown keys {sorted(unknown)}; expected {sorted(known)}")
-        return cls(**spec)
+from speech_emotion.model.metadata import HeadConfig
 
 
 class EmotionHead(nn.Module):
@@ -142,3 +84,16 @@ class EmotionHead(nn.Module):
         else:
             mixed = torch.einsum("nld,l->nd", standard, self.layer_weights())
         return self.classifier(self.dropout(mixed))
+
+
+def predict_logits(head: EmotionHead, features: np.ndarray) -> np.ndarray:
+    """Logits ``(n, K)`` of ``head`` (put in eval mode) for pooled features ``(n, n_layers, dim)``, on its device."""
+    head.eval()
+    with torch.inference_mode():
+        inputs = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(head.feature_mean.device)
+        return head(inputs).cpu().numpy()
+
+
+def predict_proba(head: EmotionHead, features: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities ``(n, K)`` with softmax temperature ``temperature``."""
+    return torch.softmax(torch.from_numpy(predict_logits(head, features)) / temperature, dim=1).numpy()

@@ -23,8 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from speech_emotion.monitor.status import RUNNING_STAGES, STATUS_FILE, process_state, read_status
-from speech_emotion.training.checkpoint import read_metrics
+from speech_emotion.training.config import RunConfig
+from speech_emotion.training.run_folder import (
+    METRICS_FILE,
+    RUNNING_STAGES,
+    STATUS_FILE,
+    process_state,
+    read_metrics,
+    read_status,
+)
 
 END_STATES = ("finished", "failed", "died")
 """States after which nothing more will happen to the run (until `ser train --resume`)."""
@@ -43,14 +50,16 @@ class RunSnapshot:
             out of memory, machine rebooted; resume it) or ``unknown`` (files but no
             ``status.json``: a run made before status files existed).
         status: ``status.json`` (None when absent).
-        config, labels, split, results: the JSON files (None when absent).
+        config: ``config.json`` read as a :class:`~speech_emotion.training.config.RunConfig` (None when
+            absent or unreadable).
+        labels, split, results: the JSON files (None when absent).
         metrics: the records of ``metrics.jsonl``, in epoch order.
     """
 
     run: Path
     state: str
     status: dict | None = None
-    config: dict | None = None
+    config: RunConfig | None = None
     labels: dict | None = None
     split: dict | None = None
     results: dict | None = None
@@ -83,7 +92,7 @@ class RunSnapshot:
     def max_epochs(self) -> int | None:
         if self.status and self.status.get("max_epochs"):
             return self.status["max_epochs"]
-        return ((self.config or {}).get("train") or {}).get("max_epochs")
+        return self.config.train.max_epochs if self.config is not None else None
 
     @property
     def alarms(self) -> list[dict]:
@@ -105,6 +114,14 @@ def _read_json(path: Path) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
+def _read_config(run: Path) -> RunConfig | None:
+    """``config.json`` as a :class:`RunConfig`; None while it is missing, half-written or not a run's."""
+    try:
+        return RunConfig.read(run)
+    except (OSError, ValueError):
+        return None
+
+
 def read_run(run: str | Path) -> RunSnapshot:
     """Read a run folder (any subset of its files may exist yet). Never raises for missing files."""
     run = Path(run)
@@ -113,11 +130,11 @@ def read_run(run: str | Path) -> RunSnapshot:
         run=run,
         state="waiting",
         status=status,
-        config=_read_json(run / "config.json"),
+        config=_read_config(run),
         labels=_read_json(run / "labels.json"),
         split=_read_json(run / "split.json"),
         results=_read_json(run / "results.json"),
-        metrics=sorted(read_metrics(run / "metrics.jsonl"), key=lambda r: r.get("epoch", 0)),
+        metrics=sorted(read_metrics(run / METRICS_FILE), key=lambda r: r.get("epoch", 0)),
     )
     if status is not None:
         stage = status.get("stage")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from speech_emotion.atomic import write_text
-from speech_emotion.training.calibration import expected_calibration_error, reliability, softmax
+from speech_emotion.model.calibration import expected_calibration_error, reliability, softmax
 
 
 def _plt():

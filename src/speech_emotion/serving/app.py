@@ -188,14 +188,14 @@ def create_app(
     @app.get("/model", response_model=ModelInfo)
     async def model_info() -> dict:
         """Classes in index order, encoder and metrics from model.json."""
-        meta = predictor.bundle.meta
-        recorded = meta.get("encoder", {})
+        meta = predictor.meta
+        recorded = meta.encoder.to_dict()
         return {
             "name": model_name,
             "classes": list(predictor.classes),
             "encoder": EncoderInfo(**{k: recorded.get(k) for k in EncoderInfo.model_fields if k in recorded}),
-            "metrics": meta.get("metrics", {}),
-            "protocol": meta.get("data", {}).get("protocol"),
+            "metrics": meta.metrics,
+            "protocol": meta.data.get("protocol"),
         }
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -369,7 +369,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 def _model_name(predictor) -> str:
-    path = Path(getattr(getattr(predictor, "bundle", None), "path", "model"))
+    path = Path(getattr(predictor, "path", "model"))
     return path.parent.name if path.name == "model" and path.parent.name else path.name
 
 
@@ -428,9 +428,9 @@ def run_server(
 
     limits = limits or ServeLimits()
     if workers > 1:
-        from speech_emotion.model.bundle import load_bundle
+        from speech_emotion.model.metadata import BundleMeta
 
-        load_bundle(model)
+        BundleMeta.read(model)  # a PyTorch bundle or an ONNX export: each worker loads it with Predictor
         os.environ[CONFIG_ENV] = json.dumps(
             {
                 "model": str(model),
@@ -468,7 +468,7 @@ class _EchoPredictor:
 
     def __init__(self, classes: list[str]):
         self.classes = classes
-        self.bundle = type("Bundle", (), {"meta": {}, "path": Path("echo")})()
+        self.path = Path("echo")
 
     def predict(self, signals, *, min_confidence=None):
         return [

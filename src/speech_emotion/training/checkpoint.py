@@ -12,8 +12,8 @@ A checkpoint is two files, both written atomically (:mod:`speech_emotion.atomic`
     fingerprints). Written last, so its presence marks a complete checkpoint.
 
 Only the newest checkpoint is kept. :func:`load_checkpoint` returns the newest complete one;
-:func:`truncate_metrics` cuts ``metrics.jsonl`` back to its epoch, so a resumed run never
-records an epoch twice.
+:func:`~speech_emotion.training.run_folder.truncate_metrics` cuts ``metrics.jsonl`` back to its
+epoch, so a resumed run never records an epoch twice.
 
 Example:
     >>> import tempfile, torch
@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import load as load_tensors
 from safetensors.torch import save as save_tensors
 
-from speech_emotion.atomic import write_bytes, write_json, write_text
+from speech_emotion.atomic import write_bytes, write_json
 from speech_emotion.training.loop import TrainingState
 
 log = logging.getLogger(__name__)
@@ -172,48 +172,3 @@ def load_checkpoint(folder: str | Path) -> tuple[TrainingState, dict] | None:
         )
         return state, record["meta"]
     return None
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    """The records of a ``metrics.jsonl``; a line cut short by a crash (the last one) is left out.
-
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
-    >>> _ = path.write_text('{"epoch": 1}\\n{"epoch": 2}\\n{"epo')
-    >>> read_metrics(path)
-    [{'epoch': 1}, {'epoch': 2}]
-    """
-    records = []
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
-
-
-def truncate_metrics(path: str | Path, epoch: int) -> int:
-    """Rewrite ``metrics.jsonl`` (atomically) with only the records of epochs ``1..epoch``.
-
-    Returns:
-        The number of records dropped (epochs after the checkpoint, or a half-written line).
-
-    >>> import tempfile
-    >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
-    >>> _ = path.write_text("".join(f'{{"epoch":{e}}}\\n' for e in (1, 2, 3)))
-    >>> truncate_metrics(path, 2), path.read_text()
-    (1, '{"epoch":1}\\n{"epoch":2}\\n')
-    """
-    path = Path(path)
-    if not path.exists():
-        return 0
-    n_lines = len(path.read_text(encoding="utf-8").splitlines())
-    kept = [r for r in read_metrics(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
-    write_text(path, "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in kept))
-    return n_lines - len(kept)

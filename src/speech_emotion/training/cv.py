@@ -11,13 +11,16 @@ from pathlib import Path
 
 import numpy as np
 
-from speech_emotion import __version__
 from speech_emotion.atomic import write_json
 from speech_emotion.data.dataset import load_dataset
-from speech_emotion.data.splits import check_leakage, leave_speakers_out
-from speech_emotion.training.loop import TrainConfig
-from speech_emotion.training.run import Progress, encode_dataset, fit_and_score, no_progress, prepare_run_folder
-from speech_emotion.training.speaker_norm import speaker_normalise
+from speech_emotion.data.splits import Split, check_leakage, leave_speakers_out
+from speech_emotion.features.speaker_norm import speaker_normalise
+from speech_emotion.features.store import encode_dataset
+from speech_emotion.progress import Progress, no_progress
+from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.pipeline import score_parts
+from speech_emotion.training.run_folder import prepare_run_folder
+from speech_emotion.version import __version__
 
 METRICS = ("accuracy", "uar", "macro_f1")
 
@@ -31,7 +34,7 @@ def cross_validate(
     labels=None,
     corpus: str | None = None,
     speaker_pattern: str | None = None,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     skip_bad: bool = False,
     force: bool = False,
     store=None,
@@ -44,7 +47,8 @@ def cross_validate(
         encoder: encoder folder, hub id, or ``"egemaps"``.
         folds: K; every speaker is a test speaker in exactly one fold.
         out: folder for ``cv.json`` and ``config.json`` (optional).
-        config: head hyper-parameters, seed (also seeds the fold assignment) and ``speaker_norm``.
+        config: head hyper-parameters, seed (also seeds the fold assignment) and ``speaker_norm``
+            (default :class:`TrainConfig()`).
 
     Returns:
         ``{"folds": [{test_speakers, val_speakers, accuracy, uar, macro_f1, ...}], "mean": {...},
@@ -53,6 +57,7 @@ def cross_validate(
     from speech_emotion.features.encoders import load_encoder
 
     started = time.perf_counter()
+    config = config or TrainConfig()
     if out is not None:
         out = Path(out)
         prepare_run_folder(out, force)
@@ -66,6 +71,7 @@ def cross_validate(
                 "labels": labels,
                 "corpus": corpus,
                 "train": config.to_dict(),
+                "train_resolved": config.resolved().to_dict(),
             },
         )
     with progress("decoding audio", None) as advance:
@@ -84,7 +90,7 @@ def cross_validate(
     fold_results = []
     with progress("folds", len(splits)) as advance:
         for k, split in enumerate(splits, start=1):
-            _, results = fit_and_score(X, dataset.y, split, classes, config)
+            results = fit_fold(X, dataset.y, split, classes, config)
             test = results["test"]
             fold_results.append(
                 {
@@ -107,7 +113,7 @@ def cross_validate(
         "classes": classes,
         "n_files": len(dataset),
         "n_speakers": len(set(dataset.speakers)),
-        "config": config.to_dict(),
+        "config": config.resolved().to_dict(),
         "folds": fold_results,
         "mean": {m: float(np.mean([f[m] for f in fold_results])) for m in METRICS},
         "std": {m: float(np.std([f[m] for f in fold_results])) for m in METRICS},
@@ -116,3 +122,22 @@ def cross_validate(
     if out is not None:
         write_json(out / "cv.json", summary)
     return summary
+
+
+def fit_fold(X: np.ndarray, y: np.ndarray, split: Split, classes: list[str], config: TrainConfig) -> dict:
+    """Fit a head on ``split``'s train part (early-stopped on val) and score val and test.
+
+    Returns:
+        ``{"best_epoch", "calibration", "val", "test"}`` (see :func:`~speech_emotion.training.pipeline.score_parts`).
+    """
+    from speech_emotion.model.head import predict_logits
+    from speech_emotion.training.loop import fit_head
+
+    train, val = split.parts["train"], split.parts["val"]
+    fit = fit_head(X[train], y[train], X[val], y[val], n_classes=len(classes), config=config, classes=classes)
+    scored = {part: rows for part, rows in split.parts.items() if part != "train"}
+    logits = {part: predict_logits(fit.head, X[rows]) for part, rows in scored.items()}
+    return {
+        "best_epoch": fit.best_epoch,
+        **score_parts(logits, {part: y[rows] for part, rows in scored.items()}, classes),
+    }

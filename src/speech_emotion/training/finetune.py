@@ -39,21 +39,14 @@ to undo DDP's gradient averaging, so K processes take the same steps as one proc
 rank sees the same metrics and early-stopping decision (also broadcast from rank 0). Rank 0
 alone writes the run folder.
 
-Example:
-    >>> parse_finetune("top-2")
-    2
-    >>> parse_finetune("2")
-    Traceback (most recent call last):
-    ...
-    ValueError: --finetune: expected top-N with N >= 1 (e.g. top-2), got '2'
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -65,21 +58,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from speech_emotion.atomic import write_json
-from speech_emotion.data.audio import load_audio
 from speech_emotion.model.bundle import save_bundle
-from speech_emotion.model.head import EmotionHead, HeadConfig
-from speech_emotion.training.calibration import expected_calibration_error, fit_temperature, softmax
+from speech_emotion.model.head import EmotionHead, predict_logits
+from speech_emotion.model.metadata import BundleMeta, EncoderRef
+from speech_emotion.model.metrics import classification_metrics
+from speech_emotion.training.config import TrainConfig
 from speech_emotion.training.distributed import World, all_reduce_sum, barrier, broadcast
-from speech_emotion.training.loop import TrainConfig, class_weights, close_epoch
-from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.training.loop import class_weights, close_epoch
 from speech_emotion.training.sanity import (
     Alarm,
-    check_encoded_labels,
-    check_output_size,
+    check_before_training,
     check_predictions,
-    check_split_classes,
-    raise_errors,
 )
 
 if TYPE_CHECKING:
@@ -89,20 +78,6 @@ log = logging.getLogger(__name__)
 
 ENCODER_FOLDER = "encoder"
 """Folder inside a bundle that holds a fine-tuned encoder (``model.json``: ``encoder.bundled``)."""
-
-_TOP = re.compile(r"^top-(\d+)$")
-
-
-def parse_finetune(value: str) -> int:
-    """``"top-N"`` → N (the number of top transformer layers to train).
-
-    Raises:
-        ValueError: not of the form ``top-N`` with N >= 1.
-    """
-    match = _TOP.match(str(value).strip().lower())
-    if not match or int(match.group(1)) < 1:
-        raise ValueError(f"--finetune: expected top-N with N >= 1 (e.g. top-2), got {value!r}")
-    return int(match.group(1))
 
 
 def unfreeze_top(encoder: "Encoder", n: int) -> list[str]:
@@ -129,24 +104,22 @@ def unfreeze_top(encoder: "Encoder", n: int) -> list[str]:
     return [name for name, parameter in module.named_parameters() if parameter.requires_grad]
 
 
-def load_finetune_encoder(resolved: dict, n: int, world: World | None = None) -> "Encoder":
-    """Load a run's encoder (``RUN/config.json`` settings) on this rank's device and check that top-``n`` fits it.
+def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = None) -> "Encoder":
+    """Load a run's encoder on this rank's device and check that top-``n`` fits it.
 
     Raises:
         ValueError: eGeMAPS (nothing to fine-tune), or ``n`` larger than the encoder's layers.
     """
     from speech_emotion.features.encoders import load_encoder
 
-    reference = resolved["encoder"]
-    if str(reference).strip().lower() == "egemaps":
+    if encoder.reference.strip().lower() == "egemaps":
         raise ValueError(
             "--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
             "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone"
         )
-    path = resolved.get("encoder_path")
-    encoder = load_encoder(path if path and Path(path).exists() else reference, device=str((world or World()).device))
-    encoder.top_layers(n)  # checks n against the number of layers
-    return encoder
+    loaded = load_encoder(encoder.source, device=str((world or World()).device))
+    loaded.top_layers(n)  # checks n against the number of layers
+    return loaded
 
 
 @dataclass
@@ -322,14 +295,6 @@ def sharded_features(
     return all_reduce_sum(features, world).numpy()
 
 
-def head_logits(head: EmotionHead, features: np.ndarray) -> np.ndarray:
-    """Logits ``(n, K)`` of ``head`` (eval mode) for pooled features, on the head's device."""
-    device = head.feature_mean.device
-    head.eval()
-    with torch.no_grad():
-        return head(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)).cpu().numpy()
-
-
 def cached_logits(model: FinetuneModel, frozen: FrozenStates, world: World, *, chunk: int = 64) -> np.ndarray:
     """Logits ``(n, K)`` of the head (eval mode) on cached states through the top layers, clips sharded over ranks."""
     head = model.head
@@ -349,7 +314,7 @@ def sharded_logits(encoder: "Encoder", head: EmotionHead, signals: Sequence[np.n
     """Logits ``(n, K)`` through the inference path (``Encoder.features``), clips sharded over ranks."""
     if not len(signals):
         return np.zeros((0, head.n_outputs), dtype=np.float32)
-    return head_logits(head, sharded_features(encoder, signals, world))
+    return predict_logits(head, sharded_features(encoder, signals, world))
 
 
 def fit_finetune(
@@ -406,6 +371,7 @@ def fit_finetune(
 
     world = world or World()
     classes = classes or [str(i) for i in range(n_classes)]
+    config = config.resolved()
     if config.finetune < 1:
         raise ValueError(f"fit_finetune needs config.finetune >= 1 (top layers to train), got {config.finetune}")
     if config.batch_size < world.size or config.batch_size % world.size:
@@ -422,22 +388,8 @@ def fit_finetune(
     device = encoder.device
 
     torch.manual_seed(config.seed)
-    head = EmotionHead(
-        HeadConfig(
-            n_layers=encoder.n_layers,
-            dim=encoder.dim,
-            n_classes=n_classes,
-            hidden=config.hidden,
-            dropout=config.dropout,
-            hf_compatible=config.hf_compatible,
-            mixing=config.mixing,
-        )
-    )
-    parts = {"train": y_train, "val": y_val}
-    alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
-    for part, y in parts.items():
-        alarms += check_encoded_labels(y, n_classes, part)
-    raise_errors(alarms)
+    head = EmotionHead(config.head_config(n_layers=encoder.n_layers, dim=encoder.dim, n_classes=n_classes))
+    alarms = check_before_training(head.n_outputs, {"train": y_train, "val": y_val}, classes)
     if world.size > 1:  # same initial head everywhere (above); from here on each rank draws its own dropout masks
         torch.manual_seed(config.seed + 7919 * (world.rank + 1))
 
@@ -578,12 +530,12 @@ def fit_finetune(
     return FinetuneResult(head, encoder, history, best_epoch, weights.tolist(), alarms, trainable, val_logits)
 
 
-def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encoder", meta: dict) -> dict:
+def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encoder", meta: BundleMeta) -> BundleMeta:
     """Write a bundle whose encoder lives inside it: ``folder/encoder/`` plus head and ``model.json``.
 
     The encoder is written first (into a temporary folder, then renamed), loaded back, and
     its fingerprint recorded, so the fingerprint that ``Predictor`` checks is that of the
-    fine-tuned weights as saved. ``meta["encoder"]`` gets ``bundled``, ``path`` (None),
+    fine-tuned weights as saved. ``meta.encoder`` gets ``bundled``, ``path`` (None),
     ``fingerprint`` and the pretrained ``base_fingerprint``.
 
     Returns:
@@ -604,188 +556,11 @@ def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encod
         shutil.rmtree(staging, ignore_errors=True)
         raise
     saved = load_encoder(str(target))
-    meta = copy.deepcopy(meta)
-    meta["encoder"] = meta["encoder"] | {
-        "bundled": ENCODER_FOLDER,
-        "path": None,
-        "base_fingerprint": meta["encoder"].get("fingerprint"),
-        "fingerprint": saved.fingerprint,
-    }
-    meta["preprocessing"] = saved.preprocessing
-    save_bundle(folder, head.to("cpu"), meta)
-    return meta
-
-
-def run_finetune(
-    out: Path,
-    resolved: dict,
-    status,
-    tracker,
-    *,
-    store,
-    progress,
-    on_epoch: Callable[[dict], None] | None,
-    world: World,
-    encoder: "Encoder | None" = None,
-) -> dict:
-    """The fine-tune branch of ``train``: decode, split, fine-tune, score, write the run folder (rank 0).
-
-    Every rank runs it; only rank 0 writes. Returns the contents of ``results.json``.
-    """
-    from speech_emotion.atomic import append_line
-    from speech_emotion.features.store import FeatureStore
-    from speech_emotion.reports import build_report
-    from speech_emotion.training.run import _pause_at, _with_status, bundle_meta, prepare_data, write_predictions
-
-    started = time.perf_counter()
-    config = TrainConfig(**resolved["train"])
-    if encoder is None:
-        encoder = load_finetune_encoder(resolved, config.finetune, world)
-    base = {
-        "reference": resolved["encoder"],
-        "path": resolved.get("encoder_path"),
-        "family": encoder.family,
-        "fingerprint": encoder.fingerprint,
-        "n_layers": encoder.n_layers,
-        "dim": encoder.dim,
-    }
-    tracked = _with_status(progress, status, _pause_at())
-    dataset, split = prepare_data(out, resolved, status, tracked, write=world.is_main)
-    classes = list(dataset.schema.classes)
-    parts = {name: [int(r) for r in rows] for name, rows in split.parts.items()}
-    status.stage("decoding", total=len(dataset))  # again: fine-tuning needs the clips themselves
-    with tracked("loading audio", len(dataset)) as advance:
-        signals = []
-        for path in dataset.paths:
-            signals.append(load_audio(path)[0])
-            advance(1)
-
-    train_rows, val_rows = parts["train"], parts["val"]
-    store = store if store is not None else FeatureStore()
-    frozen = val_frozen = None
-    if (
-        encoder.can_run_top
-    ):  # one pass over training and validation clips: pooled features and the top layers' input, cached
-        rows = train_rows + val_rows
-        share = len(range(world.rank, len(rows), world.size))
-        status.stage("encoding", total=share)
-        with tracked(f"encoding ({encoder.family}, pretrained; top-{config.finetune} inputs cached)", share) as advance:
-            cached = frozen_states_for(
-                encoder,
-                [signals[i] for i in rows],
-                world,
-                top=config.finetune,
-                hashes=[dataset.hashes[i] for i in rows],
-                store=store,
-                progress=advance,
-            )
-        n_train = len(train_rows)
-        frozen = FrozenStates(cached.top, cached.states[:n_train], cached.windows[:n_train], cached.pooled[:n_train])
-        val_frozen = FrozenStates(
-            cached.top, cached.states[n_train:], cached.windows[n_train:], cached.pooled[n_train:]
-        )
-        scaler_features = frozen.pooled
-    else:
-        status.stage("encoding", total=len(range(world.rank, len(train_rows), world.size)))
-        with tracked(
-            f"encoding ({encoder.family}, pretrained)", len(range(world.rank, len(train_rows), world.size))
-        ) as advance:
-            scaler_features = sharded_features(
-                encoder,
-                [signals[i] for i in train_rows],
-                world,
-                hashes=[dataset.hashes[i] for i in train_rows],
-                store=store,
-                progress=advance,
-            )
-    encoded = time.perf_counter()
-
-    metrics_file = out / "metrics.jsonl"
-    status.stage("training", total=config.max_epochs, epoch=0, max_epochs=config.max_epochs, best_epoch=None)
-
-    with progress(f"fine-tuning (top-{config.finetune})", config.max_epochs) as advance:
-
-        def record_epoch(record: dict) -> None:
-            if world.is_main:
-                append_line(metrics_file, record)
-                status.update(epoch=record["epoch"], progress={"n": record["epoch"], "total": config.max_epochs})
-                if tracker is not None:
-                    tracker.log_epoch(record)
-                if on_epoch:
-                    on_epoch(record)
-            advance(1)
-
-        fit = fit_finetune(
-            encoder,
-            [signals[i] for i in train_rows],
-            dataset.y[train_rows],
-            [signals[i] for i in val_rows],
-            dataset.y[val_rows],
-            n_classes=len(classes),
-            config=config,
-            classes=classes,
-            scaler_features=scaler_features,
-            world=world,
-            on_epoch=record_epoch,
-            frozen=frozen,
-            val_frozen=val_frozen,
-        )
-    trained = time.perf_counter()
-    status.update(best_epoch=fit.best_epoch)
-
-    trainable = set(fit.trainable)
-    logits = {"val": fit.val_logits}
-    if parts.get("test"):
-        logits["test"] = sharded_logits(encoder, fit.head, [signals[i] for i in parts["test"]], world)
-    y_val = dataset.y[val_rows]
-    temperature = fit_temperature(logits["val"], y_val)
-    results = {
-        "classes": classes,
-        "protocol": split.protocol,
-        "n": {name: len(rows) for name, rows in parts.items()},
-        "speakers": split.speakers,
-        "best_epoch": fit.best_epoch,
-        "epochs_run": len(fit.history),
-        "class_weights": dict(zip(classes, fit.class_weights)),
-        "layer_weights": fit.head.layer_weights().detach().cpu().numpy().round(4).tolist(),
-        "alarms": [a.to_dict() for a in fit.alarms],
-        "calibration": {"temperature": temperature, "fitted_on": "val"},
-        "finetune": {
-            "top": config.finetune,
-            "encoder_lr": config.encoder_lr,
-            "trainable_tensors": len(fit.trainable),
-            "trainable_values": int(sum(p.numel() for n, p in encoder.module.named_parameters() if n in trainable)),
-            "processes": world.size,
-            "device": str(encoder.device),
-            "cached_states": frozen
-            is not None,  # the top layers alone ran in each step, on float16 states from the feature store
-        },
-    }
-    for name, part_logits in logits.items():
-        y = dataset.y[parts[name]]
-        results[name] = classification_metrics(y, part_logits.argmax(axis=1), classes)
-        results["calibration"][f"ece_{name}_before"] = expected_calibration_error(softmax(part_logits), y)
-        results["calibration"][f"ece_{name}_after"] = expected_calibration_error(softmax(part_logits / temperature), y)
-    seconds = [r["seconds"] for r in fit.history]
-    results["timing"] = {
-        "encode_s": round(encoded - started, 2),
-        "train_s": round(trained - encoded, 2),
-        "epoch_s": round(float(np.mean(seconds)), 2),
-        "total_s": None,
-    }
-    if not world.is_main:
-        return results
-
-    meta = bundle_meta(dataset, split, config, results, encoder=base, preprocessing=encoder.preprocessing)
-    meta = save_finetuned_bundle(out / "model", fit.head, encoder, meta)
-    encoder.fingerprint = meta["encoder"]["fingerprint"]  # the weights it now holds, as saved
-    all_logits = np.zeros(
-        (len(dataset), len(classes)), dtype=np.float32
-    )  # train rows stay 0: only val/test rows are written
-    for name, part_logits in logits.items():
-        all_logits[parts[name]] = part_logits
-    write_predictions(out / "predictions.csv", dataset, split, all_logits, classes)
-    results["timing"]["total_s"] = round(time.perf_counter() - started, 2)
-    write_json(out / "results.json", results)
-    build_report(out)
-    return results
+    bundled = dataclasses.replace(
+        meta.encoder,
+        bundled=ENCODER_FOLDER,
+        path=None,
+        base_fingerprint=meta.encoder.fingerprint,
+        fingerprint=saved.fingerprint,
+    )
+    return save_bundle(folder, head.to("cpu"), meta.replace(encoder=bundled, preprocessing=saved.preprocessing))

@@ -24,103 +24,27 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from speech_emotion.model.head import EmotionHead, HeadConfig
-from speech_emotion.training.metrics import classification_metrics
+from speech_emotion.model.head import EmotionHead, predict_proba
+from speech_emotion.model.metrics import classification_metrics
+from speech_emotion.training.config import MIXUP_COPIES, TrainConfig
 from speech_emotion.training.sanity import (
     Alarm,
-    check_encoded_labels,
+    check_before_training,
     check_epoch,
-    check_output_size,
     check_predictions,
-    check_split_classes,
     raise_errors,
 )
 
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("lbfgs", "adamw")
 LBFGS_ITERATIONS = 20  # per epoch; each epoch starts a fresh L-BFGS memory, so checkpoints need no optimizer state
-
-MIXUP_COPIES = 8
-"""Mixed examples added per training example when ``TrainConfig.mixup`` is on."""
-
-ENCODER_LR_FACTOR = 0.1
-"""Default learning rate of fine-tuned encoder layers, as a fraction of the head's ``lr``."""
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of head training (recorded in every run's config)."""
-
-    hidden: int = 0  # default recipe: a linear classifier over all layers side by side (CV-chosen, docs/accuracy.md)
-    dropout: float = 0.2  # adamw only: L-BFGS needs the same function at every evaluation
-    lr: float = 1e-3  # adamw only: L-BFGS steps by line search
-    weight_decay: float = 1.0  # lbfgs: L2 penalty weight_decay/2·||W||²; adamw: decoupled decay
-    batch_size: int = 64  # adamw only: L-BFGS steps on the whole training set
-    optimizer: str = "auto"  # "lbfgs", "adamw", or "auto": lbfgs for a linear head, adamw otherwise
-    max_epochs: int = 100
-    patience: int = 15
-    seed: int = 0
-    speaker_norm: bool = False  # standardise features per speaker (needs the speaker's other clips at inference)
-    mixing: str = "concat"  # how the head combines encoder layers: "softmax" weighted sum or "concat"
-    # A linear head on mean features that `ser export --format hf` copies exactly (needs hidden=0; implies
-    # mixing="softmax").
-    hf_compatible: bool = False
-    stop_on_alarm: bool = (
-        True  # False: per-epoch sanity alarms warn instead of stopping (synthetic, trivially easy data)
-    )
-    finetune: int = 0  # > 0: the top N transformer layers of the encoder train with the head (training/finetune.py)
-    encoder_lr: float | None = None  # learning rate of the unfrozen layers; None with finetune: lr * ENCODER_LR_FACTOR
-    mixup: float = (
-        0.0  # > 0: Beta(mixup, mixup) mixup of training features and labels (MIXUP_COPIES per example); 0: off
-    )
-
-    def __post_init__(self) -> None:
-        if self.optimizer not in OPTIMIZERS + ("auto",):
-            raise ValueError(f"optimizer: expected one of {', '.join(OPTIMIZERS)} or auto, got {self.optimizer!r}")
-        if self.hf_compatible and self.hidden:
-            raise ValueError(
-                f"hf_compatible=True needs a linear head: set hidden=0 (--hidden 0), got hidden={self.hidden}"
-            )
-        if self.finetune < 0:
-            raise ValueError(
-                f"finetune: expected the number of top encoder layers to train (0: none), got {self.finetune}"
-            )
-        if self.finetune and self.speaker_norm:
-            raise ValueError(
-                "finetune with speaker_norm: per-speaker standardisation needs fixed features; drop --speaker-norm to "
-                "fine-tune"
-            )
-        if self.finetune and self.optimizer == "lbfgs":
-            raise ValueError(
-                "finetune needs mini-batch steps (optimizer adamw): the encoder cannot run on the whole training set "
-                "at once"
-            )
-        if self.optimizer == "auto":
-            object.__setattr__(self, "optimizer", "lbfgs" if not self.hidden and not self.finetune else "adamw")
-        if self.finetune and self.encoder_lr is None:
-            object.__setattr__(self, "encoder_lr", self.lr * ENCODER_LR_FACTOR)
-        if not 0 <= self.mixup < float("inf"):
-            raise ValueError(
-                "mixup: expected the Beta distribution's alpha (a finite number > 0) or 0 for no mixup, got "
-                f"{self.mixup}"
-            )
-        if self.mixup and self.finetune:
-            raise ValueError("mixup mixes pooled features, which fine-tuning does not have: drop --mixup or --finetune")
-        if self.encoder_lr is not None and not self.encoder_lr > 0:
-            raise ValueError(f"encoder_lr: expected a positive learning rate, got {self.encoder_lr}")
-        if self.hf_compatible:
-            object.__setattr__(self, "mixing", "softmax")  # a stock transformers head sums layers with weights
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -171,7 +95,7 @@ def fit_head(
     y_val: np.ndarray | None,
     *,
     n_classes: int,
-    config: TrainConfig = TrainConfig(),
+    config: TrainConfig | None = None,
     classes: list[str] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     resume: TrainingState | None = None,
@@ -185,7 +109,8 @@ def fit_head(
         X_val, y_val: validation features and labels (speaker-disjoint from training);
             ``None`` trains for ``max_epochs`` without early stopping.
         n_classes: K, from the schema.
-        config: hyper-parameters and seed (same seed, same data → same weights).
+        config: hyper-parameters and seed (same seed, same data → same weights); default
+            :class:`TrainConfig()`. Its automatic choices are resolved here.
         classes: class names for messages.
         on_epoch: called with each epoch's metrics dict.
         resume: state saved after an epoch by ``on_checkpoint``; training goes on from the
@@ -196,6 +121,7 @@ def fit_head(
         SanityError: a check of severity ``error`` fired (see :mod:`speech_emotion.training.sanity`).
     """
     classes = classes or [str(i) for i in range(n_classes)]
+    config = (config or TrainConfig()).resolved()
     if config.finetune:
         raise ValueError(
             f"fit_head trains a head on fixed features, but config.finetune={config.finetune}: fine-tuning the encoder "
@@ -203,22 +129,9 @@ def fit_head(
         )
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    head = EmotionHead(
-        HeadConfig(
-            n_layers=X_train.shape[1],
-            dim=X_train.shape[2],
-            n_classes=n_classes,
-            hidden=config.hidden,
-            dropout=config.dropout,
-            hf_compatible=config.hf_compatible,
-            mixing=config.mixing,
-        )
-    )
+    head = EmotionHead(config.head_config(n_layers=X_train.shape[1], dim=X_train.shape[2], n_classes=n_classes))
     parts = {"train": y_train} | ({"val": y_val} if y_val is not None else {})
-    alarms = check_output_size(head.n_outputs, n_classes) + check_split_classes(parts, classes)
-    for part, y in parts.items():
-        alarms += check_encoded_labels(y, n_classes, part)
-    raise_errors(alarms)
+    alarms = check_before_training(head.n_outputs, parts, classes)
 
     X = torch.from_numpy(np.ascontiguousarray(X_train, dtype=np.float32))
     y = torch.from_numpy(np.asarray(y_train, dtype=np.int64))
@@ -398,15 +311,3 @@ def _lbfgs_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: n
     optimizer.step(objective)
     with torch.no_grad():
         return float(loss_fn(head(X), y))
-
-
-def predict_logits(head: EmotionHead, X: np.ndarray) -> np.ndarray:
-    """Logits, shape (n, K), from features of shape (n, n_layers, dim)."""
-    head.eval()
-    with torch.inference_mode():
-        return head(torch.from_numpy(np.ascontiguousarray(X, dtype=np.float32))).numpy()
-
-
-def predict_proba(head: EmotionHead, X: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities, shape (n, K), with softmax temperature ``temperature``."""
-    return torch.softmax(torch.from_numpy(predict_logits(head, X)) / temperature, dim=1).numpy()

@@ -133,3 +133,19 @@ def raise_errors(alarms: list[Alarm]) -> None:
     for alarm in alarms:
         if alarm.severity == "error":
             raise SanityError(f"sanity check '{alarm.check}' failed: {alarm.message}")
+
+
+def check_before_training(n_outputs: int, parts: dict[str, np.ndarray], classes: list[str]) -> list[Alarm]:
+    """Every check that can run before the first epoch: output size, classes per part, encoded values.
+
+    Returns:
+        The warnings (the errors are raised).
+
+    Raises:
+        SanityError: a check of severity ``error`` fired.
+    """
+    alarms = check_output_size(n_outputs, len(classes)) + check_split_classes(parts, classes)
+    for part, y in parts.items():
+        alarms += check_encoded_labels(y, len(classes), part)
+    raise_errors(alarms)
+    return alarms

@@ -1,10 +1,15 @@
-"""``RUN/status.json``: where a run is, rewritten atomically as it goes (``ser monitor`` reads it).
+"""The files of a run folder that say how the run goes: ``status.json`` and ``metrics.jsonl``.
 
-Fields: ``stage`` (one of :data:`STAGES`), ``progress`` (``{"n", "total"}`` of the stage; total
-is None while decoding, where the number of files is not known up front), ``epoch`` and
-``max_epochs`` while training, ``best_epoch``, ``pid`` and ``host`` of the process, ``started``
-and ``updated`` (ISO 8601, UTC), ``resumed`` (how many times ``ser train --resume`` picked the
-run up) and ``error`` (the message of a failed run).
+Torch-free, so that ``ser monitor`` reads a run without loading torch.
+
+``RUN/status.json``: where a run is, rewritten atomically as it goes (:class:`RunStatus` writes
+it, :func:`read_status` reads it). Fields: ``stage`` (one of :data:`STAGES`), ``progress``
+(``{"n", "total"}`` of the stage; total is None while decoding, where the number of files is not
+known up front), ``epoch`` and ``max_epochs`` while training, ``best_epoch``, ``pid`` and
+``host`` of the process, ``started`` and ``updated`` (ISO 8601, UTC), ``resumed`` (how many
+times ``ser train --resume`` picked the run up) and ``error`` (the message of a failed run).
+
+``RUN/metrics.jsonl``: one JSON line per epoch (:func:`read_metrics`, :func:`truncate_metrics`).
 
 Example:
     >>> import tempfile
@@ -22,14 +27,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from speech_emotion.atomic import write_json
+from speech_emotion.atomic import write_json, write_text
 
 STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.jsonl"
 STAGES = ("decoding", "encoding", "training", "finished", "failed")
 RUNNING_STAGES = STAGES[:3]
 
@@ -136,3 +143,57 @@ def process_state(status: dict) -> str:
     except (OSError, IndexError):
         return "alive"
     return "gone" if state in ("Z", "X") else "alive"
+
+
+def prepare_run_folder(out: Path, force: bool) -> None:
+    """Refuse to write into a non-empty folder unless ``force``; then start it empty."""
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise FileExistsError(f"{out} exists and is not empty; choose another --out, or pass --force to replace it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def read_metrics(path: str | Path) -> list[dict]:
+    """The records of a ``metrics.jsonl``; a line cut short by a crash (the last one) is left out.
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> _ = path.write_text('{"epoch": 1}\\n{"epoch": 2}\\n{"epo')
+    >>> read_metrics(path)
+    [{'epoch': 1}, {'epoch': 2}]
+    """
+    records = []
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def truncate_metrics(path: str | Path, epoch: int) -> int:
+    """Rewrite ``metrics.jsonl`` (atomically) with only the records of epochs ``1..epoch``.
+
+    Returns:
+        The number of records dropped (epochs after the checkpoint, or a half-written line).
+
+    >>> import tempfile
+    >>> path = Path(tempfile.mkdtemp()) / "metrics.jsonl"
+    >>> _ = path.write_text("".join(f'{{"epoch":{e}}}\\n' for e in (1, 2, 3)))
+    >>> truncate_metrics(path, 2), path.read_text()
+    (1, '{"epoch":1}\\n{"epoch":2}\\n')
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    n_lines = len(path.read_text(encoding="utf-8").splitlines())
+    kept = [r for r in read_metrics(path) if isinstance(r.get("epoch"), int) and r["epoch"] <= epoch]
+    write_text(path, "".join(json.dumps(r, separators=(",", ":"), default=str) + "\n" for r in kept))
+    return n_lines - len(kept)
