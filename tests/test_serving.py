@@ -442,9 +442,6 @@ def test_server_keeps_serving_after_every_bad_request(client, wav_only_client, p
 
 
 def test_timeline_segments(client, predictor, synth_corpus, tmp_path):
-    pytest.importorskip(
-        "speech_emotion.inference.timeline", reason="speech_emotion.inference.timeline is not in this checkout yet"
-    )
     sad = sf.read(synth_corpus / "Actor_06/03-01-04-01-01-01-06.wav", dtype="float32")[0]
     happy = sf.read(synth_corpus / "Actor_06/03-01-03-01-01-01-06.wav", dtype="float32")[0]
     data = encode(np.concatenate([happy, happy, sad]))  # 3 s (the limit): two seconds happy, one sad
