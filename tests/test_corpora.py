@@ -6,7 +6,10 @@ test_audio.py and test_dataset.py.
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -378,3 +381,27 @@ def test_manifest_is_sorted_by_path(tmp_path):
     ravdess_folder(tmp_path)
     paths = read_corpus(tmp_path).paths
     assert paths == sorted(paths)
+
+
+def test_symbolic_link_loops_visit_each_real_folder_once(tmp_path):
+    # `again -> .` listed every clip 41 times; with a second loop the walk never ended. Run in a
+    # subprocess with a deadline, so a regression fails instead of hanging the suite.
+    root = tmp_path / "corpus"
+    for actor in ("01", "02"):
+        (root / f"Actor_{actor}").mkdir(parents=True)
+        (root / f"Actor_{actor}" / f"03-01-01-01-01-01-{actor}.wav").write_bytes(b"")
+    os.symlink(".", root / "again")
+    os.symlink("..", root / "Actor_01" / "up")
+    os.symlink(root / "Actor_02" / "03-01-01-01-01-01-02.wav", root / "Actor_01" / "alias.wav")  # one real file, twice
+    script = (
+        "import json, logging, sys\n"
+        "logging.basicConfig(level=logging.WARNING)\n"
+        "from speech_emotion.data.corpora import find_audio\n"
+        f"print(json.dumps([str(p) for p in find_audio({str(root)!r})]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    found = [Path(p).relative_to(root).as_posix() for p in json.loads(done.stdout)]
+    assert found == ["Actor_01/03-01-01-01-01-01-01.wav", "Actor_01/alias.wav"]
+    assert "1 file(s) reached twice through symbolic links, counted once" in done.stderr
+    assert "Actor_02/03-01-01-01-01-01-02.wav (the same file as" in done.stderr

@@ -4,8 +4,11 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import hashlib  # noqa: E402
+import json  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -32,7 +35,9 @@ def make_key(**changes):
 
 def test_key_changes_with_every_input():
     key = make_key()
-    assert len(key) == 64 and int(key, 16) >= 0
+    fields = {"audio_hash": AUDIO, "encoder_fingerprint": FINGERPRINT, "format_version": 2, "preprocessing": PRE}
+    payload = json.dumps(fields, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    assert key == hashlib.sha256(payload.encode()).hexdigest()  # exactly these inputs, nothing else
     assert make_key() == key  # deterministic
     assert make_key(preprocessing=dict(reversed(list(PRE.items())))) == key  # key order does not matter
     others = [
@@ -127,7 +132,52 @@ def test_unreadable_entry_is_a_miss(tmp_path, caplog):
     path = store.path(make_key())
     path.write_bytes(path.read_bytes()[:200])  # cut short, as by a full disk
     assert store.get(make_key()) is None
-    assert "unreadable feature-store entry" in caplog.text
+    assert "damaged feature-store entry" in caplog.text
+
+
+def test_a_damaged_entry_is_a_miss_and_is_recomputed(tmp_path, caplog):
+    # What a power cut can leave: the entry's file with its size but zeros for content.
+    store = FeatureStore(tmp_path)
+    store.put(make_key(), np.ones((7, 16), np.float32))
+    path = store.path(make_key())
+    path.write_bytes(bytes(path.stat().st_size))
+    assert store.get(make_key()) is None and "damaged feature-store entry" in caplog.text
+
+    class Ones:
+        fingerprint, preprocessing, n_layers, dim = FINGERPRINT, PRE, 7, 16
+
+        def features(self, signals, *, batch_seconds=None, progress=None):
+            return [np.ones((7, 16), np.float32) for _ in signals]
+
+    features = extract_features(Ones(), [np.zeros(16000, np.float32)], [AUDIO], store)
+    assert features.shape == (1, 7, 16) and np.array_equal(store.get(make_key()), np.ones((7, 16), np.float32))
+
+
+def test_entries_are_flushed_to_disk_with_their_folder(tmp_path, monkeypatch):
+    flushed = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: flushed.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd))
+    store = FeatureStore(tmp_path)
+    store.put(make_key(), np.ones((2, 2), np.float32))
+    path = store.path(make_key())
+    assert len(flushed) == 2 and Path(flushed[0]).parent == path.parent and flushed[0].endswith(".tmp")
+    assert flushed[1] == str(path.parent)  # the rename, not only the bytes
+
+
+def test_clearing_the_store_while_an_entry_is_written_does_not_fail_the_write(tmp_path, monkeypatch):
+    # `ser cache clear` in another process removes the (empty) shard folder between mkdir and the write.
+    store = FeatureStore(tmp_path)
+    real_mkstemp = tempfile.mkstemp
+    cleared = []
+
+    def mkstemp_after_a_clear(*args, **kwargs):
+        if not cleared:
+            cleared.append(FeatureStore(tmp_path).clear())
+        return real_mkstemp(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp_after_a_clear)
+    store.put(make_key(), np.ones((3, 3), np.float32))
+    assert cleared == [0] and np.array_equal(store.get(make_key()), np.ones((3, 3), np.float32))
 
 
 def test_default_root(monkeypatch, tmp_path):

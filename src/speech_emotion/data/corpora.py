@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import re
 from pathlib import Path
@@ -25,6 +26,8 @@ from typing import Callable
 from speech_emotion.data.audio import AUDIO_EXTENSIONS
 from speech_emotion.data.manifest import CANONICAL_LABELS, Manifest, Problem, Utterance, canonical_label
 from speech_emotion.errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 CORPORA = ("ravdess", "crema-d", "tess", "savee", "emodb", "folder", "csv")
 """Names accepted by ``--corpus``."""
@@ -139,11 +142,48 @@ FILENAME_PARSERS: dict[str, Callable[[str], Parsed]] = {
 
 
 def find_audio(root: str | Path) -> list[Path]:
-    """Audio files below ``root``, following symbolic links, sorted by path."""
-    found = []
-    for folder, _dirs, files in os.walk(root, followlinks=True):
-        found.extend(Path(folder) / name for name in files if Path(name).suffix.lower() in AUDIO_EXTENSIONS)
-    return sorted(found)
+    """Audio files below ``root``, following symbolic links, sorted by path.
+
+    Each real folder is visited once, so a link back up the tree (``again -> .``) neither lists
+    clips twice nor loops forever; a real file reached through two paths is listed once (the
+    first path in sorted order) and the other paths are reported as a warning.
+
+    Example:
+        >>> import tempfile, os
+        >>> root = Path(tempfile.mkdtemp())
+        >>> (root / "a.wav").write_bytes(b"")
+        0
+        >>> os.symlink(".", root / "again")
+        >>> [p.name for p in find_audio(root)]
+        ['a.wav']
+    """
+    found: dict[Path, Path] = {}  # real file -> the path it is listed under
+    visited: set[tuple[int, int]] = set()
+    duplicates = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        status = os.stat(folder)
+        if (status.st_dev, status.st_ino) in visited:
+            dirs[:] = []  # a link to a folder already walked: do not go down it again
+            continue
+        visited.add((status.st_dev, status.st_ino))
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(folder) / name
+            if path.suffix.lower() not in AUDIO_EXTENSIONS:
+                continue
+            real = path.resolve()
+            if real in found:
+                duplicates.append(f"{path} (the same file as {found[real]})")
+            else:
+                found[real] = path
+    if duplicates:
+        log.warning(
+            "%s: %d file(s) reached twice through symbolic links, counted once: %s",
+            root,
+            len(duplicates),
+            "; ".join(duplicates[:5]) + (" …" if len(duplicates) > 5 else ""),
+        )
+    return sorted(found.values())
 
 
 def read_corpus(data: str | Path, *, corpus: str | None = None, speaker_pattern: str | None = None) -> Manifest:

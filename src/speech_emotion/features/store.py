@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import json
 import logging
 import os
@@ -48,17 +49,21 @@ _KEY = re.compile(r"^[0-9a-f]{64}$")
 _SUFFIX = ".npy"
 _SUFFIXES = {"features": _SUFFIX, "frames": f".frames{_SUFFIX}"}
 _TMP_SUFFIX = ".tmp"
+_CHECKSUM_TAG = b"SER-SHA256"  # then 32 bytes: the sha256 of the .npy bytes before the tag
 _STALE_TMP_SECONDS = 3600.0
 
 
 class FeatureStore:
     """A folder of feature arrays addressed by content.
 
-    Layout: ``root/<first two hex digits of the key>/<key>.npy``. Writes are atomic (a
-    temporary file in the same folder, then ``os.replace``), so several processes may fill
-    the same store at once; a reader sees either no entry or a complete one. Arrays keep the
-    dtype they were given (float32 for pooled features, float16 is fine for frame-level
-    hidden states). Nothing is pickled: entries are read with ``allow_pickle=False``.
+    Layout: ``root/<first two hex digits of the key>/<key>.npy``. Writes are atomic and
+    durable (a temporary file in the same folder, flushed to disk, then ``os.replace``, then the
+    folder flushed), so several processes may fill the same store at once and a reader sees
+    either no entry or a complete one. Each entry ends with the sha256 of its array: an entry
+    that a crash or a power cut left damaged (cut short, zero-filled) fails the check and is
+    treated as missing, then recomputed. Arrays keep the dtype they were given (float32 for
+    pooled features, float16 is fine for frame-level hidden states). Nothing is pickled: the
+    array part is ``.npy`` read with ``allow_pickle=False``.
 
     Args:
         root: Folder of the store. Default: ``$SER_CACHE`` if set, else
@@ -86,7 +91,7 @@ class FeatureStore:
         1
     """
 
-    FORMAT_VERSION: int = 1
+    FORMAT_VERSION: int = 2  # 2: entries end with a checksum
 
     def __init__(self, root: str | os.PathLike[str] | None = None):
         if root is None:
@@ -198,10 +203,18 @@ class FeatureStore:
         """
         path = self.path(key, kind=kind)
         try:
-            with open(path, "rb") as file:
-                return np.load(file, allow_pickle=False)
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            logger.warning("%s: unreadable feature-store entry (%s); it will be recomputed", path, exc)
+            return None
+        body, tag, digest = data[: -len(_CHECKSUM_TAG) - 32], data[-len(_CHECKSUM_TAG) - 32 : -32], data[-32:]
+        if tag != _CHECKSUM_TAG or hashlib.sha256(body).digest() != digest:
+            logger.warning("%s: damaged feature-store entry (checksum mismatch); it will be recomputed", path)
+            return None
+        try:
+            return np.load(io.BytesIO(body), allow_pickle=False)
         except (ValueError, EOFError, OSError) as exc:
             logger.warning("%s: unreadable feature-store entry (%s); it will be recomputed", path, exc)
             return None
@@ -224,17 +237,18 @@ class FeatureStore:
                 f"array: expected a numeric array (float32, float16, ...), got dtype {array.dtype}; "
                 "the store holds plain numbers only"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{key[:16]}.", suffix=_TMP_SUFFIX)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                np.save(file, array, allow_pickle=False)
-            os.chmod(tmp_name, 0o644)
-            os.replace(tmp_name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp_name)
-            raise
+        buffer = io.BytesIO()
+        np.save(buffer, array, allow_pickle=False)
+        body = buffer.getvalue()
+        data = body + _CHECKSUM_TAG + hashlib.sha256(body).digest()
+        for attempt in range(3):
+            try:
+                _write_durably(path, data, prefix=f".{key[:16]}.")
+                return
+            except FileNotFoundError:
+                # `ser cache clear` (another process) removed the shard folder between our mkdir and write.
+                if attempt == 2:
+                    raise
 
     def get_many(self, keys: Iterable[str]) -> list[np.ndarray | None]:
         """:meth:`get` for several keys, in order."""
@@ -301,6 +315,28 @@ class FeatureStore:
                     with contextlib.suppress(OSError):
                         os.rmdir(shard.path)  # only succeeds when empty
         return n_removed
+
+
+def _write_durably(path: Path, data: bytes, *, prefix: str) -> None:
+    """Write ``data`` beside ``path``, flush it to disk, rename it over ``path``, then flush the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.chmod(tmp_name, 0o644)
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)  # the rename itself reaches the disk
+    finally:
+        os.close(folder)
 
 
 def extract_features(
