@@ -12,7 +12,9 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from speech_emotion.cli.app import app
+from speech_emotion.data.audio import load_audio
 from speech_emotion.features.store import FeatureStore
+from speech_emotion.inference.predictor import Predictor
 from speech_emotion.training.config import TrainConfig
 from speech_emotion.training.pipeline import train
 
@@ -37,18 +39,32 @@ def run(synth_corpus, whisper_tiny, tmp_path_factory):
     return out
 
 
+CLIP_SPANS: list[tuple[float, float]] = []
+"""Where each clip of the recording lies, in seconds (set by the fixture)."""
+
+
 @pytest.fixture(scope="module")
 def recording(ravdess, tmp_path_factory):
     """Four real clips (neutral, angry, strong angry, neutral) joined by 2 s of low noise (about 22 s)."""
     rng = np.random.default_rng(0)
     clips = sorted((ravdess / "Actor_17").glob("03-01-0[15]-*-01-01-17.flac"))
-    parts = []
+    parts, position = [], 0
+    CLIP_SPANS.clear()
     for path in clips + clips[:1]:
         signal, _ = sf.read(path, dtype="float32", always_2d=True)
+        CLIP_SPANS.append((position / 16000, (position + len(signal)) / 16000))
         parts += [signal.mean(axis=1), (0.001 * rng.standard_normal(32000)).astype(np.float32)]
+        position += len(signal) + 32000
     path = tmp_path_factory.mktemp("rec") / "call.flac"
     sf.write(str(path), np.concatenate(parts), 16000)
     return path
+
+
+def predicted_directly(run, recording, spans: list[tuple[float, float]], context: float = 0.5) -> list[dict]:
+    """What the model says of each span heard with ``context`` seconds around it, as the timeline sends it."""
+    signal, rate = load_audio(recording)
+    pieces = [signal[int(round(max(0.0, a - context) * rate)) : int(round((b + context) * rate))] for a, b in spans]
+    return [p["probabilities"] for p in Predictor.from_pretrained(run).predict(pieces)]
 
 
 @pytest.fixture
@@ -71,12 +87,15 @@ def csv_rows(result) -> list[dict]:
 def test_timeline_json_lines(run, recording):
     lines = json_lines(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--json"]))
     assert len(lines) == 4  # one segment per clip: each clip's speech is shorter than a window
-    for line in lines:
-        assert set(line) == {"path", "start", "end", "label", "probabilities"}
-        assert line["path"] == str(recording) and line["label"] in CLASSES
-        assert sum(line["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
-    starts = [line["start"] for line in lines]
-    assert starts == sorted(starts) and all(a["end"] <= b["start"] for a, b in zip(lines, lines[1:]))
+    for line, (clip_start, clip_end) in zip(lines, CLIP_SPANS):
+        assert set(line) == {"path", "start", "end", "label", "probabilities"} and line["path"] == str(recording)
+        # The speech found lies inside its clip (not in the noise between clips): a sentence of over a second.
+        assert clip_start - 0.15 <= line["start"] < line["end"] <= clip_end + 0.15, (line, clip_start, clip_end)
+        assert line["end"] - line["start"] > 1.0
+        assert line["label"] == max(line["probabilities"], key=line["probabilities"].get)
+    expected = predicted_directly(run, recording, [(line["start"], line["end"]) for line in lines])
+    for line, probabilities in zip(lines, expected):
+        assert line["probabilities"] == pytest.approx(probabilities, abs=1e-4)
     # --format json is the same thing.
     same = json_lines(runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--format", "json"]))
     assert same == lines
@@ -89,12 +108,17 @@ def test_timeline_csv_window_and_hop(run, recording):
         )
     )
     assert list(rows[0]) == ["path", "start", "end", "label", "p_neutral", "p_happy", "p_sad", "error"]
+    spans = [(float(row["start"]), float(row["end"])) for row in rows]
     assert len(rows) > 4  # 1 s windows every 0.5 s: several per clip, overlapping
-    assert any(float(b["start"]) < float(a["end"]) for a, b in zip(rows, rows[1:]))
-    for row in rows:
-        assert row["error"] == "" and row["label"] in CLASSES
-        assert 0.5 <= float(row["end"]) - float(row["start"]) <= 1.5
-        assert sum(float(row[f"p_{c}"]) for c in CLASSES) == pytest.approx(1.0, abs=1e-4)
+    for (a, b), (c, d) in zip(spans, spans[1:]):
+        if c < b:  # the next window of the same speech region: half a window later
+            assert c - a == pytest.approx(0.5, abs=1e-3)
+    for row, (start, end) in zip(rows, spans):
+        assert row["error"] == "" and 0.5 <= end - start <= 1.5
+        assert any(a - 0.15 <= start and end <= b + 0.15 for a, b in CLIP_SPANS), (start, end)
+    expected = predicted_directly(run, recording, spans)
+    for row, probabilities in zip(rows, expected):
+        assert [float(row[f"p_{c}"]) for c in CLASSES] == pytest.approx([probabilities[c] for c in CLASSES], abs=1e-4)
 
 
 def test_timeline_error_row_keeps_input_order(run, recording, bad):
@@ -110,7 +134,21 @@ def test_timeline_error_row_keeps_input_order(run, recording, bad):
 def test_timeline_table_and_no_vad(run, recording):
     result = runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--no-vad", "--window", "5"])
     assert result.exit_code == 0, result.output
-    assert "start" in result.stdout and "0.000" in result.stdout and "5.000" in result.stdout
+    assert "start" in result.stdout and "0.000" in result.stdout and "5.000" in result.stdout  # the table
+    # Without the VAD, 5 s windows over the whole recording (its last 2.6 s, more than half a window, get their own).
+    lines = json_lines(
+        runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--no-vad", "--window", "5", "--json"])
+    )
+    duration = sf.info(str(recording)).duration
+    assert [(line["start"], line["end"]) for line in lines] == [
+        (0.0, 5.0),
+        (5.0, 10.0),
+        (10.0, 15.0),
+        (15.0, 20.0),
+        (20.0, pytest.approx(duration, abs=1e-3)),
+    ]
+    expected = predicted_directly(run, recording, [(line["start"], line["end"]) for line in lines])
+    assert [line["probabilities"] for line in lines] == [pytest.approx(p, abs=1e-4) for p in expected]
 
 
 def test_many_files_csv_with_error_row(run, synth_corpus, bad):

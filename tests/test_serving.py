@@ -364,7 +364,7 @@ BAD_REQUESTS = [
         lambda g: raw(_truncated(encode(tone(1.0), format="FLAC"), 0.05), "audio/flac"),
         422,
         "unreadable_audio",
-        "",
+        "body: cannot decode audio",
     ),
     (
         "truncated-ogg",
@@ -380,7 +380,7 @@ BAD_REQUESTS = [
         lambda g: raw(b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(2000), "audio/mpeg"),
         422,
         "unreadable_audio",
-        "",
+        "body: cannot read the mp3 header",
     ),
     (
         "timeline-not-boolean",
