@@ -23,6 +23,8 @@ IN_CI = bool(os.environ.get("CI"))
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SER_SHARED", REPO.parent / "shared"))
 RAVDESS = SHARED / "data" / "ravdess-speech-16k"
+TESS = SHARED / "data" / "tess-16k"
+TUREV = SHARED / "data" / "turev-db-16k"
 WHISPER_TINY = SHARED / "models" / "whisper-tiny.en-encoder"
 WHISPER_BASE = SHARED / "models" / "whisper-base-encoder"
 
@@ -69,6 +71,20 @@ def ravdess() -> Path:
     if not RAVDESS.is_dir():
         pytest.skip(f"RAVDESS clips not found at {RAVDESS} (set SER_SHARED to the folder holding data/ and models/)")
     return RAVDESS
+
+
+@pytest.fixture(scope="session")
+def tess() -> Path:
+    if not TESS.is_dir():
+        pytest.skip(f"TESS clips not found at {TESS} (set SER_SHARED to the folder holding data/ and models/)")
+    return TESS
+
+
+@pytest.fixture(scope="session")
+def turev() -> Path:
+    if not (TUREV / "metadata.csv").is_file():
+        pytest.skip(f"TurEV-DB clips not found at {TUREV} (set SER_SHARED to the folder holding data/ and models/)")
+    return TUREV
 
 
 @pytest.fixture(scope="session")

@@ -215,7 +215,7 @@ def test_label_folders_report_unmatched_and_loose_files(tmp_path):
     manifest = read_corpus(tmp_path, corpus="folder", speaker_pattern=r"(spk\d+)_")
     problems = {Path(p.path).name: p.reason for p in manifest.problems}
     assert problems == {
-        "unknown.wav": "--speaker-pattern '(spk\\\\d+)_' does not match 'angry/unknown.wav'",
+        "unknown.wav": "--speaker-pattern '(spk\\\\d+)_' does not match the file name 'unknown.wav'",
         "loose_spk9_005.wav": "not inside a label folder (expected root/<label>/file)",
     }
     assert len(manifest) == 4

@@ -99,7 +99,8 @@ def test_ravdess_8_on_the_real_corpus(ravdess):
 
 def test_unknown_builtin_name():
     with pytest.raises(
-        LabelError, match=r"unknown schema name 'ravdess-6'; built-in: ravdess-8, ravdess-7, or pass a YAML/JSON file"
+        LabelError,
+        match=r"unknown schema name 'ravdess-6'; built-in: ravdess-8, ravdess-7, common-4, common-6, common-7, or pass",
     ):
         LabelSchema.from_name("ravdess-6")
 
@@ -107,7 +108,7 @@ def test_unknown_builtin_name():
 def test_resolve_rejects_a_name_that_is_neither_builtin_nor_a_file(tmp_path):
     with pytest.raises(
         LabelError,
-        match=r"--labels 'ravdess7': not a built-in schema \(ravdess-8, ravdess-7\) nor an existing YAML/JSON file",
+        match=r"--labels 'ravdess7': not a built-in schema \(ravdess-8, ravdess-7, common-4, common-6, common-7\) nor",
     ):
         LabelSchema.resolve("ravdess7")
 
@@ -247,7 +248,9 @@ def test_unreadable_schema_file(tmp_path):
 
 def test_schema_with_unknown_keys(tmp_path):
     with pytest.raises(
-        LabelError, match=r"a schema has keys classes, merge, drop \(or label_to_index\); got classes, rename"
+        LabelError,
+        match=r"a schema has keys classes, merge, drop, others, corpora \(or label_to_index\); got "
+        r"classes, rename",
     ):
         LabelSchema.from_dict({"classes": ["a"], "rename": {"b": "a"}})
 

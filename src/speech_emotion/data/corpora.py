@@ -192,8 +192,8 @@ def read_corpus(data: str | Path, *, corpus: str | None = None, speaker_pattern:
     Args:
         data: a corpus folder, or a ``.csv``/``.tsv`` table with columns ``path,label,speaker``.
         corpus: one of :data:`CORPORA`; detected from file names when omitted.
-        speaker_pattern: for ``folder`` corpora, a regex searched in each file's path
-            relative to ``data``; its group ``speaker`` (or first group) is the speaker id.
+        speaker_pattern: for ``folder`` corpora, a regex searched in each file's NAME (not its
+            folder, which is the label); its group ``speaker`` (or first group) is the speaker id.
 
     Returns:
         A :class:`Manifest` sorted by path; unparseable audio names are in ``problems``.
@@ -283,10 +283,10 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
         if len(relative.parts) < 2:
             problems.append(Problem(str(path), "not inside a label folder (expected root/<label>/file)"))
             continue
-        match = pattern.search(relative.as_posix())
+        match = pattern.search(path.name)  # the file's name: its folder is the label, not the speaker
         if not match:
             problems.append(
-                Problem(str(path), f"--speaker-pattern {speaker_pattern!r} does not match {relative.as_posix()!r}")
+                Problem(str(path), f"--speaker-pattern {speaker_pattern!r} does not match the file name {path.name!r}")
             )
             continue
         speaker = match.groupdict().get("speaker") or (match.group(1) if pattern.groups else match.group(0))

@@ -7,6 +7,8 @@ samples. Later code trusts what it returns.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -14,9 +16,9 @@ from typing import Callable
 import numpy as np
 
 from speech_emotion.data.audio import MIN_DURATION, audio_hash, load_audio
-from speech_emotion.data.corpora import read_corpus
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import Manifest, Problem
+from speech_emotion.data.sources import CorpusSource, as_sources, read_corpora
 from speech_emotion.errors import AudioError, CorpusError
 
 
@@ -69,38 +71,45 @@ class Dataset:
 
 
 def load_dataset(
-    data: str | Path,
+    data: str | Path | Sequence[str | Path | CorpusSource],
     *,
     corpus: str | None = None,
     labels: "str | Path | dict | LabelSchema | None" = None,
     speaker_pattern: str | None = None,
     skip_bad: bool = False,
     min_duration: float = MIN_DURATION,
+    allow_single_label_speakers: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> Dataset:
-    """Read, label, decode and hash a corpus.
+    """Read, label, decode and hash one corpus or several.
 
     Args:
-        data: corpus folder or CSV/TSV manifest.
-        corpus: adapter name; detected when omitted.
+        data: a corpus folder or CSV/TSV manifest, or a list of them (``PATH`` or
+            ``PATH::ADAPTER`` strings, or :class:`~speech_emotion.data.sources.CorpusSource`):
+            several corpora are read into one dataset with speakers namespaced by corpus.
+        corpus: adapter name (one corpus only); detected when omitted.
         labels: ``--labels`` value: built-in name, schema file, mapping, or ``None`` for all raw labels.
-        speaker_pattern: speaker regex for folder-per-label corpora.
+        speaker_pattern: speaker regex for folder-per-label corpora (matched against file names).
         skip_bad: keep going past files that will not load or parse (they are listed in
             ``problems``); otherwise they are an error.
         min_duration: shortest accepted clip in seconds.
+        allow_single_label_speakers: accept data where (nearly) every speaker has one label
+            (see :func:`check_speaker_labels`).
         progress: called with the number of files just decoded.
 
     Returns:
         A :class:`Dataset`.
 
     Raises:
-        CorpusError: unreadable or unparseable files and ``skip_bad`` is false; the
-            message lists each file and reason.
+        CorpusError: unreadable or unparseable files and ``skip_bad`` is false (the message
+            lists each file and reason), or speakers that each have a single label.
         LabelError: labels the schema does not cover.
     """
-    manifest = read_corpus(data, corpus=corpus, speaker_pattern=speaker_pattern)
+    manifest = read_corpora(as_sources(data, corpus=corpus, speaker_pattern=speaker_pattern))
     schema = LabelSchema.resolve(labels, manifest.labels)
     labelled = schema.apply(manifest)
+    if not allow_single_label_speakers:
+        check_speaker_labels([u.speaker for u in labelled.manifest], labelled.y, schema.classes)
     hashes, durations, keep, problems = [], [], [], list(manifest.problems)
     for row, utterance in enumerate(labelled.manifest):
         try:
@@ -122,6 +131,45 @@ def load_dataset(
     y = labelled.y[keep]
     report = type(labelled)(kept, schema, y, manifest).report()
     return Dataset(kept, schema, y, hashes, durations, problems, report)
+
+
+SINGLE_LABEL_SHARE = 0.9
+"""Share of speakers with a single label above which the speaker ids are taken to be wrong."""
+
+
+def check_speaker_labels(speakers: Sequence[str], y: np.ndarray, classes: Sequence[str]) -> None:
+    """Refuse data where (nearly) every speaker has one label: the speaker ids are almost surely wrong.
+
+    When speakers are parsed from a label folder (``Angry/1157_…`` → speaker ``Angry/1157``), each
+    "speaker" holds one emotion and one real speaker lands in both train and test while the
+    leakage check passes. Checked on speakers with at least 2 clips, when there are at least 3
+    of them and 2 classes.
+
+    Raises:
+        CorpusError: at least :data:`SINGLE_LABEL_SHARE` of the speakers have one label each.
+
+    Example:
+        >>> check_speaker_labels(["a", "a", "b", "b", "c", "c"], np.array([0, 0, 1, 1, 0, 0]), ["x", "y"])
+        Traceback (most recent call last):
+        ...
+        speech_emotion.errors.CorpusError: every one of 3 speakers has a single label (a: x, b: y, c: x): ...
+    """
+    labels_of: dict[str, set[int]] = {}
+    clips_of: Counter = Counter(speakers)
+    for speaker, label in zip(speakers, np.asarray(y).tolist()):
+        labels_of.setdefault(speaker, set()).add(label)
+    counted = [s for s in labels_of if clips_of[s] >= 2]
+    single = [s for s in counted if len(labels_of[s]) == 1]
+    if len(counted) < 3 or len(set(np.asarray(y).tolist())) < 2 or len(single) < SINGLE_LABEL_SHARE * len(counted):
+        return
+    examples = ", ".join(f"{s}: {classes[next(iter(labels_of[s]))]}" for s in sorted(single)[:4])
+    share = "every one" if len(single) == len(counted) else f"{len(single)}"
+    raise CorpusError(
+        f"{share} of {len(counted)} speakers has a single label ({examples}{', …' if len(single) > 4 else ''}): the "
+        "speaker ids are almost surely wrong (parsed from label folders, not from who speaks), and a split by them "
+        "would put one real speaker in train and test. Check --speaker-pattern (it is matched against file names); "
+        "if every speaker really has one label, pass --allow-single-label-speakers"
+    )
 
 
 def describe_problems(problems: list[Problem], limit: int = 20) -> str:

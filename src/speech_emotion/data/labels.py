@@ -30,11 +30,25 @@ from speech_emotion.errors import LabelError
 
 _RAVDESS_8 = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
 
+_COMMON_4 = ["angry", "happy", "neutral", "sad"]
+
 BUILTIN_SCHEMAS = {
     "ravdess-8": {"classes": list(_RAVDESS_8)},
     "ravdess-7": {"classes": [c for c in _RAVDESS_8 if c != "calm"], "merge": {"calm": "neutral"}},
+    # Across corpora: the emotions every corpus has; calm counts as neutral, every other emotion is dropped
+    # (and counted in the label report).
+    "common-4": {"classes": _COMMON_4, "merge": {"calm": "neutral"}, "others": "drop"},
+    "common-6": {"classes": [*_COMMON_4, "fearful", "disgust"], "merge": {"calm": "neutral"}, "others": "drop"},
+    "common-7": {
+        "classes": [*_COMMON_4, "fearful", "disgust", "surprised"],
+        "merge": {"calm": "neutral", "ps": "surprised"},  # TESS's "pleasant surprise"
+        "others": "drop",
+    },
 }
 """Schemas available by name to ``--labels``."""
+
+OTHERS = ("error", "drop")
+"""What a schema does with a raw label it neither keeps, merges nor drops: refuse it, or drop it."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +59,10 @@ class LabelSchema:
         classes: class names; ``classes[i]`` has index ``i``.
         merge: raw label → class it joins.
         drop: raw labels removed from the data.
+        others: ``"error"`` (a raw label the schema does not cover is refused) or ``"drop"``
+            (it is dropped and counted in the label report).
+        corpora: per corpus name, a section with its own ``merge`` and ``drop``, applied to that
+            corpus's labels before the schema's own (e.g. ``{"tess": {"merge": {"ps": "surprised"}}}``).
 
     Raises:
         LabelError: duplicate or empty classes, a merge into an unknown class, or a
@@ -55,16 +73,37 @@ class LabelSchema:
     merge: dict = field(default_factory=dict)
     drop: frozenset = frozenset()
     synonyms: dict = field(default_factory=dict, compare=False)
+    others: str = "error"
+    corpora: dict = field(default_factory=dict)
 
     def __post_init__(self):
         synonyms = dict(self.synonyms)
         classes = tuple(_canonical(c, synonyms) for c in self.classes)
         merge = {_canonical(k, synonyms): _canonical(v, synonyms) for k, v in dict(self.merge).items()}
         drop = frozenset(_canonical(d, synonyms) for d in self.drop)
+        if self.others not in OTHERS:
+            raise LabelError(f"others: expected one of {', '.join(OTHERS)}, got {self.others!r}")
+        corpora = {}
+        for name, section in dict(self.corpora).items():
+            if not isinstance(section, dict) or set(section) - {"merge", "drop"}:
+                raise LabelError(f"corpora.{name}: expected a section with 'merge' and/or 'drop', got {section!r}")
+            section_merge = {
+                _canonical(k, synonyms): _canonical(v, synonyms) for k, v in dict(section.get("merge") or {}).items()
+            }
+            unknown = sorted(v for v in section_merge.values() if v not in classes)
+            if unknown:
+                raise LabelError(
+                    f"corpora.{name}.merge: targets must be classes; {', '.join(unknown)} is not in {list(classes)}"
+                )
+            corpora[str(name)] = {
+                "merge": section_merge,
+                "drop": sorted(_canonical(d, synonyms) for d in section.get("drop") or ()),
+            }
         object.__setattr__(self, "classes", classes)
         object.__setattr__(self, "merge", merge)
         object.__setattr__(self, "drop", drop)
         object.__setattr__(self, "synonyms", synonyms)
+        object.__setattr__(self, "corpora", corpora)
         if not classes:
             raise LabelError("a label schema needs at least one class; got an empty 'classes' list")
         repeated = sorted(c for c, n in Counter(classes).items() if n > 1)
@@ -90,15 +129,22 @@ class LabelSchema:
         mapping.update({raw: self.classes.index(target) for raw, target in self.merge.items()})
         return mapping
 
-    def class_of(self, raw: str) -> str | None:
-        """Class name for a raw label, ``None`` when dropped; :class:`LabelError` when unknown."""
+    def class_of(self, raw: str, corpus: str | None = None) -> str | None:
+        """Class name for a raw label (of ``corpus``), ``None`` when dropped; :class:`LabelError` when unknown."""
         raw = canonical_label(raw)
+        section = self.corpora.get(corpus or "", {})
+        if raw in section.get("drop", ()):
+            return None
+        if raw in section.get("merge", {}):
+            return section["merge"][raw]
         if raw in self.drop:
             return None
         if raw in self.merge:
             return self.merge[raw]
         if raw in self.classes:
             return raw
+        if self.others == "drop":
+            return None
         raise LabelError(f"label {raw!r} is not in the schema: keep it in classes, merge it, or drop it")
 
     def encode(self, raw_labels) -> np.ndarray:
@@ -112,24 +158,36 @@ class LabelSchema:
             ) from None
 
     def to_dict(self) -> dict:
-        """JSON-ready form; :meth:`from_dict` reads it back."""
-        return {"classes": list(self.classes), "merge": dict(self.merge), "drop": sorted(self.drop)}
+        """JSON-ready form; :meth:`from_dict` reads it back (``others``/``corpora`` only when set)."""
+        spec = {"classes": list(self.classes), "merge": dict(self.merge), "drop": sorted(self.drop)}
+        if self.others != "error":
+            spec["others"] = self.others
+        if self.corpora:
+            spec["corpora"] = self.corpora
+        return spec
 
     @classmethod
     def from_dict(cls, spec: dict) -> "LabelSchema":
         """Build from ``{"classes": [...], "merge": {...}, "drop": [...]}`` or ``{"label_to_index": {...}}``."""
         if "label_to_index" in spec:
             return cls.from_mapping(spec["label_to_index"])
-        unknown = set(spec) - {"classes", "merge", "drop"}
+        unknown = set(spec) - {"classes", "merge", "drop", "others", "corpora"}
         if unknown or "classes" not in spec:
             raise LabelError(
-                f"a schema has keys classes, merge, drop (or label_to_index); got {', '.join(sorted(spec)) or 'none'}"
+                "a schema has keys classes, merge, drop, others, corpora (or label_to_index); got "
+                f"{', '.join(sorted(spec)) or 'none'}"
             )
-        return cls(tuple(spec["classes"]), dict(spec.get("merge") or {}), frozenset(spec.get("drop") or ()))
+        return cls(
+            tuple(spec["classes"]),
+            dict(spec.get("merge") or {}),
+            frozenset(spec.get("drop") or ()),
+            others=spec.get("others", "error"),
+            corpora=dict(spec.get("corpora") or {}),
+        )
 
     @classmethod
     def from_name(cls, name: str) -> "LabelSchema":
-        """A built-in schema: ``ravdess-8`` or ``ravdess-7`` (calm merged into neutral)."""
+        """A built-in schema: ravdess-8, ravdess-7 (calm merged into neutral), common-4/6/7 (across corpora)."""
         if name not in BUILTIN_SCHEMAS:
             raise LabelError(
                 f"unknown schema name {name!r}; built-in: {', '.join(BUILTIN_SCHEMAS)}, or pass a YAML/JSON file"
@@ -232,16 +290,16 @@ class LabelSchema:
         """
         uncovered: dict[str, list[str]] = {}
         keep, indices = [], []
-        mapping = self.label_to_index
+        index = {c: i for i, c in enumerate(self.classes)}
         for row, utterance in enumerate(manifest):
-            label = canonical_label(utterance.label)
-            if label in self.drop:
+            try:
+                name = self.class_of(utterance.label, utterance.corpus)
+            except LabelError:
+                uncovered.setdefault(canonical_label(utterance.label), []).append(utterance.path)
                 continue
-            if label not in mapping:
-                uncovered.setdefault(label, []).append(utterance.path)
-                continue
-            keep.append(row)
-            indices.append(mapping[label])
+            if name is not None:
+                keep.append(row)
+                indices.append(index[name])
         if uncovered:
             lines = [
                 f"  {label!r} ({len(paths)} files, e.g. {', '.join(paths[:3])})"
@@ -282,7 +340,7 @@ class LabelledManifest:
         """
         counts_after = Counter(self.y.tolist())
         synonyms = {**self.source.synonyms, **self.schema.synonyms}
-        return {
+        report = {
             "n_classes": self.schema.n_classes,
             "classes": list(self.schema.classes),
             "label_to_index": self.schema.label_to_index,
@@ -290,6 +348,23 @@ class LabelledManifest:
             "counts_after": {c: counts_after.get(i, 0) for i, c in enumerate(self.schema.classes)},
             "encoded_values": sorted(counts_after),
             "merged": dict(self.schema.merge),
-            "dropped": {label: n for label, n in self.source.label_counts().items() if label in self.schema.drop},
+            "dropped": self._dropped(self.source),
             "synonyms": synonyms,
         }
+        corpora = sorted({u.corpus for u in self.source})
+        if len(corpora) > 1:  # several corpora in one run: each one's counts before and after the mapping
+            report["by_corpus"] = {}
+            for corpus in corpora:
+                rows = [i for i, u in enumerate(self.source) if u.corpus == corpus]
+                kept = Counter(self.y[[i for i, u in enumerate(self.manifest) if u.corpus == corpus]].tolist())
+                report["by_corpus"][corpus] = {
+                    "counts_before": self.source.subset(rows).label_counts(),
+                    "counts_after": {c: kept.get(i, 0) for i, c in enumerate(self.schema.classes)},
+                    "dropped": self._dropped(self.source.subset(rows)),
+                }
+        return report
+
+    def _dropped(self, manifest: Manifest) -> dict[str, int]:
+        """Rows the schema drops, per raw label (named drops, per-corpus drops and, with others="drop", the rest)."""
+        dropped = Counter(u.label for u in manifest if self.schema.class_of(u.label, u.corpus) is None)
+        return {label: n for label, n in manifest.label_counts().items() if label in dropped}

@@ -86,36 +86,57 @@ class Split:
 
 
 def parse_speakers(text: str) -> list[str]:
-    """``"01,02,19-24"`` → ids; a range keeps the zero padding of its first end.
+    """``"01,02,19-24"`` → ids; a range keeps the zero padding of its first end; ``corpus:`` prefixes are kept.
 
     Example:
         >>> parse_speakers("01,02, 09-11")
         ['01', '02', '09', '10', '11']
+        >>> parse_speakers("ravdess:16-17,tess:OAF")
+        ['ravdess:16', 'ravdess:17', 'tess:OAF']
     """
     ids = []
     for item in (part.strip() for part in text.split(",")):
         if not item:
             continue
-        match = re.fullmatch(r"(\d+)-(\d+)", item)
+        match = re.fullmatch(r"(?:(.+):)?(\d+)-(\d+)", item)
         if match:
-            first, last = match.groups()
+            corpus, first, last = match.groups()
             if int(last) < int(first):
                 raise SplitError(f"speaker range {item!r} runs backwards; write it low-high, e.g. 19-24")
-            ids.extend(str(n).zfill(len(first)) for n in range(int(first), int(last) + 1))
+            prefix = f"{corpus}:" if corpus else ""
+            ids.extend(prefix + str(n).zfill(len(first)) for n in range(int(first), int(last) + 1))
         else:
             ids.append(item)
     return ids
 
 
 def resolve_speakers(requested: Sequence[str], speakers: Sequence[str]) -> list[str]:
-    """Map requested ids onto the corpus's ids (``5`` finds ``05``); unknown ids are an error."""
+    """Map requested ids onto the data's ids; unknown or ambiguous ids are an error.
+
+    ``5`` finds ``05``; with speakers namespaced by corpus (``ravdess:05``), ``ravdess:5`` finds it
+    too, and so does ``05`` alone when no other corpus has a speaker ``05``.
+    """
     known = sorted(set(speakers))
-    by_number = {s.lstrip("0") or "0": s for s in known if s.isdigit()}
-    resolved, unknown = [], []
-    for s in requested:
-        s = str(s)
-        match = s if s in known else by_number.get(s.lstrip("0") or "0") if s.isdigit() else None
-        (resolved if match else unknown).append(match or s)
+
+    def number(s: str) -> str:
+        return s.lstrip("0") or "0" if s.isdigit() else s
+
+    candidates: dict[str, list[str]] = defaultdict(list)
+    for s in known:
+        corpus, _, plain = s.rpartition(":")
+        candidates[number(s) if not corpus else f"{corpus}:{number(plain)}"].append(s)
+        if corpus:
+            candidates[number(plain)].append(s)
+    resolved, unknown, ambiguous = [], [], []
+    for s in (str(r) for r in requested):
+        corpus, _, plain = s.rpartition(":")
+        found = [s] if s in known else candidates.get(f"{corpus}:{number(plain)}" if corpus else number(s), [])
+        if len(found) == 1:
+            resolved.append(found[0])
+        else:
+            (ambiguous if found else unknown).append(f"{s} ({' or '.join(found)})" if found else s)
+    if ambiguous:
+        raise SplitError(f"speaker(s) {', '.join(ambiguous)} in more than one corpus; write them as CORPUS:SPEAKER")
     if unknown:
         raise SplitError(f"speaker(s) {', '.join(unknown)} not in the data; known speakers: {', '.join(known)}")
     return resolved
@@ -128,6 +149,21 @@ def _pick_val(candidates: list[str], n_total: int, val_fraction: float, rng: np.
             f"cannot take n_val={n_val} validation speakers and keep training speakers: only {len(candidates)} left"
         )
     return sorted(rng.permutation(sorted(candidates))[:n_val].tolist())
+
+
+def _pick_val_per_corpus(
+    candidates: list[str], known: list[str], val_fraction: float, rng: np.random.Generator
+) -> list[str]:
+    """Validation speakers drawn from every corpus (speakers ``corpus:id``), or from all of one corpus."""
+    corpora = sorted({s.rpartition(":")[0] for s in known})
+    if len(corpora) == 1:
+        return _pick_val(candidates, len(known), val_fraction, rng)
+    val = []
+    for corpus in corpora:
+        members = [s for s in candidates if s.rpartition(":")[0] == corpus]
+        if len(members) > 1:  # a corpus with a single speaker left keeps it for training
+            val += _pick_val(members, len([s for s in known if s.rpartition(":")[0] == corpus]), val_fraction, rng)
+    return sorted(val)
 
 
 def speaker_disjoint_split(
@@ -172,7 +208,7 @@ def speaker_disjoint_split(
         )
     rest = [s for s in known if s not in set(test) | set(val)]
     if not val and val_fraction:
-        val = _pick_val(rest, len(known), val_fraction, rng)
+        val = _pick_val_per_corpus(rest, known, val_fraction, rng)
         rest = [s for s in rest if s not in val]
     if not rest:
         raise SplitError(f"no speakers left for training: {len(known)} speakers, all in val/test")

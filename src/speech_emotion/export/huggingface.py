@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -267,19 +268,22 @@ class _RunData:
         self.config = RunConfig.read(run)
         self.split = _read_json(run / "split.json")
         self.results = _read_json(run / "results.json") if (run / "results.json").is_file() else {}
-        self.data = Path(data) if data is not None else Path(self.config.data)
-        if not self.data.exists():
-            raise FileNotFoundError(
-                f"{self.data}: the corpus the run {run} was trained on is not there (from {run / 'config.json'}); "
-                "pass data=... (--data) pointing at it"
-            )
+        sources = self.config.sources
+        if data is not None:  # the corpus moved: one corpus, read as the run read it
+            sources = (dataclasses.replace(sources[0], path=str(data)),)
+        self.data = Path(sources[0].path)
+        for source in sources:
+            if not Path(source.path).exists():
+                raise FileNotFoundError(
+                    f"{source.path}: the corpus the run {run} was trained on is not there (from "
+                    f"{run / 'config.json'}); pass data=... (--data) pointing at it"
+                )
         with progress("decoding audio", None) as advance:
             self.dataset = load_dataset(
-                self.data,
-                corpus=self.config.corpus,
+                sources,
                 labels=bundle.schema,
-                speaker_pattern=self.config.speaker_pattern,
                 skip_bad=self.config.skip_bad,
+                allow_single_label_speakers=True,  # checked when the run was trained
                 progress=advance,
             )
         self.rows: dict[str, np.ndarray] = {}

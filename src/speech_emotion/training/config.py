@@ -3,7 +3,7 @@
 Both are frozen dataclasses that keep what the user asked for; values left to ``"auto"`` are
 resolved where they are used (:meth:`TrainConfig.resolved`), and a run records both. A
 ``RUN/config.json`` is read back through :meth:`RunConfig.from_dict`, which checks its format tag
-and version and names any key it does not know. This module imports neither torch nor numpy.
+and version and names any key it does not know. This module does not import torch.
 
 Example:
     >>> config = TrainConfig(hidden=0)
@@ -11,14 +11,15 @@ Example:
     ('auto', 'lbfgs')
     >>> run = RunConfig.create("corpus", encoder="egemaps", labels="ravdess-7", train=TrainConfig(seed=3))
     >>> again = RunConfig.from_dict(run.to_dict())
-    >>> again == run, again.train.seed, Path(again.data).is_absolute()
+    >>> again == run, again.train.seed, Path(again.sources[0].path).is_absolute()
     (True, 3, True)
     >>> RunConfig.from_dict(run.to_dict() | {"epochs": 3})
     Traceback (most recent call last):
     ...
     ValueError: config.json: unknown key 'epochs'; expected only format, version, speech_emotion, data, corpus,
     labels, labels_file, speaker_pattern, encoder, encoder_path, test_speakers, val_speakers, split_file,
-    allow_speaker_overlap, skip_bad, train, train_resolved, tracking_uri (was it written by a newer speech-emotion?)
+    allow_speaker_overlap, allow_single_label_speakers, skip_bad, train, train_resolved, tracking_uri (was it
+    written by a newer speech-emotion?)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from speech_emotion.data.sources import CorpusSource, as_sources
 from speech_emotion.model.metadata import MIXINGS, EncoderRef, HeadConfig
 from speech_emotion.version import __version__
 
@@ -191,34 +193,33 @@ class RunConfig:
     """Everything a run was asked to do; ``RUN/config.json`` is its :meth:`to_dict`.
 
     Attributes:
-        data: the corpus folder or CSV/TSV manifest, made absolute.
-        corpus: the corpus adapter asked for (None: detected).
+        sources: the corpora (folder or CSV/TSV manifest, made absolute; adapter; speaker
+            pattern), one or several (:class:`~speech_emotion.data.sources.CorpusSource`).
         labels: the ``--labels`` value as given (a built-in name, a file path, a mapping or a
             schema dict), or None for every raw label.
         labels_file: the absolute path of ``labels`` when it names a file.
-        speaker_pattern: the speaker regex of a folder-per-label corpus.
         encoder: the encoder reference as given and, for a local folder, its absolute path.
         test_speakers, val_speakers: speakers asked for each part (None: no test part; a
-            seeded sixth for validation).
+            seeded sixth for validation, drawn from every corpus).
         split_file: a split saved by ``ser data split`` (kept whole).
         allow_speaker_overlap: whether parts may share speakers (not speaker-independent).
+        allow_single_label_speakers: accept speakers that each have a single label.
         skip_bad: leave out files that will not load.
         train: the head's recipe as asked (:meth:`TrainConfig.resolved` gives what runs).
         tracking_uri: the MLflow server the run logs to.
         speech_emotion: the version that wrote the config.
     """
 
-    data: str
+    sources: tuple[CorpusSource, ...]
     encoder: EncoderRef
     train: TrainConfig = field(default_factory=TrainConfig)
-    corpus: str | None = None
     labels: str | dict | None = None
     labels_file: str | None = None
-    speaker_pattern: str | None = None
     test_speakers: tuple[str, ...] | None = None
     val_speakers: tuple[str, ...] | None = None
     split_file: dict | None = None
     allow_speaker_overlap: bool = False
+    allow_single_label_speakers: bool = False
     skip_bad: bool = False
     tracking_uri: str | None = None
     speech_emotion: str = __version__
@@ -226,17 +227,20 @@ class RunConfig:
     @classmethod
     def create(
         cls,
-        data: str | Path,
+        data: str | Path | list,
         *,
         encoder: str,
         labels: Any = None,
         train: TrainConfig | None = None,
+        corpus: str | None = None,
+        speaker_pattern: str | None = None,
         **options: Any,
     ) -> RunConfig:
         """A run's config from the values a user gives (paths made absolute, label files found).
 
-        ``labels`` may be a built-in name, a path, a mapping or a
-        :class:`~speech_emotion.data.labels.LabelSchema`; ``options`` are the other fields.
+        ``data`` is one corpus or a list (``PATH`` or ``PATH::ADAPTER``); ``labels`` may be a
+        built-in name, a path, a mapping or a :class:`~speech_emotion.data.labels.LabelSchema`;
+        ``options`` are the other fields.
         """
         if hasattr(labels, "to_dict"):  # a LabelSchema
             labels = labels.to_dict()
@@ -249,8 +253,9 @@ class RunConfig:
         for part in ("test_speakers", "val_speakers"):
             if options.get(part) is not None:
                 options[part] = tuple(options[part])
+        sources = as_sources(data, corpus=corpus, speaker_pattern=speaker_pattern)
         return cls(
-            data=str(Path(data).resolve()),
+            sources=tuple(source.absolute() for source in sources),
             encoder=EncoderRef(reference=str(encoder), path=path),
             train=train or TrainConfig(),
             labels=labels,
@@ -264,22 +269,28 @@ class RunConfig:
         return self.labels_file or self.labels
 
     def to_dict(self) -> dict:
-        """``RUN/config.json``: flat keys, the recipe as asked (``train``) and as resolved (``train_resolved``)."""
+        """``RUN/config.json``: flat keys, the recipe as asked (``train``) and as resolved (``train_resolved``).
+
+        One corpus is written as before (``data``, ``corpus``, ``speaker_pattern``); several as a list
+        of sources under ``data``.
+        """
+        single = self.sources[0] if len(self.sources) == 1 else None
         return {
             "format": RUN_CONFIG_FORMAT,
             "version": RUN_CONFIG_VERSION,
             "speech_emotion": self.speech_emotion,
-            "data": self.data,
-            "corpus": self.corpus,
+            "data": single.path if single else [source.to_dict() for source in self.sources],
+            "corpus": single.adapter if single else None,
             "labels": self.labels,
             "labels_file": self.labels_file,
-            "speaker_pattern": self.speaker_pattern,
+            "speaker_pattern": single.speaker_pattern if single else None,
             "encoder": self.encoder.reference,
             "encoder_path": self.encoder.path,
             "test_speakers": list(self.test_speakers) if self.test_speakers is not None else None,
             "val_speakers": list(self.val_speakers) if self.val_speakers is not None else None,
             "split_file": self.split_file,
             "allow_speaker_overlap": self.allow_speaker_overlap,
+            "allow_single_label_speakers": self.allow_single_label_speakers,
             "skip_bad": self.skip_bad,
             "train": self.train.to_dict(),
             "train_resolved": self.train.resolved().to_dict(),
@@ -313,18 +324,21 @@ class RunConfig:
             )
         train = TrainConfig.from_dict(spec["train"], where=f"{where}: train")
         speakers = {part: spec.get(part) for part in ("test_speakers", "val_speakers")}
+        if isinstance(spec["data"], list):
+            sources = tuple(CorpusSource.from_dict(source) for source in spec["data"])
+        else:
+            sources = (CorpusSource(spec["data"], spec.get("corpus"), spec.get("speaker_pattern")),)
         return cls(
-            data=spec["data"],
+            sources=sources,
             encoder=EncoderRef(reference=spec["encoder"], path=spec.get("encoder_path")),
             train=train,
-            corpus=spec.get("corpus"),
             labels=spec.get("labels"),
             labels_file=spec.get("labels_file"),
-            speaker_pattern=spec.get("speaker_pattern"),
             test_speakers=tuple(speakers["test_speakers"]) if speakers["test_speakers"] is not None else None,
             val_speakers=tuple(speakers["val_speakers"]) if speakers["val_speakers"] is not None else None,
             split_file=spec.get("split_file"),
             allow_speaker_overlap=bool(spec.get("allow_speaker_overlap", False)),
+            allow_single_label_speakers=bool(spec.get("allow_single_label_speakers", False)),
             skip_bad=bool(spec.get("skip_bad", False)),
             tracking_uri=spec.get("tracking_uri"),
             speech_emotion=spec.get("speech_emotion", "unknown"),
@@ -344,8 +358,7 @@ class RunConfig:
         except FileNotFoundError:
             raise FileNotFoundError(
                 f"{path}: not found; {run} is not a run folder made by `ser train`, or it was killed before it "
-                "started: "
-                "start it again with `ser train ... --out`"
+                "started: start it again with `ser train ... --out`"
             ) from None
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}: not valid JSON ({error}); start the run again") from None
@@ -367,6 +380,7 @@ _CONFIG_KEYS = [
     "val_speakers",
     "split_file",
     "allow_speaker_overlap",
+    "allow_single_label_speakers",
     "skip_bad",
     "train",
     "train_resolved",

@@ -13,6 +13,7 @@ import numpy as np
 
 from speech_emotion.atomic import write_json
 from speech_emotion.data.dataset import load_dataset
+from speech_emotion.data.sources import as_sources
 from speech_emotion.data.splits import Split, check_leakage, leave_speakers_out
 from speech_emotion.features.speaker_norm import speaker_normalise
 from speech_emotion.features.store import encode_dataset
@@ -26,7 +27,7 @@ METRICS = ("accuracy", "uar", "macro_f1")
 
 
 def cross_validate(
-    data: str | Path,
+    data: str | Path | list,
     *,
     encoder: str,
     folds: int,
@@ -36,6 +37,7 @@ def cross_validate(
     speaker_pattern: str | None = None,
     config: TrainConfig | None = None,
     skip_bad: bool = False,
+    allow_single_label_speakers: bool = False,
     force: bool = False,
     store=None,
     progress: Progress = no_progress,
@@ -43,7 +45,7 @@ def cross_validate(
     """Leave-speakers-out cross-validation of the frozen-encoder recipe.
 
     Args:
-        data: corpus folder or CSV/TSV manifest.
+        data: corpus folder or CSV/TSV manifest, or a list of them (``PATH`` or ``PATH::ADAPTER``).
         encoder: encoder folder, hub id, or ``"egemaps"``.
         folds: K; every speaker is a test speaker in exactly one fold.
         out: folder for ``cv.json`` and ``config.json`` (optional).
@@ -58,6 +60,7 @@ def cross_validate(
 
     started = time.perf_counter()
     config = config or TrainConfig()
+    sources = [source.absolute() for source in as_sources(data, corpus=corpus, speaker_pattern=speaker_pattern)]
     if out is not None:
         out = Path(out)
         prepare_run_folder(out, force)
@@ -65,18 +68,21 @@ def cross_validate(
             out / "config.json",
             {
                 "speech_emotion": __version__,
-                "data": str(Path(data).resolve()),
+                "data": [source.to_dict() for source in sources],
                 "encoder": encoder,
                 "folds": folds,
                 "labels": labels,
-                "corpus": corpus,
                 "train": config.to_dict(),
                 "train_resolved": config.resolved().to_dict(),
             },
         )
     with progress("decoding audio", None) as advance:
         dataset = load_dataset(
-            data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad, progress=advance
+            sources,
+            labels=labels,
+            skip_bad=skip_bad,
+            allow_single_label_speakers=allow_single_label_speakers,
+            progress=advance,
         )
     splits = leave_speakers_out(dataset.speakers, folds, seed=config.seed)
     for split in splits:

@@ -61,7 +61,7 @@ METRIC_KEYS = ("accuracy", "uar", "macro_f1", "n")
 
 
 def train(
-    data: str | Path,
+    data: str | Path | list,
     *,
     encoder: str,
     out: str | Path,
@@ -72,6 +72,7 @@ def train(
     val_speakers: list[str] | None = None,
     split_file: dict | None = None,
     allow_speaker_overlap: bool = False,
+    allow_single_label_speakers: bool = False,
     config: TrainConfig | None = None,
     skip_bad: bool = False,
     force: bool = False,
@@ -84,12 +85,15 @@ def train(
     """Train a head (or fine-tune the encoder's top layers with it) and write the run folder.
 
     Args:
-        data: corpus folder or CSV/TSV manifest.
+        data: corpus folder or CSV/TSV manifest, or a list of them (``PATH`` or ``PATH::ADAPTER``):
+            several corpora train one model, speakers namespaced by corpus (``tess:OAF``).
         encoder: encoder folder, hub id, or ``"egemaps"`` (required: no hidden default).
         out: run folder to create (refused when it exists and is not empty, unless ``force``).
         labels: ``--labels`` value (built-in name, schema file, mapping) or ``None``.
         test_speakers, val_speakers, split_file: how to split (see :func:`make_split`).
         allow_speaker_overlap: accept parts that share speakers (not speaker-independent).
+        allow_single_label_speakers: accept speakers that each have one label (see
+            :func:`~speech_emotion.data.dataset.check_speaker_labels`).
         config: the training recipe (default :class:`TrainConfig()`); ``finetune > 0`` trains
             the encoder's top layers too, also under ``torchrun``.
         skip_bad: leave out files that will not load (listed in ``skipped.json``).
@@ -127,6 +131,7 @@ def train(
         val_speakers=val_speakers,
         split_file=split_file,
         allow_speaker_overlap=allow_speaker_overlap,
+        allow_single_label_speakers=allow_single_label_speakers,
         skip_bad=skip_bad,
         tracking_uri=resolve_uri(tracking_uri) if world.is_main else None,
     )
@@ -290,11 +295,10 @@ def prepare(ctx: RunContext) -> tuple[Dataset, Split]:
     ctx.status.stage("decoding")
     with ctx.tracked("decoding audio", None) as advance:
         dataset = load_dataset(
-            config.data,
-            corpus=config.corpus,
+            config.sources,
             labels=config.labels_source,
-            speaker_pattern=config.speaker_pattern,
             skip_bad=config.skip_bad,
+            allow_single_label_speakers=config.allow_single_label_speakers,
             progress=advance,
         )
     if write:
