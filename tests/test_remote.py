@@ -26,8 +26,8 @@ from typer.testing import CliRunner
 from conftest import synth_clip, write_synth_corpus
 from speech_emotion.cli.app import app
 from speech_emotion.remote import Host, RemoteError, fetch, monitor, status
-from speech_emotion.remote.job import RemoteRun, parse_sections, read_state
 from speech_emotion.remote.ssh import parse_rsync_stats
+from speech_emotion.remote.state import RemoteRun, parse_sections, read_state
 
 runner = CliRunner()
 SSHD = "/usr/sbin/sshd"
@@ -173,7 +173,18 @@ def kill_job(remote_dir: Path, run: str) -> None:
 def test_launch_status_monitor_fetch_predict(sshd, tiny_corpus, whisper_tiny, tmp_path, monkeypatch):
     remote_dir = tmp_path / "host-home" / "ser-remote"
     common = ["--remote-dir", remote_dir]
-    env = ["--env", f"SER_CACHE={os.environ['SER_CACHE']}", "--env", "HF_HUB_OFFLINE=1"]
+    # The "host" Python is this one: PYTHONPATH makes it import the source under test, as this process does, so the
+    # package is only checked; without it a checkout that differs from the installed one would be pip-installed
+    # over this machine's own speech_emotion.
+    source = Path(sys.modules["speech_emotion"].__file__).parents[1]
+    env = [
+        "--env",
+        f"SER_CACHE={os.environ['SER_CACHE']}",
+        "--env",
+        "HF_HUB_OFFLINE=1",
+        "--env",
+        f"PYTHONPATH={source}",
+    ]
     started = time.monotonic()
     try:
         result = ser(
@@ -452,7 +463,7 @@ def test_monitor_falls_back_to_metrics_when_the_host_has_no_ser_monitor(tmp_path
     """The host's Python lacks `ser monitor` (here: a bare venv): metrics.jsonl is followed, one line per epoch."""
     import threading
 
-    from speech_emotion.remote.job import monitor_script
+    from speech_emotion.remote.follow import monitor_script
 
     venv = tmp_path / "bare-venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)

@@ -11,8 +11,10 @@ import typer
 from rich.markup import escape
 
 from speech_emotion.cli.console import err_console, fail, print_json
-from speech_emotion.remote.job import DEFAULT_REMOTE_DIR, INSTALL_MODES, format_epoch
+from speech_emotion.remote.follow import format_epoch
+from speech_emotion.remote.job import INSTALL_MODES
 from speech_emotion.remote.ssh import Host, RemoteError
+from speech_emotion.remote.state import DEFAULT_REMOTE_DIR
 
 app = typer.Typer(
     help="Train on another machine over SSH: sync data, encoder and code with rsync, start `ser train` detached, "
@@ -301,7 +303,7 @@ def status(
     as_json: JsonOpt = False,
 ) -> None:
     """Is a run on HOST running, finished or failed? Last epoch's metrics, exit code, log tail."""
-    from speech_emotion.remote.job import status as run_status
+    from speech_emotion.remote.state import status as run_status
 
     target = make_host(host, port, identity, ssh_option, ssh_config)
     try:
@@ -333,7 +335,7 @@ def monitor(
     ssh_config: SshConfigOpt = None,
 ) -> None:
     """Follow a run on HOST live: runs `ser monitor RUN` there over ssh (a terminal is passed through)."""
-    from speech_emotion.remote.job import monitor as run_monitor
+    from speech_emotion.remote.follow import monitor as run_monitor
 
     target = make_host(host, port, identity, ssh_option, ssh_config)
     try:
@@ -351,7 +353,12 @@ def fetch(
     host: HostArg,
     run: RunArg,
     to: Annotated[
-        Optional[Path], typer.Option("--to", help="Local folder to write (default: RUN, relative to here).")
+        Optional[Path],
+        typer.Option(
+            "--to",
+            help="Local folder to write (default: RUN, relative to here). It is replaced as a whole, so never the "
+            "current folder, the home folder, / or a folder holding one of them.",
+        ),
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --to if it exists and is not empty.")] = False,
     remote_dir: RemoteDirOpt = DEFAULT_REMOTE_DIR,
@@ -361,7 +368,11 @@ def fetch(
     ssh_config: SshConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Download a finished run (model/, reports, metrics, log) and verify every file's sha256."""
+    """Download a finished run (model/, reports, metrics, log) and verify every file's sha256.
+
+    A run holding symbolic links, devices, FIFOs or sockets is refused. What --to held is
+    replaced only once the download is verified, and kept as it was if anything fails.
+    """
     from speech_emotion.remote.fetch import fetch as run_fetch
 
     target = make_host(host, port, identity, ssh_option, ssh_config)

@@ -5,11 +5,11 @@ jump hosts and known_hosts behave as in a terminal.
 """
 
 from speech_emotion.remote.fetch import fetch
-from speech_emotion.remote.job import DEFAULT_REMOTE_DIR
+from speech_emotion.remote.follow import monitor
 from speech_emotion.remote.job import launch
-from speech_emotion.remote.job import monitor
-from speech_emotion.remote.job import status
 from speech_emotion.remote.ssh import Host
 from speech_emotion.remote.ssh import RemoteError
+from speech_emotion.remote.state import DEFAULT_REMOTE_DIR
+from speech_emotion.remote.state import status
 
 __all__ = ["DEFAULT_REMOTE_DIR", "Host", "RemoteError", "fetch", "launch", "monitor", "status"]

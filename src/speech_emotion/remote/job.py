@@ -1,4 +1,4 @@
-"""Training jobs on a remote host: launch detached, ask their status, follow them.
+"""Training jobs on a remote host: sync what they need, install the package, start them detached.
 
 A launched run lives on the host under ``REMOTE_DIR`` (default ``~/ser-remote``)::
 
@@ -14,13 +14,15 @@ share a remote copy, and a second launch from the same folder sends only what ch
 The job files sit beside the run folder, not in it, because `ser train` refuses to write
 into a folder that is not empty.
 
-Example:
-    >>> RemoteRun("ser-remote", "runs/a").job, RemoteRun("~/x", "/abs/run").from_home
-    ('runs/a.job', '/abs/run')
+Every script sent to the host quotes each value it holds (``shlex.quote``); run.sh and
+job.json travel base64-encoded, so no value, however written, is ever parsed as shell.
+Where a run lives and what state it is in: :mod:`speech_emotion.remote.state`; following it:
+:mod:`speech_emotion.remote.follow`.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import inspect
 import json
@@ -29,53 +31,22 @@ import posixpath
 import re
 import shlex
 import socket
-import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
-from speech_emotion.remote.ssh import Host, RemoteError, SyncStats, home_relative, last_lines, rsync
+from speech_emotion.remote.ssh import Host, RemoteError, SyncStats, check_no_nul, home_relative, last_lines, rsync
+from speech_emotion.remote.state import DEFAULT_REMOTE_DIR, RemoteRun, parse_sections, read_state, state_script
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REMOTE_DIR = "ser-remote"
 INSTALL_MODES = ("auto", "always", "never")
 
 SER = 'import sys; sys.argv[0] = "ser"; from speech_emotion.cli.app import main; main()'
 """``python -c SER ARGS`` runs the `ser` command with that Python, whatever PATH holds."""
 
-MONITOR_FILE = "cli/monitor.py"
-"""Where `ser monitor` lives; when the host's package lacks it, monitor follows metrics.jsonl."""
-
 Report = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class RemoteRun:
-    """A run folder on the host: ``run`` is absolute or relative to ``remote_dir``."""
-
-    remote_dir: str
-    run: str
-
-    def __post_init__(self) -> None:
-        if not self.run or self.run.strip("/.") == "":
-            raise ValueError(f"run {self.run!r}: expected a run folder name such as runs/base")
-
-    @property
-    def dir(self) -> str:
-        """``remote_dir`` relative to the remote home (or absolute); every script cds there first."""
-        return home_relative(self.remote_dir)
-
-    @property
-    def job(self) -> str:
-        return self.run.rstrip("/") + ".job"
-
-    @property
-    def from_home(self) -> str:
-        """The run folder as rsync needs it (relative to the remote home, or absolute)."""
-        return self.run if posixpath.isabs(self.run) else posixpath.join(self.dir, self.run)
 
 
 def describe_python() -> dict:
@@ -128,133 +99,36 @@ def remote_slug(path: Path) -> str:
     return f"{path.name}-{hashlib.sha256(str(path).encode()).hexdigest()[:8]}"
 
 
-def parse_sections(text: str) -> dict[str, str]:
-    """Split script output into sections started by lines ``@@name``.
-
-    >>> parse_sections("@@pid\\n42\\n@@exit\\n")
-    {'pid': '42', 'exit': ''}
-    """
-    sections: dict[str, list[str]] = {}
-    current = None
-    for line in text.splitlines():
-        if line.startswith("@@") and re.fullmatch(r"@@[a-z_]+", line.strip()):
-            current = line.strip()[2:]
-            sections[current] = []
-        elif current is not None:
-            sections[current].append(line)
-    return {name: "\n".join(lines).strip() for name, lines in sections.items()}
-
-
-def state_script(run: RemoteRun, *, log_lines: int = 15) -> str:
-    """sh that prints the job's files and run folder state as ``@@`` sections (cwd: remote dir)."""
-    q = shlex.quote
-    job, path = run.job, run.run
-    return f"""
-echo @@pid; cat -- {q(job + "/pid")} 2>/dev/null
-echo @@alive; p=$(cat -- {q(job + "/pid")} 2>/dev/null) && ps -o args= -p "$p" 2>/dev/null
-echo @@exit; cat -- {q(job + "/exit_code")} 2>/dev/null
-echo @@now; date +%s
-echo @@started; cat -- {q(job + "/started")} 2>/dev/null
-echo @@ended; cat -- {q(job + "/ended")} 2>/dev/null
-echo @@job; cat -- {q(job + "/job.json")} 2>/dev/null
-echo @@job_exists; [ -d {q(job)} ] && echo yes
-echo @@run_entries; ls -A -- {q(path)} 2>/dev/null | head -n 5
-echo @@epochs; [ -f {q(path + "/metrics.jsonl")} ] && wc -l < {q(path + "/metrics.jsonl")}
-echo @@last_epoch; tail -n 1 -- {q(path + "/metrics.jsonl")} 2>/dev/null
-echo @@results; cat -- {q(path + "/results.json")} 2>/dev/null
-echo @@log; tail -n {int(log_lines)} -- {q(job + "/train.log")} 2>/dev/null
-echo @@end
-"""
-
-
-def read_state(host: Host, run: RemoteRun, sections: Mapping[str, str]) -> dict:
-    """Turn :func:`state_script` output into the status dict (see :func:`status`)."""
-    pid = int(sections["pid"]) if sections.get("pid", "").isdigit() else None
-    exit_text = sections.get("exit", "")
-    exit_code = int(exit_text) if re.fullmatch(r"-?\d+", exit_text) else None
-    alive = pid is not None and "run.sh" in sections.get("alive", "")
-    run_entries = [line for line in sections.get("run_entries", "").splitlines() if line]
-    results = json.loads(sections["results"]) if sections.get("results") else None
-    if exit_code is not None:
-        state = "finished" if exit_code == 0 else "failed"
-    elif alive:
-        state = "running"
-    elif pid is not None:
-        state = "died"  # the wrapper itself is gone without writing an exit code (reboot, kill -9 of the group)
-    elif sections.get("job_exists"):
-        state = "starting"
-    elif results is not None:
-        state = "finished"  # trained on the host by hand: no job files, but a complete run
-    elif run_entries:
-        state = "unknown"
-    else:
-        raise RemoteError(
-            f"no run {run.run!r} under {run.remote_dir} on {host} (neither {run.run}/ nor {run.job}/ exists); "
-            f"check RUN and --remote-dir"
-        )
-    now = int(sections["now"]) if sections.get("now", "").isdigit() else None
-    started = int(sections["started"]) if sections.get("started", "").isdigit() else None
-    ended = int(sections["ended"]) if sections.get("ended", "").isdigit() else None
-    epochs = int(sections["epochs"]) if sections.get("epochs", "").strip().isdigit() else 0
-    last = sections.get("last_epoch")
-    return {
-        "host": str(host),
-        "run": run.run,
-        "path": run.from_home,
-        "state": state,
-        "pid": pid,
-        "exit_code": exit_code,
-        "elapsed_s": (ended or now) - started if started is not None and (ended or now) else None,
-        "epochs": epochs,
-        "last_epoch": json.loads(last) if last else None,
-        "results": summarize_results(results) if results else None,
-        "job": json.loads(sections["job"]) if sections.get("job") else None,
-        "log_tail": sections.get("log", "").splitlines(),
-    }
-
-
-def summarize_results(results: dict) -> dict:
-    """The parts of results.json a status line needs (metrics per part, best epoch)."""
-    summary = {key: results[key] for key in ("protocol", "best_epoch", "epochs_run", "classes") if key in results}
-    for part in ("val", "test"):
-        if isinstance(results.get(part), dict):
-            summary[part] = {k: results[part][k] for k in ("accuracy", "uar", "macro_f1", "n") if k in results[part]}
-    return summary
-
-
-def status(host: Host, run: str, *, remote_dir: str = DEFAULT_REMOTE_DIR, log_lines: int = 15) -> dict:
-    """State of a run on the host: running, finished, failed (exit code), died, starting.
-
-    One ssh call. Reads ``RUN.job/`` (pid, exit code, log) and ``RUN/`` (last line of
-    ``metrics.jsonl``, ``results.json``).
-
-    Returns:
-        ``{"state", "pid", "exit_code", "elapsed_s", "epochs", "last_epoch", "results",
-        "log_tail", "job", "host", "run", "path"}``; ``last_epoch`` is the latest
-        metrics.jsonl record, ``results`` the final metrics once finished.
-
-    Raises:
-        RemoteError: the connection failed, or neither ``RUN/`` nor ``RUN.job/`` exists.
-    """
-    remote = RemoteRun(remote_dir, run)
-    script = f"cd -- {shlex.quote(remote.dir)} 2>/dev/null || {{ echo @@no_dir; exit 0; }}\n" + state_script(
-        remote, log_lines=log_lines
-    )
-    sections = parse_sections(host.run(script).stdout)
-    if "no_dir" in sections:
-        raise RemoteError(
-            f"{remote.dir} does not exist on {host}; nothing was launched there with --remote-dir {remote_dir}"
-        )
-    return read_state(host, remote, sections)
-
-
 def check_env(env: Mapping[str, str] | None) -> dict[str, str]:
-    """Validate ``--env NAME=VALUE`` names (they become ``export NAME=...`` on the host)."""
+    """Validate ``--env NAME=VALUE`` names (they become ``export NAME=...`` on the host).
+
+    Values may hold anything but NUL: they are quoted, never parsed by the host's shell.
+
+    >>> check_env({"CUDA_VISIBLE_DEVICES": "1", "NOTE": "$(not run) `nor this`"})["NOTE"]
+    '$(not run) `nor this`'
+    """
     env = dict(env or {})
-    for name in env:
+    for name, value in env.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
             raise ValueError(f"--env {name!r}: expected NAME=VALUE with a shell variable name (letters, digits, _)")
+        check_no_nul(f"--env {name}", value)
     return env
+
+
+def is_local(path: str, kind: str) -> bool:
+    """Whether ``path`` names an existing local file (``kind="file"``) or folder (``"dir"``).
+
+    A value that cannot be a path here (inline JSON longer than a file name may be, a NUL)
+    is simply not one, instead of an OSError.
+
+    >>> is_local("{" + '"a": 1, ' * 60 + "}", "file"), is_local(".", "dir")
+    (False, True)
+    """
+    try:
+        local = Path(path).expanduser()
+        return local.is_file() if kind == "file" else local.is_dir()
+    except (OSError, ValueError, RuntimeError):  # RuntimeError: '~user' whose home is unknown
+        return False
 
 
 def exports(env: Mapping[str, str]) -> str:
@@ -343,13 +217,18 @@ def launch(
     if install not in INSTALL_MODES:
         raise ValueError(f"install={install!r}: expected one of {', '.join(INSTALL_MODES)}")
     env = check_env(env)
-    python = python or sys.executable
+    python = check_no_nul("--python", python or sys.executable)
     data = Path(data).resolve()
     if not data.exists():
         raise FileNotFoundError(f"--data {data}: no such folder")
-    if split is not None and not Path(split).expanduser().is_file():
+    if split is not None and not is_local(str(split), "file"):
         raise FileNotFoundError(f"--split {split}: no such file")
     remote = RemoteRun(remote_dir, str(out))
+    for option, value in (("--encoder", encoder), ("--labels", labels)):
+        if value is not None:
+            check_no_nul(option, value)
+    for value in train_options:
+        check_no_nul("ser train option", value)
     q = shlex.quote
 
     # 1. probe
@@ -406,7 +285,7 @@ def launch(
     sync("data", f"{data_folder}/", data_remote + "/", delete=True)
     remote_data = posixpath.join(data_remote, data_file) if data_file else data_remote
     remote_encoder = encoder
-    if Path(encoder).expanduser().is_dir():
+    if is_local(encoder, "dir"):
         local_encoder = Path(encoder).expanduser().resolve()
         remote_encoder = posixpath.join("encoders", remote_slug(local_encoder))
         sync("encoder", f"{local_encoder}/", remote_encoder + "/", delete=True)
@@ -414,9 +293,8 @@ def launch(
     for option, value in (("--labels", labels), ("--split", split)):
         if value is None:
             continue
-        local = Path(value).expanduser()
-        if local.is_file():
-            local = local.resolve()
+        if is_local(str(value), "file"):
+            local = Path(value).expanduser().resolve()
             target = posixpath.join("inputs", f"{hashlib.sha256(str(local).encode()).hexdigest()[:8]}-{local.name}")
             sync(option.lstrip("-"), str(local), target)
             inputs[option] = target
@@ -541,14 +419,44 @@ def ensure_package(
     }
 
 
+WRITE_FILES = (
+    "import base64, sys\n"
+    "for path, text in zip(sys.argv[1::2], sys.argv[2::2]):\n"
+    "    with open(path, 'wb') as stream:\n"
+    "        stream.write(base64.b64decode(text))\n"
+)
+"""``python -c WRITE_FILES PATH BASE64 …``: files written on the host without a shell ever reading their text."""
+
+
+def write_files_script(python: str, files: Mapping[str, str]) -> str:
+    """sh that writes each ``{path: text}`` on the host through base64 and ``python``.
+
+    A heredoc would end at the first line equal to its delimiter, which an --env value or a
+    ser train option may hold; base64 text holds no quote, space or newline.
+
+    >>> print(write_files_script("python3", {"a b/run.sh": "echo '$(x)'"}))
+    python3 -c ... 'a b/run.sh' ZWNobyAnJCh4KSc=
+    """
+    q = shlex.quote
+    pairs = " ".join(f"{q(path)} {base64.b64encode(text.encode()).decode()}" for path, text in files.items())
+    return f"{q(python)} -c {q(WRITE_FILES)} {pairs}\n"
+
+
 def start(
     host: Host, remote: RemoteRun, absolute_dir: str, argv: Sequence[str], env: Mapping[str, str], report: Report
 ) -> int:
-    """Write ``RUN.job/run.sh`` and start it in its own session (``setsid nohup``); return its pid."""
+    """Write ``RUN.job/run.sh`` and start it in its own session (``setsid nohup``); return its pid.
+
+    ``argv[0]`` is the host's Python: it also writes run.sh and job.json there, from base64.
+    """
+    for value in argv:
+        check_no_nul("ser train argument", value)
+    env = check_env(env)
     q = shlex.quote
     job = remote.job
+    here = re.sub(r"[^\w.-]", "?", socket.gethostname())  # it goes into a comment line: no newline may end it
     run_sh = (
-        f"#!/bin/sh\n# Started by `ser remote launch` from {socket.gethostname()} at "
+        f"#!/bin/sh\n# Started by `ser remote launch` from {here} at "
         f"{time.strftime('%Y-%m-%d %H:%M:%S %z')}.\n"
         f"cd -- {q(absolute_dir)} || exit 1\n"
         f"date +%s > {q(job + '/started')}\n"
@@ -569,9 +477,11 @@ def start(
     )
     script = (
         f"set -e\ncd -- {q(absolute_dir)}\nrm -rf -- {q(job)}\nmkdir -p -- {q(job)}\n"
-        f"cat > {q(job + '/run.sh')} <<'SER_REMOTE_EOF'\n{run_sh}SER_REMOTE_EOF\n"
-        f"cat > {q(job + '/job.json')} <<'SER_REMOTE_EOF'\n{job_json}\nSER_REMOTE_EOF\n"
-        f"if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi\n"
+        # --env in a subshell: the Python may need it to start (LD_LIBRARY_PATH), the rest of this script must not.
+        + f"(\n{exports(env)}"
+        + write_files_script(argv[0], {job + "/run.sh": run_sh, job + "/job.json": job_json + "\n"})
+        + ")\n"
+        + f"if command -v setsid >/dev/null 2>&1; then detach=setsid; else detach=; fi\n"
         f"$detach nohup sh {q(job + '/run.sh')} > /dev/null 2>&1 < /dev/null &\n"
         f"pid=$!\necho $pid > {q(job + '/pid')}\n"
         # Return only once the job leads its own session, so the end of this ssh session cannot reach it.
@@ -585,94 +495,3 @@ def start(
     pid = int(sections["pid"])
     report(f"  started, pid {pid}")
     return pid
-
-
-def format_epoch(record: dict) -> str:
-    """One metrics.jsonl record as a line for people (self-contained: it also runs on the host).
-
-    >>> format_epoch({"epoch": 3, "train_loss": 0.41234, "val_uar": 0.5, "alarms": []})
-    'epoch 3  train_loss 0.4123  val_uar 50.0%'
-    """
-    parts = [f"epoch {record.get('epoch')}"]
-    for key, value in record.items():
-        if key == "epoch" or value is None or value == [] or value == {}:
-            continue
-        if isinstance(value, float):
-            value = f"{value:.1%}" if any(word in key for word in ("accuracy", "uar", "f1")) else f"{value:.4f}"
-        elif isinstance(value, list):
-            value = ",".join(map(str, value))
-        parts.append(f"{key} {value}")
-    return "  ".join(parts)
-
-
-FORMAT_LINES = inspect.getsource(format_epoch) + (
-    "\nimport json, sys\nfor line in sys.stdin:\n"
-    "    try:\n        print(format_epoch(json.loads(line)), flush=True)\n"
-    "    except ValueError:\n        print(line, end='', flush=True)\n"
-)
-"""``tail metrics.jsonl | python -c FORMAT_LINES``: per-epoch lines without importing speech_emotion."""
-
-
-def monitor_script(run: RemoteRun, python: str, *, follow: bool = True) -> str:
-    """sh for :func:`monitor`: `ser monitor RUN` if the host has it, else follow metrics.jsonl."""
-    q = shlex.quote
-    metrics, pid_file, exit_file = q(run.run + "/metrics.jsonl"), q(run.job + "/pid"), q(run.job + "/exit_code")
-    find_monitor = (  # a file check: importing speech_emotion just to look would take seconds
-        "import importlib.util, pathlib, sys; spec = importlib.util.find_spec('speech_emotion'); "
-        f"sys.exit(not (spec and any((pathlib.Path(p) / {MONITOR_FILE!r}).is_file() for p in "
-        "spec.submodule_search_locations or ())))"
-    )
-    formatter = f"{q(python)} -u -c {q(FORMAT_LINES)}"
-    where = f"{run.run} under {run.remote_dir}"
-    return (
-        f"cd -- {q(run.dir)} || {{ echo {q(f'no folder {run.dir} on this host; check --remote-dir')} >&2; exit 3; }}\n"
-        f"if [ ! -d {q(run.run)} ] && [ ! -d {q(run.job)} ]; then echo "
-        f"{q(f'no run {where} (neither {run.run}/ nor {run.job}/); check RUN and --remote-dir')} >&2; exit 3; fi\n"
-        f"if [ ! -d {q(run.run)} ] && [ -f {exit_file} ]; then printf '%s%s%s\\n' 'the job ended with exit code ' "
-        f'"$(cat -- {exit_file})" '
-        f"{q(f' before creating {run.run}/; `ser remote status` shows the end of its log')} >&2; exit 1; fi\n"
-        f"if {q(python)} -c {q(find_monitor)} 2>/dev/null; then exec {q(python)} -c {q(SER)} monitor "
-        f"{q(run.run)}{'' if follow else ' --no-follow'}; fi\n"
-        f'echo "(ser monitor is not available on this host: following {run.run}/metrics.jsonl)" >&2\n'
-        f"pid=$(cat -- {pid_file} 2>/dev/null)\n"
-        f'if {"false" if follow else "true"} || [ -f {exit_file} ] || [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; '
-        f"then cat -- {metrics} | {formatter}; exit; fi\n"
-        f'tail -n +1 -F --pid="$pid" -- {metrics} 2>/dev/null | {formatter}\n'
-    )
-
-
-def monitor(
-    host: Host,
-    run: str,
-    *,
-    remote_dir: str = DEFAULT_REMOTE_DIR,
-    python: str | None = None,
-    follow: bool = True,
-    tty: bool | None = None,
-    capture: bool = False,
-) -> subprocess.CompletedProcess:
-    """Follow a run on the host: runs `ser monitor RUN` there over ssh.
-
-    With a terminal here (``tty``, default: whether stdout is one) ssh allocates one there,
-    so `ser monitor` shows its live view; otherwise it prints plain lines. When the host's
-    speech_emotion has no `ser monitor`, the run's ``metrics.jsonl`` is followed with
-    ``tail -F`` until the job ends (a note on stderr says so). Ends when the run ends or on Ctrl-C;
-    with ``follow=False`` it prints the run's state once.
-
-    The exit code is `ser monitor`'s (0: finished, 1: failed or died), 1 when the job ended
-    before creating RUN, 3 when there is no such run.
-
-    Returns:
-        The completed ssh process (``stdout``/``stderr`` text when ``capture``).
-    """
-    remote = RemoteRun(remote_dir, run)
-    python = python or sys.executable
-    tty = sys.stdout.isatty() if tty is None else tty
-    script = monitor_script(remote, python, follow=follow)
-    args = host.ssh_args(tty=tty) + [f"sh -c {shlex.quote(script)}"]
-    done = subprocess.run(args, capture_output=capture, text=True)
-    if done.returncode == 255:
-        raise RemoteError(
-            f"ssh {host}: monitor failed: {last_lines(done.stderr) if capture else 'see the message above'}"
-        )
-    return done

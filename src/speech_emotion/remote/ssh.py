@@ -101,9 +101,21 @@ class Host:
             )
         return done
 
-    def remote_path(self, path: str) -> str:
-        """``target:path`` as rsync wants it (a leading '~/' means the remote home)."""
-        return f"{self.target}:{home_relative(path)}"
+    def remote_path(self, path: str, *, source: bool = False) -> str:
+        """``target:path`` as rsync wants it (a leading '~/' means the remote home).
+
+        With ``source``, wildcards in ``path`` are escaped: the rsync on the host expands
+        ``*``, ``?`` and ``[`` in the paths it sends (even with ``--protect-args``), so a run
+        named ``runs/[ab]`` would otherwise download ``runs/a`` and ``runs/b``.
+
+        >>> print(Host("h").remote_path("~/runs/[ab]*", source=True))
+        h:runs/\\[ab]\\*
+        """
+        path = home_relative(path)
+        if source and any(char in path for char in "*?["):
+            # rsync globs only a path holding a wildcard, and then reads backslash as an escape.
+            path = re.sub(r"([\\*?\[])", r"\\\1", path)
+        return f"{self.target}:{path}"
 
 
 def home_relative(path: str) -> str:
@@ -115,6 +127,17 @@ def home_relative(path: str) -> str:
     if path in ("~", "~/"):
         return "."
     return path[2:] if path.startswith("~/") else path
+
+
+def check_no_nul(option: str, value: str) -> str:
+    """Refuse a NUL character, the one thing a shell word or a command-line argument cannot hold.
+
+    >>> check_no_nul("--python", "/usr/bin/python3")
+    '/usr/bin/python3'
+    """
+    if "\0" in str(value):
+        raise ValueError(f"{option} {value!r}: a NUL character cannot be passed to the host; remove it")
+    return value
 
 
 def connection_error(host: Host, stderr: str) -> str:
@@ -213,11 +236,20 @@ def parse_rsync_stats(text: str) -> SyncStats:
     )
 
 
-def rsync(host: Host, source: str, destination: str, *, delete: bool = False, filters: Sequence[str] = ()) -> SyncStats:
+def rsync(
+    host: Host,
+    source: str,
+    destination: str,
+    *,
+    delete: bool = False,
+    filters: Sequence[str] = (),
+    regular_files_only: bool = False,
+) -> SyncStats:
     """``rsync -a`` over the host's ssh; returns what was sent and what was already there.
 
-    Remote paths are given as ``host.remote_path(path)``. rsync compares size and
-    modification time, so a second sync of unchanged files sends nothing.
+    Remote paths are given as ``host.remote_path(path)`` (``source=True`` for a remote
+    source). rsync compares size and modification time, so a second sync of unchanged
+    files sends nothing.
 
     Args:
         source, destination: local path or ``target:path``; a trailing '/' on a folder
@@ -225,12 +257,18 @@ def rsync(host: Host, source: str, destination: str, *, delete: bool = False, fi
         delete: remove files at the destination that the source no longer has (keeps a
             mirrored data folder exact: a file deleted here must not be trained on there).
         filters: rsync ``--filter`` rules, e.g. ``"- __pycache__/"``.
+        regular_files_only: copy folders and regular files only (``-rt`` instead of ``-a``):
+            symbolic links, devices, FIFOs and sockets are skipped, owner and group are not
+            copied, and permissions are masked by the umask here, never setuid or setgid. For
+            files coming from a host, which must not decide what a link here points to or who
+            owns what.
 
     Raises:
         RemoteError: rsync is missing on either side, or the transfer failed.
     """
     require_tool("rsync", "rsync")
-    args = ["rsync", "-a", "--stats", "--protect-args", "-e", host.rsync_shell()]
+    mode = "-rt" if regular_files_only else "-a"
+    args = ["rsync", mode, "--stats", "--protect-args", "-e", host.rsync_shell()]
     if delete:
         args.append("--delete")
     for rule in filters:
