@@ -64,18 +64,16 @@ def describe_python() -> dict:
 
     info = {"python": sys.version.split()[0], "executable": sys.executable}
     try:
-        import speech_emotion
+        import speech_emotion.version as package  # imports the package itself first
     except Exception as error:  # any import failure: missing package, missing dependency
         info["error"] = f"{type(error).__name__}: {error}"
         return info
-    root = pathlib.Path(speech_emotion.__file__).resolve().parent
+    root = pathlib.Path(package.__file__).resolve().parent
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
         if "__pycache__" not in path.parts:
             digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    info.update(
-        version=getattr(speech_emotion, "__version__", None), location=str(root), fingerprint=digest.hexdigest()
-    )
+    info.update(version=getattr(package, "__version__", None), location=str(root), fingerprint=digest.hexdigest())
     return info
 
 
@@ -84,9 +82,9 @@ DESCRIBE = inspect.getsource(describe_python) + "\nimport json\nprint(json.dumps
 
 def project_root() -> Path | None:
     """The source checkout this speech_emotion was imported from (src layout), if any."""
-    import speech_emotion
+    import speech_emotion.version as package
 
-    root = Path(speech_emotion.__file__).resolve().parents[2]
+    root = Path(package.__file__).resolve().parents[2]
     return root if (root / "pyproject.toml").is_file() and (root / "src" / "speech_emotion").is_dir() else None
 
 
