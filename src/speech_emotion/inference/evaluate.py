@@ -16,7 +16,7 @@ from speech_emotion.data.corpora import read_corpus
 from speech_emotion.data.dataset import load_dataset
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import canonical_label
-from speech_emotion.features.speaker_norm import speaker_normalise
+from speech_emotion.features.normalise import speaker_normalise
 from speech_emotion.features.store import encode_dataset
 from speech_emotion.inference.predictor import Predictor
 from speech_emotion.model.metrics import classification_metrics

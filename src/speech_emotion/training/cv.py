@@ -15,7 +15,7 @@ from speech_emotion.atomic import write_json
 from speech_emotion.data.dataset import load_dataset
 from speech_emotion.data.sources import as_sources
 from speech_emotion.data.splits import Split, check_leakage, leave_speakers_out
-from speech_emotion.features.speaker_norm import speaker_normalise
+from speech_emotion.features.normalise import speaker_normalise
 from speech_emotion.features.store import encode_dataset
 from speech_emotion.progress import Progress, no_progress
 from speech_emotion.training.config import TrainConfig

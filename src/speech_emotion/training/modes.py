@@ -23,7 +23,7 @@ import numpy as np
 from speech_emotion.data.audio import load_audio
 from speech_emotion.data.dataset import Dataset
 from speech_emotion.data.splits import Split
-from speech_emotion.features.speaker_norm import speaker_normalise
+from speech_emotion.features.normalise import speaker_normalise
 from speech_emotion.features.store import FeatureStore, encode_dataset
 from speech_emotion.model.head import EmotionHead, predict_logits
 from speech_emotion.model.metadata import BundleMeta, EncoderRef
