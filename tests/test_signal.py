@@ -170,3 +170,30 @@ def test_ssl_min_samples_is_the_shortest_input_with_one_frame():
         assert ssl_frames(shortest - 1, kernels, strides) < 1
     assert ssl_min_samples(WAV2VEC2_KERNELS, WAV2VEC2_STRIDES) == 400
     assert ssl_min_samples((10, 8), (5, 4)) == 45
+
+
+def test_ssl_frames_agree_with_the_torch_encoder(tmp_path):
+    pytest.importorskip("transformers")
+    import torch
+    from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
+
+    from speech_emotion.features.encoders import load_encoder
+
+    config = Wav2Vec2Config(
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        conv_dim=(16, 16),
+        conv_stride=(5, 4),
+        conv_kernel=(10, 8),
+        num_conv_pos_embeddings=8,
+        num_conv_pos_embedding_groups=2,
+    )
+    Wav2Vec2Model(config).save_pretrained(tmp_path)
+    Wav2Vec2FeatureExtractor().save_pretrained(tmp_path)
+    encoder = load_encoder(tmp_path)
+    lengths = [45, 46, 64, 65, 1000, 16000, 16001]
+    expected = encoder.frame_lengths(torch.tensor(lengths)).tolist()
+    assert [ssl_frames(n, (10, 8), (5, 4)) for n in lengths] == expected
+    assert encoder.min_samples == ssl_min_samples((10, 8), (5, 4))
