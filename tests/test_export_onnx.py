@@ -25,7 +25,7 @@ from speech_emotion import Predictor  # noqa: E402
 from speech_emotion.cli.app import app  # noqa: E402
 from speech_emotion.errors import BundleError  # noqa: E402
 from speech_emotion.export.onnx import export_onnx  # noqa: E402
-from speech_emotion.inference.backends import whisper_log_mel  # noqa: E402
+from speech_emotion.features.encoders.onnx import whisper_log_mel  # noqa: E402
 from speech_emotion.training.loop import TrainConfig  # noqa: E402
 from speech_emotion.training.run import train  # noqa: E402
 

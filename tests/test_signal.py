@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -197,3 +202,49 @@ def test_ssl_frames_agree_with_the_torch_encoder(tmp_path):
     expected = encoder.frame_lengths(torch.tensor(lengths)).tolist()
     assert [ssl_frames(n, (10, 8), (5, 4)) for n in lengths] == expected
     assert encoder.min_samples == ssl_min_samples((10, 8), (5, 4))
+
+
+# --- no torch ----------------------------------------------------------------------------------
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+
+class Blocked(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name.partition(".")[0] in ("torch", "transformers"):
+            raise ImportError(f"{name} is not importable in this test")
+
+sys.meta_path.insert(0, Blocked())
+"""
+
+
+def test_signal_module_and_onnx_encoder_import_without_torch():
+    script = BLOCK_TORCH + (
+        "import json\n"
+        "import numpy as np\n"
+        "from speech_emotion.features.signal import check_encoder_input, plan_batches\n"
+        "from speech_emotion.features.encoders.onnx import OnnxEncoder, whisper_log_mel\n"
+        "from speech_emotion.features.encoders import Encoder\n"
+        "from speech_emotion.features import FeatureStore, extract_features\n"
+        "from speech_emotion.inference.backends import OnnxBackend\n"
+        "filters = np.zeros((201, 80), dtype=np.float32); filters[10:20] = 1.0\n"
+        "mel = whisper_log_mel(check_encoder_input(np.full(1600, 0.1), name='x'), filters)\n"
+        "try:\n"
+        "    from speech_emotion.features.encoders import load_encoder\n"
+        "    lazy = 'imported'\n"
+        "except ImportError as error:\n"
+        "    lazy = str(error)\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('torch', 'transformers')))\n"
+        "batches = plan_batches([2, 1], batch_seconds=1.0, can_pad=True)\n"
+        "print(json.dumps({'mel': list(mel.shape), 'batches': batches, 'lazy': lazy, 'loaded': loaded}))\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report == {
+        "mel": [80, 10],
+        "batches": [[1, 0]],
+        "lazy": "torch is not importable in this test",  # load_encoder needs torch: imported on first use only
+        "loaded": [],
+    }

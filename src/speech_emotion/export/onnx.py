@@ -34,10 +34,9 @@ import numpy as np
 
 from speech_emotion.atomic import write_json
 from speech_emotion.errors import BundleError
+from speech_emotion.features.encoders.onnx import ENCODER_FILE, MEL_FILTERS_FILE
 from speech_emotion.inference.backends import (
-    ENCODER_FILE,
     HEAD_FILE,
-    MEL_FILTERS_FILE,
     META,
     ONNX_FORMAT,
     ONNX_VERSION,

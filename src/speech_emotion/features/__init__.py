@@ -6,6 +6,7 @@ first use (see :mod:`speech_emotion.features.encoders`).
 
 from speech_emotion.data.audio import SAMPLING_RATE
 from speech_emotion.features.encoders import Encoder
+from speech_emotion.features.encoders import OnnxEncoder
 from speech_emotion.features.store import FeatureStore
 from speech_emotion.features.store import SignalSource
 from speech_emotion.features.store import extract_features
@@ -17,6 +18,7 @@ __all__ = [
     "EgemapsEncoder",
     "Encoder",
     "FeatureStore",
+    "OnnxEncoder",
     "SSLEncoder",
     "SignalSource",
     "WhisperEncoder",

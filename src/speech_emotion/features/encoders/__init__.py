@@ -19,18 +19,20 @@ layers normalise over time (SSL models with ``feat_extract_norm == "group"``) ar
 batched with clips of exactly the same length.
 
 Modules, one per job: ``base`` (the frozen :class:`Encoder` API), ``finetunable`` (the
-fine-tuning API), ``pooling``, ``fingerprint``, ``whisper``, ``ssl``, ``egemaps`` and
-``loading``. ``base`` imports no torch; the torch-based names are imported from this package
-on first use.
+fine-tuning API), ``pooling``, ``fingerprint``, ``whisper``, ``ssl``, ``egemaps``, ``loading``
+and ``onnx`` (:class:`OnnxEncoder`, the ONNX Runtime path). ``base`` and ``onnx`` import no
+torch; the torch-based names are imported from this package on first use.
 """
 
 from speech_emotion.features.encoders.base import Encoder
+from speech_emotion.features.encoders.onnx import OnnxEncoder
 
 __all__ = [
     "SSL_MODEL_TYPES",
     "EgemapsEncoder",
     "Encoder",
     "FinetunableEncoder",
+    "OnnxEncoder",
     "SSLEncoder",
     "WhisperEncoder",
     "check_finetunable",
@@ -38,8 +40,8 @@ __all__ = [
     "pool_frames",
 ]
 
-# Names whose modules import torch: imported on first use, so that the feature store runs
-# where torch is not installed.
+# Names whose modules import torch: imported on first use, so that the ONNX path
+# (features.encoders.onnx) and the feature store run where torch is not installed.
 _TORCH_NAMES = {
     "SSL_MODEL_TYPES": "speech_emotion.features.encoders.ssl",
     "EgemapsEncoder": "speech_emotion.features.encoders.egemaps",
