@@ -158,7 +158,7 @@ class FrozenBatch:
 
     Attributes:
         states: per clip, the hidden state entering the first trained layer, ``(n_frames, hidden)``.
-        windows: per clip, frames per window (``Encoder.window_frames``).
+        windows: per clip, frames per window (``FinetunableEncoder.window_frames``).
         frozen: ``(n_clips, n_layers - top, dim)`` pooled statistics of the frozen states.
     """
 
