@@ -202,6 +202,21 @@ def test_signal_checks(wav2vec2_folder):
     assert encoder.features([noise(1600).astype(np.float64)])[0].dtype == np.float32
 
 
+def test_what_exports_read_from_an_ssl_encoder(wav2vec2_folder, tmp_path):
+    from speech_emotion.features.signal import ssl_frames
+
+    encoder = load_encoder(wav2vec2_folder)
+    assert encoder.can_pad and encoder.preprocessing["padding"] == "masked"
+    group = load_encoder(save_tiny_ssl(tmp_path / "group", "wav2vec2-group"))
+    assert not group.can_pad and group.preprocessing["padding"] == "none"
+    assert type(encoder.module).__name__ == "Wav2Vec2Model" and encoder.module.config.hidden_size == 32
+    assert type(encoder.feature_extractor).__name__ == "Wav2Vec2FeatureExtractor"
+    assert encoder.feature_extractor.do_normalize
+    lengths = [MIN_SAMPLES, 4000, 16000]
+    assert encoder.frame_lengths(torch.tensor(lengths)).tolist() == [1, 198, 798]
+    assert [ssl_frames(n, SMALL["conv_kernel"], SMALL["conv_stride"]) for n in lengths] == [1, 198, 798]
+
+
 def test_progress_counts_every_signal(wav2vec2_folder):
     encoder = load_encoder(wav2vec2_folder)
     calls = []
@@ -315,6 +330,19 @@ def test_whisper_log_mel_equals_feature_extractor(whisper_tiny):
 
 
 @needs_whisper
+def test_whisper_mel_filters_are_the_feature_extractors(whisper_tiny):
+    from transformers import WhisperFeatureExtractor
+
+    expected = np.asarray(WhisperFeatureExtractor.from_pretrained(WHISPER_TINY).mel_filters, dtype=np.float32)
+    filters = whisper_tiny.mel_filters
+    assert filters.dtype == np.float32 and filters.shape == (201, 80)
+    np.testing.assert_array_equal(filters, expected)
+    filters[:] = 0  # a copy: the encoder keeps its own
+    np.testing.assert_array_equal(whisper_tiny.mel_filters, expected)
+    assert whisper_tiny.can_pad and whisper_tiny.feature_extractor.feature_size == 80
+
+
+@needs_whisper
 def test_whisper_forward_equals_transformers_on_30_s(whisper_tiny):
     """On a full 30 s input the hand-written forward is transformers' own encoder."""
     from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
@@ -370,7 +398,7 @@ def test_whisper_full_seq2seq_checkpoint(tmp_path):
     WhisperFeatureExtractor().save_pretrained(tmp_path)
     encoder = load_encoder(tmp_path)
     expected = model.model.encoder.state_dict()
-    loaded = encoder._model.state_dict()
+    loaded = encoder.module.state_dict()
     assert loaded.keys() == expected.keys()
     assert all(torch.equal(loaded[k], expected[k]) for k in expected)
     assert (encoder.n_layers, encoder.dim) == (3, 64)
@@ -408,6 +436,22 @@ def test_egemaps_short_input(egemaps):
 def test_egemaps_has_no_frames(egemaps):
     with pytest.raises(NotImplementedError, match="no frame-level hidden states"):
         egemaps.frames(noise(16000))
+
+
+def test_egemaps_has_the_frozen_api_only(egemaps):
+    from speech_emotion.features.encoders import FinetunableEncoder, check_finetunable
+
+    assert not isinstance(egemaps, FinetunableEncoder)
+    finetuning = ["top_layers", "pooled_features", "frozen_states", "top_pooled_features", "window_frames"]
+    finetuning += ["frozen_state_index", "module", "save_pretrained", "n_transformer_layers", "feature_extractor"]
+    assert [name for name in finetuning if hasattr(egemaps, name)] == []
+    expected = (
+        "encoder 'egemaps' (egemaps) has no trainable layers: nothing to fine-tune; "
+        "fine-tune a Whisper or wav2vec 2.0-family encoder, or train the head alone (no --finetune)"
+    )
+    with pytest.raises(ValueError) as raised:
+        check_finetunable(egemaps)
+    assert str(raised.value) == expected
 
 
 def test_ssl_with_adapter_pools_encoder_frames(tmp_path):

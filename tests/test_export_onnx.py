@@ -25,7 +25,7 @@ from speech_emotion import Predictor  # noqa: E402
 from speech_emotion.cli.app import app  # noqa: E402
 from speech_emotion.errors import BundleError  # noqa: E402
 from speech_emotion.export.onnx import export_onnx  # noqa: E402
-from speech_emotion.inference.backends import whisper_log_mel  # noqa: E402
+from speech_emotion.features.encoders.onnx import whisper_log_mel  # noqa: E402
 from speech_emotion.training.config import TrainConfig  # noqa: E402
 from speech_emotion.training.pipeline import train  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_fp32_probabilities_agree_with_pytorch_on_real_clips(whisper_run, whispe
 
 def test_numpy_log_mel_equals_torch(whisper_run, real_clips):
     encoder = Predictor.from_pretrained(whisper_run).encoder
-    filters = encoder._mel_filters.numpy()
+    filters = encoder.mel_filters
     for path in real_clips[:3]:
         signal = sf.read(path, dtype="float32")[0]
         expected = encoder.log_mel(signal).numpy()

@@ -108,6 +108,14 @@ def test_pooled_features_equal_the_inference_path_and_only_the_top_gets_gradient
         encoder.top_layers(last + 2)
 
 
+def test_egemaps_cannot_be_unfrozen():
+    pytest.importorskip("opensmile", reason="opensmile is not installed (pip install 'speech-emotion[egemaps]')")
+    with pytest.raises(
+        ValueError, match=r"encoder 'egemaps' \(egemaps\) has no trainable layers: nothing to fine-tune"
+    ):
+        unfreeze_top(load_encoder("egemaps"), 1)
+
+
 def test_the_top_layer_alone_learns_and_the_bundle_predicts_the_same(parts, tiny_wav2vec2, tmp_path):
     # lr 0 for the head: it stays at its random initialisation, so whatever is learned is learned
     # by the encoder's top layer, through the differentiable pooling.

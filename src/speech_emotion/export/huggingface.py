@@ -193,7 +193,7 @@ def _stock_model(encoder, classes: Sequence[str]) -> torch.nn.Module:
     """A stock classification model holding ``encoder``'s exact weights (head not set yet)."""
     from transformers import AutoModelForAudioClassification
 
-    module = encoder._model  # the frozen transformers module whose weights the fingerprint covers
+    module = encoder.module  # the frozen transformers module whose weights the fingerprint covers
     config = _hf_config(module.config, classes, encoder.hidden_size)
     torch.manual_seed(0)
     model = AutoModelForAudioClassification.from_config(config)
@@ -227,8 +227,8 @@ def _set_head(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
 def _feature_extractor(encoder):
     from transformers import AutoFeatureExtractor
 
-    if getattr(encoder, "_extractor", None) is not None:
-        return encoder._extractor
+    if getattr(encoder, "feature_extractor", None) is not None:
+        return encoder.feature_extractor
     try:
         return AutoFeatureExtractor.from_pretrained(encoder.reference)
     except (OSError, ValueError) as error:

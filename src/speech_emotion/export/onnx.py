@@ -33,7 +33,8 @@ import numpy as np
 
 from speech_emotion.atomic import write_json
 from speech_emotion.errors import BundleError
-from speech_emotion.inference.backends import ENCODER_FILE, HEAD_FILE, MEL_FILTERS_FILE, file_sha256
+from speech_emotion.features.encoders.onnx import ENCODER_FILE, MEL_FILTERS_FILE
+from speech_emotion.inference.backends import HEAD_FILE, file_sha256
 from speech_emotion.model.metadata import META_FILE, ONNX_FORMAT, ONNX_VERSION
 
 log = logging.getLogger(__name__)
@@ -105,11 +106,7 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer notices
             if family == "whisper":
                 input_info = _export_whisper(torch_encoder, staging / ENCODER_FILE)
-                np.save(
-                    staging / MEL_FILTERS_FILE,
-                    torch_encoder._mel_filters.cpu().numpy().astype(np.float32),
-                    allow_pickle=False,
-                )
+                np.save(staging / MEL_FILTERS_FILE, torch_encoder.mel_filters.astype(np.float32), allow_pickle=False)
             else:
                 input_info = _export_ssl(torch_encoder, staging / ENCODER_FILE)
             _export_head(bundle.head, bundle.temperature, staging / HEAD_FILE)
@@ -159,11 +156,6 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     }
 
 
-def _torch_module(torch_encoder: Any):
-    """The encoder's torch module (``WhisperEncoder`` / ``SSLEncoder`` keep it private)."""
-    return torch_encoder._model
-
-
 def _whisper_pooled(torch_encoder: Any):
     """A torch module: (log-mel batch, mel frames per clip) → pooled features, as ``WhisperEncoder``."""
     import torch
@@ -177,7 +169,7 @@ def _whisper_pooled(torch_encoder: Any):
             encoder = self.encoder
             max_frames = log_mel.shape[2]
             valid = torch.arange(max_frames)[None, :] < n_frames[:, None]
-            # the first convolution's output is zeroed past each clip's end (WhisperEncoder._encode_mels)
+            # the first convolution's output is zeroed past each clip's end (as in WhisperEncoder)
             hidden = torch.nn.functional.gelu(encoder.conv1(log_mel)) * valid[:, None, :].to(log_mel.dtype)
             hidden = torch.nn.functional.gelu(encoder.conv2(hidden)).permute(0, 2, 1)
             n_positions = hidden.shape[1]
@@ -195,7 +187,7 @@ def _whisper_pooled(torch_encoder: Any):
             states[-1] = encoder.layer_norm(hidden)
             return _masked_mean_std(torch.stack(states, dim=1), positions, lengths)
 
-    return WhisperPooled(_torch_module(torch_encoder)).eval()
+    return WhisperPooled(torch_encoder.module).eval()
 
 
 def _masked_mean_std(stacked, valid, lengths):
@@ -232,9 +224,9 @@ def _export_whisper(torch_encoder: Any, path: Path) -> dict:
 def _export_ssl(torch_encoder: Any, path: Path) -> dict:
     import torch
 
-    model = _torch_module(torch_encoder)
+    model = torch_encoder.module
     config = model.config
-    masked = bool(torch_encoder._can_pad())
+    masked = bool(torch_encoder.can_pad)
 
     class SSLPooled(torch.nn.Module):
         def __init__(self, model: torch.nn.Module):
@@ -249,7 +241,7 @@ def _export_ssl(torch_encoder: Any, path: Path) -> dict:
                 attention_mask = (torch.arange(input_values.shape[1])[None, :] < n_samples[:, None]).long()
             outputs = self.model(input_values, attention_mask=attention_mask, output_hidden_states=True)
             stacked = torch.stack(outputs.hidden_states, dim=1)
-            lengths = torch_encoder._frame_lengths(n_samples)
+            lengths = torch_encoder.frame_lengths(n_samples)
             valid = torch.arange(stacked.shape[2])[None, :] < lengths[:, None]
             return _masked_mean_std(stacked, valid, lengths)
 

@@ -1,12 +1,12 @@
-"""Frozen speech encoders and the label-free feature store."""
+"""Frozen speech encoders and the label-free feature store.
 
-from speech_emotion.features.encoders import SAMPLING_RATE
-from speech_emotion.features.encoders import SSL_MODEL_TYPES
-from speech_emotion.features.encoders import EgemapsEncoder
+Importing this package does not import torch: the encoders that need it are imported on
+first use (see :mod:`speech_emotion.features.encoders`).
+"""
+
+from speech_emotion.data.audio import SAMPLING_RATE
 from speech_emotion.features.encoders import Encoder
-from speech_emotion.features.encoders import SSLEncoder
-from speech_emotion.features.encoders import WhisperEncoder
-from speech_emotion.features.encoders import load_encoder
+from speech_emotion.features.encoders import OnnxEncoder
 from speech_emotion.features.store import FeatureStore
 from speech_emotion.features.store import SignalSource
 from speech_emotion.features.store import extract_features
@@ -18,6 +18,7 @@ __all__ = [
     "EgemapsEncoder",
     "Encoder",
     "FeatureStore",
+    "OnnxEncoder",
     "SSLEncoder",
     "SignalSource",
     "WhisperEncoder",
@@ -25,3 +26,14 @@ __all__ = [
     "extract_frame_states",
     "load_encoder",
 ]
+
+# Imported from speech_emotion.features.encoders on first use: their modules import torch.
+_TORCH_NAMES = frozenset({"SSL_MODEL_TYPES", "EgemapsEncoder", "SSLEncoder", "WhisperEncoder", "load_encoder"})
+
+
+def __getattr__(name: str):
+    if name in _TORCH_NAMES:
+        from speech_emotion.features import encoders
+
+        return getattr(encoders, name)
+    raise AttributeError(f"module 'speech_emotion.features' has no attribute {name!r}")

@@ -33,12 +33,12 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from speech_emotion.data.audio import load_audio
-from speech_emotion.features.encoders import _check_signal
+from speech_emotion.features.signal import check_encoder_input
 from speech_emotion.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from speech_emotion.data.dataset import Dataset
-    from speech_emotion.features.encoders import Encoder
+    from speech_emotion.features.encoders import Encoder, FinetunableEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -475,14 +475,14 @@ def _decode(path: str) -> np.ndarray:
 def _load_signal(encoder: Encoder, signals: Sequence, audio_hashes: Sequence[str], index: int) -> np.ndarray:
     """Signal ``index`` (decoded now when given as a loader), checked for the encoder."""
     source = signals[index]
-    return _check_signal(
+    return check_encoder_input(
         source() if callable(source) else source,
         name=f"signals[{index}] (audio hash {audio_hashes[index]})",
         min_samples=getattr(encoder, "min_samples", 1),
     )
 
 
-def frame_states_key(encoder: Encoder, audio_hash: str, *, top: int, dtype: str = "float16") -> str:
+def frame_states_key(encoder: FinetunableEncoder, audio_hash: str, *, top: int, dtype: str = "float16") -> str:
     """Store key of the frame-level hidden state that enters the top ``top`` layers of ``encoder``.
 
     The pooled-feature key (audio hash, encoder fingerprint, preprocessing, format version)
@@ -497,7 +497,7 @@ def frame_states_key(encoder: Encoder, audio_hash: str, *, top: int, dtype: str 
 
 
 def extract_frame_states(
-    encoder: Encoder,
+    encoder: FinetunableEncoder,
     signals: Sequence[SignalSource],
     audio_hashes: Sequence[str],
     store: FeatureStore | None,

@@ -9,13 +9,13 @@ seeds, a self-describing run folder. What changes:
   thing every epoch, so they run once: the frame-level hidden state that enters the first
   trained layer is kept, in float16, in the feature store (``<key>.frames.npy``, keyed like the
   pooled features plus the state index and dtype; :func:`frozen_states_for`), and each step runs
-  the top layers on it (:meth:`~speech_emotion.features.encoders.Encoder.top_pooled_features`:
+  the top layers on it (:meth:`~speech_emotion.features.encoders.FinetunableEncoder.top_pooled_features`:
   windows batched with padding and an attention mask, pooled as the inference path pools). The
   pooled statistics of the frozen layers are the pretrained encoder's features from the store,
   which also fix the head's standardisation once. Validation runs the same way each epoch; the
   kept weights are scored at the end through ``Encoder.features``, the path ``Predictor`` uses.
   Encoders that cannot run their top layers alone (WavLM) run the whole encoder each step
-  (:meth:`~speech_emotion.features.encoders.Encoder.pooled_features`), as does
+  (:meth:`~speech_emotion.features.encoders.FinetunableEncoder.pooled_features`), as does
   ``fit_finetune(..., cache_states=False)``.
 - **Lower layers stay frozen** (``requires_grad`` False: they build no autograd graph). The
   unfrozen layers (and Whisper's final layer norm) get their own AdamW group: learning rate
@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from speech_emotion.features.encoders.finetunable import check_finetunable
 from speech_emotion.model.bundle import save_bundle
 from speech_emotion.model.head import EmotionHead, predict_logits
 from speech_emotion.model.metadata import BundleMeta, EncoderRef
@@ -72,7 +73,7 @@ from speech_emotion.training.sanity import (
 )
 
 if TYPE_CHECKING:
-    from speech_emotion.features.encoders import Encoder
+    from speech_emotion.features.encoders import Encoder, FinetunableEncoder
 
 log = logging.getLogger(__name__)
 
@@ -93,18 +94,19 @@ def unfreeze_top(encoder: "Encoder", n: int) -> list[str]:
     Raises:
         ValueError: ``n`` out of range, or an encoder without layers (eGeMAPS).
     """
-    layers = encoder.top_layers(n)  # raises for eGeMAPS and for n out of range
-    module = encoder.module
+    finetunable = check_finetunable(encoder)  # eGeMAPS has no layers to train
+    layers = finetunable.top_layers(n)  # checks n
+    module = finetunable.module
     module.requires_grad_(False)
     for layer in layers:
         layer.requires_grad_(True)
     for name, parameter in module.named_parameters():
-        if name.endswith(encoder.no_gradient):
+        if name.endswith(finetunable.no_gradient):
             parameter.requires_grad_(False)
     return [name for name, parameter in module.named_parameters() if parameter.requires_grad]
 
 
-def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = None) -> "Encoder":
+def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = None) -> "FinetunableEncoder":
     """Load a run's encoder on this rank's device and check that top-``n`` fits it.
 
     Raises:
@@ -117,7 +119,7 @@ def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = Non
             "--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
             "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone"
         )
-    loaded = load_encoder(encoder.source, device=str((world or World()).device))
+    loaded = check_finetunable(load_encoder(encoder.source, device=str((world or World()).device)))
     loaded.top_layers(n)  # checks n against the number of layers
     return loaded
 
@@ -128,7 +130,7 @@ class FrozenBatch:
 
     Attributes:
         states: per clip, the hidden state entering the first trained layer, ``(n_frames, hidden)``.
-        windows: per clip, frames per window (``Encoder.window_frames``).
+        windows: per clip, frames per window (``FinetunableEncoder.window_frames``).
         frozen: ``(n_clips, n_layers - top, dim)`` pooled statistics of the frozen states.
     """
 
@@ -162,7 +164,7 @@ class FrozenStates:
 
 
 def frozen_states_for(
-    encoder: "Encoder",
+    encoder: "FinetunableEncoder",
     signals: Sequence[np.ndarray],
     world: World | None = None,
     *,
@@ -214,7 +216,12 @@ class FinetuneModel(nn.Module):
     """
 
     def __init__(
-        self, encoder: "Encoder", head: EmotionHead, *, top: int | None = None, batch_seconds: float | None = None
+        self,
+        encoder: "FinetunableEncoder",
+        head: EmotionHead,
+        *,
+        top: int | None = None,
+        batch_seconds: float | None = None,
     ):
         super().__init__()
         self.encoder_module = encoder.module
@@ -257,7 +264,7 @@ class FinetuneResult:
     """
 
     head: EmotionHead
-    encoder: "Encoder"
+    encoder: "FinetunableEncoder"
     history: list[dict]
     best_epoch: int
     class_weights: list[float]
@@ -318,7 +325,7 @@ def sharded_logits(encoder: "Encoder", head: EmotionHead, signals: Sequence[np.n
 
 
 def fit_finetune(
-    encoder: "Encoder",
+    encoder: "FinetunableEncoder",
     train_signals: Sequence[np.ndarray],
     y_train: np.ndarray,
     val_signals: Sequence[np.ndarray],
@@ -530,7 +537,9 @@ def fit_finetune(
     return FinetuneResult(head, encoder, history, best_epoch, weights.tolist(), alarms, trainable, val_logits)
 
 
-def save_finetuned_bundle(folder: str | Path, head: EmotionHead, encoder: "Encoder", meta: BundleMeta) -> BundleMeta:
+def save_finetuned_bundle(
+    folder: str | Path, head: EmotionHead, encoder: "FinetunableEncoder", meta: BundleMeta
+) -> BundleMeta:
     """Write a bundle whose encoder lives inside it: ``folder/encoder/`` plus head and ``model.json``.
 
     The encoder is written first (into a temporary folder, then renamed), loaded back, and
