@@ -11,6 +11,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import typer
 
 from speech_emotion.cli import cache, data, remote
+from speech_emotion.cli.adapt import adapt
 from speech_emotion.cli.console import setup_logging
 from speech_emotion.cli.export import export
 from speech_emotion.cli.monitor import monitor
@@ -31,6 +32,7 @@ app.add_typer(cache.app, name="cache")
 app.add_typer(remote.app, name="remote")
 app.command()(train)
 app.command()(evaluate)
+app.command()(adapt)
 app.command()(cv)
 app.command()(report)
 app.command()(monitor)

@@ -19,37 +19,57 @@ from speech_emotion.errors import CorpusError, LabelError, SplitError
 app = typer.Typer(help="Inspect a corpus and make speaker-disjoint splits.", no_args_is_help=True)
 
 DataArg = Annotated[
-    Path, typer.Argument(help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns.", exists=True)
+    list[str],
+    typer.Argument(
+        help="Corpus folder(s), or CSV/TSV manifest(s) with path,label,speaker columns. Several corpora make one "
+        "dataset, speakers namespaced by corpus (tess:OAF); give an adapter per corpus as PATH::ADAPTER.",
+        show_default=False,
+    ),
 ]
 CorpusOpt = Annotated[
-    Optional[str], typer.Option("--corpus", help=f"Corpus naming scheme: {', '.join(CORPORA)}. Detected when omitted.")
+    Optional[str],
+    typer.Option(
+        "--corpus", help=f"Corpus naming scheme of a single corpus: {', '.join(CORPORA)}. Detected when omitted."
+    ),
 ]
 LabelsOpt = Annotated[
     Optional[str],
     typer.Option(
         "--labels",
-        help="Label schema: a built-in name (ravdess-8, ravdess-7), a YAML/JSON file with classes/merge/drop "
-        "or a label_to_index mapping, or inline JSON. Default: every raw label, in canonical order.",
+        help="Label schema: a built-in name (ravdess-8, ravdess-7; across corpora common-4, common-6, common-7), a "
+        "YAML/JSON file with classes/merge/drop (and per-corpus sections under corpora), or a label_to_index mapping, "
+        "or inline JSON. Default: every raw label, in canonical order (a folder per label: the folder names).",
     ),
 ]
 SpeakerPatternOpt = Annotated[
     Optional[str],
     typer.Option(
         "--speaker-pattern",
-        help="Regex finding the speaker id in a file's path (folder-per-label corpora); group 'speaker' or group 1.",
+        help="Regex finding the speaker id in each file's NAME (folder-per-label corpora; the folder is the label): "
+        "group 'speaker' or group 1, e.g. '^(?P<speaker>\\d{4})_'.",
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only compact JSON on stdout (tables go to stderr).")]
+SingleLabelOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Accept speakers that each have a single label (refused by default: it almost always means the speaker "
+        "ids were parsed wrongly, and a split by them would leak)."
+    ),
+]
 
 
-def load_with_progress(data: Path, **kwargs) -> Dataset:
+def load_with_progress(data: list[str], **kwargs) -> Dataset:
     """Library ``load_dataset`` with a progress bar, errors turned into a clean exit."""
-    from speech_emotion.data.corpora import read_corpus
+    from speech_emotion.data.sources import as_sources, read_corpora
 
     try:
-        total = len(read_corpus(data, corpus=kwargs.get("corpus"), speaker_pattern=kwargs.get("speaker_pattern")))
+        sources = as_sources(
+            data, corpus=kwargs.pop("corpus", None), speaker_pattern=kwargs.pop("speaker_pattern", None)
+        )
+        total = len(read_corpora(sources))
         with progress_bar("decoding audio", total) as advance:
-            return load_dataset(data, progress=advance, **kwargs)
+            return load_dataset(sources, progress=advance, **kwargs)
     except (CorpusError, LabelError) as error:
         raise fail(error) from None
 
@@ -68,6 +88,12 @@ def print_label_report(report: dict) -> None:
         err_console.print(f"dropped: {raw} ({n} files)")
     for raw, canonical in report["synonyms"].items():
         err_console.print(f"synonym: {raw!r} read as {canonical!r}")
+    if "by_corpus" in report:  # several corpora: each one's classes after the mapping, and what it dropped
+        rows = {
+            corpus: (*(counts["counts_after"][c] for c in report["classes"]), sum(counts["dropped"].values()))
+            for corpus, counts in report["by_corpus"].items()
+        }
+        err_console.print(counts_table("Per corpus (after mapping)", rows, ("corpus", *report["classes"], "dropped")))
 
 
 @app.command()
@@ -76,14 +102,22 @@ def inspect(
     corpus: CorpusOpt = None,
     labels: LabelsOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
+    allow_single_label_speakers: SingleLabelOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Decode every file of a corpus and report speakers, labels and problems.
+    """Decode every file of a corpus (or several) and report speakers, labels and problems.
 
     Every file is decoded fully (a truncated file can have a valid header). Files that
     will not load are listed under problems with the reason; none is dropped silently.
     """
-    dataset = load_with_progress(data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=True)
+    dataset = load_with_progress(
+        data,
+        corpus=corpus,
+        labels=labels,
+        speaker_pattern=speaker_pattern,
+        skip_bad=True,
+        allow_single_label_speakers=allow_single_label_speakers,
+    )
     report = dataset.label_report
     result = {
         "n_files": len(dataset),
@@ -96,6 +130,8 @@ def inspect(
         "synonyms": report["synonyms"],
         "problems": [p.to_dict() for p in dataset.problems],
     }
+    if "by_corpus" in report:
+        result["by_corpus"] = report["by_corpus"]
     print_label_report(report)
     err_console.print(f"{len(dataset)} files, {len(result['speakers'])} speakers: {', '.join(result['speakers'])}")
     for problem in dataset.problems:
@@ -112,7 +148,10 @@ def split(
     labels: LabelsOpt = None,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
-    test_speakers: Annotated[Optional[str], typer.Option(help="Test speakers, e.g. 01,02 or 16-18.")] = None,
+    test_speakers: Annotated[
+        Optional[str],
+        typer.Option(help="Test speakers, e.g. 01,02 or 16-18 (several corpora: tess:OAF, ravdess:16-18)."),
+    ] = None,
     val_speakers: Annotated[Optional[str], typer.Option(help="Validation speakers (with --test-speakers).")] = None,
     test_fraction: Annotated[Optional[float], typer.Option(help="Fraction of speakers drawn for test, seeded.")] = None,
     val_fraction: Annotated[
@@ -128,6 +167,7 @@ def split(
         ),
     ] = False,
     skip_bad: Annotated[bool, typer.Option(help="Leave out files that will not load (listed in the report).")] = False,
+    allow_single_label_speakers: SingleLabelOpt = False,
     out: Annotated[
         Optional[Path], typer.Option(help="Write the split as JSON here (reused by `ser train --split`).")
     ] = None,
@@ -144,7 +184,14 @@ def split(
         raise fail(f"give exactly one of --test-speakers, --test-fraction, --folds (got {len(chosen)})")
     if out and out.exists() and not force:
         raise fail(f"{out} exists; pass --force to overwrite it or choose another --out")
-    dataset = load_with_progress(data, corpus=corpus, labels=labels, speaker_pattern=speaker_pattern, skip_bad=skip_bad)
+    dataset = load_with_progress(
+        data,
+        corpus=corpus,
+        labels=labels,
+        speaker_pattern=speaker_pattern,
+        skip_bad=skip_bad,
+        allow_single_label_speakers=allow_single_label_speakers,
+    )
     try:
         splits = make_splits(
             dataset, test_speakers, val_speakers, test_fraction, val_fraction, folds, seed, allow_speaker_overlap

@@ -10,7 +10,15 @@ import typer
 from rich.table import Table
 
 from speech_emotion.cli.console import err_console, fail, print_json, progress_bar
-from speech_emotion.cli.data import CorpusOpt, DataArg, JsonOpt, LabelsOpt, SpeakerPatternOpt, print_label_report
+from speech_emotion.cli.data import (
+    CorpusOpt,
+    DataArg,
+    JsonOpt,
+    LabelsOpt,
+    SingleLabelOpt,
+    SpeakerPatternOpt,
+    print_label_report,
+)
 from speech_emotion.data.splits import parse_speakers
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
 from speech_emotion.training.config import MIXUP_COPIES, TrainConfig, parse_finetune
@@ -87,6 +95,24 @@ WarnOnlyOpt = Annotated[
 ]
 
 
+BalanceOpt = Annotated[
+    str,
+    typer.Option(
+        help="Loss weights: class (each class weighs the same), corpus-class (each corpus × class cell weighs the "
+        "same, so one large or easy corpus does not dominate), none; auto: corpus-class with several corpora, class "
+        "with one."
+    ),
+]
+DomainNormOpt = Annotated[
+    str,
+    typer.Option(
+        help="corpus: standardise each corpus by its own unlabelled feature statistics (a new domain is then "
+        "standardised by the training clips' until `ser adapt` sets its own); none; auto: corpus with several "
+        "corpora, none with one."
+    ),
+]
+
+
 def metrics_table(title: str, results: dict) -> Table:
     """Accuracy / UAR / macro-F1 / n for each part present in ``results``."""
     table = Table(title=title, title_justify="left")
@@ -102,10 +128,10 @@ def metrics_table(title: str, results: dict) -> Table:
 def train(
     ctx: typer.Context,
     data: Annotated[
-        Optional[Path],
+        Optional[list[str]],
         typer.Argument(
-            help="Corpus folder, or a CSV/TSV manifest with path,label,speaker columns (not with --resume).",
-            exists=True,
+            help="Corpus folder(s), or CSV/TSV manifest(s) with path,label,speaker columns (not with --resume). "
+            "Several corpora train one model, speakers namespaced by corpus; an adapter per corpus as PATH::ADAPTER.",
             show_default=False,
         ),
     ] = None,
@@ -145,7 +171,10 @@ def train(
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
+    balance: BalanceOpt = TrainConfig.balance,
+    domain_norm: DomainNormOpt = TrainConfig.domain_norm,
     skip_bad: SkipBadOpt = False,
+    allow_single_label_speakers: SingleLabelOpt = False,
     warn_only: WarnOnlyOpt = False,
     hf_compatible: Annotated[
         bool,
@@ -262,6 +291,8 @@ def train(
             mixing=mixing,
             seed=seed,
             speaker_norm=speaker_norm,
+            balance=balance,
+            domain_norm=domain_norm,
             hf_compatible=hf_compatible,
             stop_on_alarm=not warn_only,
             batch_size=batch_size,
@@ -282,6 +313,7 @@ def train(
             val_speakers=parse_speakers(val_speakers) if val_speakers else None,
             split_file=json.loads(split.read_text()) if split else None,
             allow_speaker_overlap=allow_speaker_overlap,
+            allow_single_label_speakers=allow_single_label_speakers,
             config=config,
             skip_bad=skip_bad,
             force=force,
@@ -307,6 +339,21 @@ def _print_results(out: Path, results: dict, as_json: bool) -> None:
 def evaluate(
     model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
     data: DataArg,
+    labels: Annotated[
+        Optional[str],
+        typer.Option(
+            "--labels",
+            help="Map the model's classes and the data's labels onto this schema (e.g. common-4) and score the classes "
+            "they share: probabilities of merged classes are summed. Default: the model's own schema.",
+        ),
+    ] = None,
+    adapt: Annotated[
+        bool,
+        typer.Option(
+            help="Also score the model adapted to the data's domain from the data's own unlabelled clips (reported "
+            "apart as 'adapted')."
+        ),
+    ] = False,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
     skip_unknown: Annotated[
@@ -342,6 +389,8 @@ def evaluate(
         result = run_evaluation(
             model,
             data,
+            labels=labels,
+            adapt=adapt,
             corpus=corpus,
             speaker_pattern=speaker_pattern,
             skip_unknown=skip_unknown,
@@ -360,8 +409,20 @@ def evaluate(
         err_console.print(f"skipped label {label!r}: {n} files")
     if result["speaker_norm"]:
         err_console.print("features standardised per speaker (speaker-norm): not a per-utterance figure")
+    if "mapping" in result:
+        mapped = ", ".join(f"{k} → {v or 'dropped'}" for k, v in result["mapping"]["model_classes"].items())
+        err_console.print(f"classes scored: {', '.join(result['mapping']['classes'])} (model classes: {mapped})")
+    if result["model_adaptation"].get("adapted"):
+        err_console.print(f"this model was adapted to {result['model_adaptation']['domain']}: an adapted figure")
     if result["n"]:
         err_console.print(metrics_table(f"Held-out speakers {', '.join(result['speakers'])}", {"held-out": result}))
+        if "adapted" in result:
+            adapted = result["adapted"]
+            err_console.print(
+                metrics_table(
+                    f"Adapted to this data's domain ({adapted['n_clips']} unlabelled clips)", {"held-out": adapted}
+                )
+            )
     else:
         err_console.print("[bold red]no held-out files left to score[/]")
     if as_json:
@@ -372,7 +433,17 @@ def cv(
     data: DataArg,
     encoder: EncoderOpt,
     folds: Annotated[int, typer.Option(help="K folds of whole speakers; each speaker is tested once.")] = 6,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for cv.json and config.json.")] = None,
+    leave_corpus_out: Annotated[
+        bool,
+        typer.Option(
+            help="Cross-corpus matrix instead of speaker folds: each corpus is tested by a model trained on the "
+            "others (and on each single one); unadapted and adapted figures apart. Needs two corpora or more."
+        ),
+    ] = False,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", help="Folder for cv.json and config.json (and report.html for the matrix)."),
+    ] = None,
     labels: LabelsOpt = None,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
@@ -386,7 +457,10 @@ def cv(
     hidden: HiddenOpt = TrainConfig.hidden,
     mixing: MixingOpt = TrainConfig.mixing,
     speaker_norm: SpeakerNormOpt = False,
+    balance: BalanceOpt = TrainConfig.balance,
+    domain_norm: DomainNormOpt = TrainConfig.domain_norm,
     skip_bad: SkipBadOpt = False,
+    allow_single_label_speakers: SingleLabelOpt = False,
     warn_only: WarnOnlyOpt = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
@@ -413,23 +487,32 @@ def cv(
             mixing=mixing,
             seed=seed,
             speaker_norm=speaker_norm,
+            balance=balance,
+            domain_norm=domain_norm,
             stop_on_alarm=not warn_only,
         )
         summary = cross_validate(
             data,
             encoder=encoder,
             folds=folds,
+            leave_corpus_out=leave_corpus_out,
             out=out,
             labels=labels,
             corpus=corpus,
             speaker_pattern=speaker_pattern,
             config=config,
             skip_bad=skip_bad,
+            allow_single_label_speakers=allow_single_label_speakers,
             force=force,
             progress=progress_bar,
         )
     except USER_ERRORS as error:
         raise fail(error) from None
+    if leave_corpus_out:
+        _print_matrix(summary)
+        if as_json:
+            print_json(summary)
+        return
     table = Table(title=f"Cross-validation: {summary['protocol']}", title_justify="left")
     for column in ("fold", "test speakers", "val speakers", "n", "accuracy", "UAR", "macro-F1"):
         table.add_column(column, justify="right" if column in ("n", "accuracy", "UAR", "macro-F1") else "left")
@@ -448,6 +531,31 @@ def cv(
     err_console.print(table)
     if as_json:
         print_json(summary)
+
+
+def _print_matrix(summary: dict) -> None:
+    table = Table(title=f"Cross-corpus: {summary['protocol']} (UAR chance {1 / len(summary['classes']):.0%})")
+    for column in ("trained on", "tested on", "n", "accuracy", "UAR", "UAR adapted"):
+        table.add_column(column, justify="left" if column in ("trained on", "tested on") else "right")
+    for cell in summary["matrix"]:
+        table.add_row(
+            " + ".join(cell["train"]),
+            cell["test"],
+            str(cell["n"]),
+            f"{cell['accuracy']:.1%}",
+            f"{cell['uar']:.1%}",
+            f"{cell['adapted']['uar']:.1%}",
+        )
+    mean = summary["leave_one_out"]
+    table.add_row(
+        "leave one out: mean",
+        "",
+        "",
+        f"{mean['mean']['accuracy']:.1%}",
+        f"{mean['mean']['uar']:.1%}",
+        f"{mean['adapted_mean']['uar']:.1%}",
+    )
+    err_console.print(table)
 
 
 def report(

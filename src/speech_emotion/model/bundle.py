@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -31,14 +33,24 @@ from speech_emotion.errors import BundleError
 from speech_emotion.model.head import EmotionHead
 from speech_emotion.model.metadata import BUNDLE_FORMAT, META_FILE, WEIGHTS_FILE, BundleMeta
 
+DOMAIN_PREFIX = "domain/"
+"""Tensors ``domain/mean`` and ``domain/scale`` in ``model.safetensors``: the domain statistics folded into the
+head's scaler (see :meth:`~speech_emotion.model.head.EmotionHead.fold_domain`), when the model has any."""
+
 
 @dataclass
 class Bundle:
-    """A loaded bundle: the head, its metadata and the folder it came from."""
+    """A loaded bundle: the head, its metadata, the folder it came from, and its domain statistics.
+
+    Attributes:
+        domain: ``(mean, scale)`` of the domain the head's scaler is set for (training corpora pooled,
+            or the domain ``ser adapt`` estimated), or None for a model trained without domain statistics.
+    """
 
     head: EmotionHead
     meta: BundleMeta
     path: Path
+    domain: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def classes(self) -> list[str]:
@@ -55,10 +67,13 @@ class Bundle:
         return self.meta.temperature
 
 
-def save_bundle(path: str | Path, head: EmotionHead, meta: BundleMeta) -> BundleMeta:
+def save_bundle(
+    path: str | Path, head: EmotionHead, meta: BundleMeta, *, domain: tuple[np.ndarray, np.ndarray] | None = None
+) -> BundleMeta:
     """Write weights, then metadata (the metadata's presence marks a complete bundle).
 
     The head's config is recorded in the metadata, which is checked as a loader would check it.
+    ``domain`` (mean, scale) are the statistics the head's scaler is set for, kept beside the weights.
 
     Returns:
         The metadata written.
@@ -66,6 +81,11 @@ def save_bundle(path: str | Path, head: EmotionHead, meta: BundleMeta) -> Bundle
     path = Path(path)
     meta = BundleMeta.from_dict(meta.replace(kind="torch", head=head.config).to_dict(), where=str(path / META_FILE))
     tensors = {k: v.contiguous() for k, v in head.state_dict().items()}
+    if domain is not None:
+        tensors |= {
+            f"{DOMAIN_PREFIX}{name}": torch.as_tensor(np.asarray(v, np.float32))
+            for name, v in zip(("mean", "scale"), domain)
+        }
     write_bytes(path / WEIGHTS_FILE, save_safetensors(tensors, metadata={"format": BUNDLE_FORMAT}))
     write_json(path / META_FILE, meta.to_dict())
     return meta
@@ -88,6 +108,8 @@ def load_bundle(path: str | Path) -> Bundle:
     if not weights_file.is_file():
         raise BundleError(f"{weights_file}: missing; the bundle is incomplete (was training interrupted?)")
     state = load_safetensors(weights_file.read_bytes())
+    domain_tensors = {k[len(DOMAIN_PREFIX) :]: state.pop(k).numpy() for k in list(state) if k.startswith(DOMAIN_PREFIX)}
+    domain = (domain_tensors["mean"], domain_tensors["scale"]) if domain_tensors else None
     head = EmotionHead(meta.head)
     try:
         head.load_state_dict(state, strict=True)
@@ -98,4 +120,4 @@ def load_bundle(path: str | Path) -> Bundle:
     if head.n_outputs != meta.n_classes:
         raise BundleError(f"Cannot assign {meta.n_classes} labels to a head with {head.n_outputs} outputs ({folder})")
     head.eval()
-    return Bundle(head, meta, folder)
+    return Bundle(head, meta, folder, domain)

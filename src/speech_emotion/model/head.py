@@ -64,6 +64,30 @@ class EmotionHead(nn.Module):
         shared = (centred / layer_factor[None, :, None]).pow(2).mean(dim=(0, 1)).sqrt().clamp_min(1e-5)
         self.feature_scale.copy_(layer_factor[:, None] * shared[None, :])
 
+    def fold_domain(
+        self, mean: np.ndarray, scale: np.ndarray, *, current: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> None:
+        """Make the head standardise inputs of a new domain as it standardised those it was fitted for.
+
+        A domain (a corpus, a recording setup) is described by the mean and scale of its pooled
+        features over unlabelled clips. The head standardises by ``feature_mean``/``feature_scale``;
+        seen from the domain's own standardised space those are ``(m - current_mean) / current_scale``
+        and ``s / current_scale``. This rewrites them for the domain ``(mean, scale)``, so that a clip
+        of the new domain reaches the classifier as a clip of the old one did.
+
+        Args:
+            mean, scale: the new domain's statistics, ``(n_layers, dim)``.
+            current: the statistics of the domain the scaler was made for; None when the head was
+                fitted on features of no particular domain (its scaler is then that of the training data).
+        """
+        fm, fs = self.feature_mean.detach().cpu().double().numpy(), self.feature_scale.detach().cpu().double().numpy()
+        current_mean, current_scale = (fm, fs) if current is None else (np.asarray(c, np.float64) for c in current)
+        z_mean, z_scale = (fm - current_mean) / current_scale, fs / current_scale
+        mean, scale = np.asarray(mean, np.float64), np.asarray(scale, np.float64)
+        with torch.no_grad():
+            self.feature_mean.copy_(torch.from_numpy(mean + scale * z_mean))
+            self.feature_scale.copy_(torch.from_numpy(scale * z_scale))
+
     def layer_weights(self) -> torch.Tensor:
         """Softmax weight of each encoder layer (sums to 1)."""
         return torch.softmax(self.layer_logits, dim=0)

@@ -203,6 +203,8 @@ class BundleMeta:
         metrics: validation/test figures of the run.
         data: fingerprint, corpora, protocol, speakers and audio hashes trained on.
         onnx: the ONNX export's section (files, inputs, quantization), for ``kind="onnx"``.
+        adaptation: which domain statistics the head's scaler is set for: ``{"domain_norm", "adapted",
+            "domain", "n_clips", ...}`` (empty for a model trained without domain statistics).
     """
 
     classes: tuple[str, ...]
@@ -217,6 +219,7 @@ class BundleMeta:
     metrics: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
     onnx: dict | None = None
+    adaptation: dict = field(default_factory=dict)
 
     @property
     def label_schema(self) -> LabelSchema:
@@ -239,7 +242,8 @@ class BundleMeta:
         spec |= {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("kind", "classes")}
         spec["encoder"] = self.encoder.to_dict()
         spec["head"] = self.head.to_dict() if self.head is not None else None
-        return {key: value for key, value in spec.items() if value is not None or key not in ("head", "onnx")}
+        optional = {"head": None, "onnx": None, "adaptation": {}}  # left out when not set, as older bundles had them
+        return {key: value for key, value in spec.items() if key not in optional or value != optional[key]}
 
     @classmethod
     def from_dict(cls, spec: Any, *, where: str = META_FILE) -> BundleMeta:
@@ -284,7 +288,7 @@ class BundleMeta:
             "encoder": EncoderRef.from_dict(spec.get("encoder"), where=f"{where}: encoder"),
             "head": head,
         }
-        for key in ("preprocessing", "calibration", "metrics", "data"):
+        for key in ("preprocessing", "calibration", "metrics", "data", "adaptation"):
             values[key] = values.get(key) or {}
         values["speaker_norm"] = bool(values.get("speaker_norm", False))
         return cls(**values)

@@ -18,7 +18,7 @@ from speech_emotion.atomic import write_text
 from speech_emotion.model.calibration import expected_calibration_error, reliability, softmax
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")  # no display needed
@@ -42,15 +42,15 @@ def _read_predictions(run: Path, classes: list[str]) -> dict[str, dict]:
     return {name: {k: np.asarray(v) for k, v in part.items()} for name, part in parts.items()}
 
 
-def _save(fig, path: Path) -> str:
+def save_figure(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return f"report/{path.name}"
 
 
 def plot_curves(history: list[dict], best_epoch: int, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
     epochs = [h["epoch"] for h in history]
     left.plot(epochs, [h["train_loss"] for h in history], label="train loss")
@@ -64,11 +64,11 @@ def plot_curves(history: list[dict], best_epoch: int, path: Path) -> str:
         axis.set_title(title)
         axis.legend(fontsize=8)
         axis.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 5))
     rows = confusion.sum(axis=1, keepdims=True)
     normalised = np.divide(confusion, rows, out=np.zeros_like(confusion, dtype=float), where=rows > 0)
@@ -96,11 +96,11 @@ def plot_confusion(confusion: np.ndarray, classes: list[str], title: str, path: 
                 )
         fig.colorbar(image, ax=axis, fraction=0.046)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_reliability(before: list[dict], after: list[dict], ece: tuple[float, float], path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, axis = plt.subplots(figsize=(4.8, 4.4))
     axis.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfect calibration")
     for bins, name, value in ((before, "before", ece[0]), (after, "after temperature scaling", ece[1])):
@@ -115,7 +115,7 @@ def plot_reliability(before: list[dict], after: list[dict], ece: tuple[float, fl
     axis.set_title("Reliability")
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _table(header: list[str], rows: list[list]) -> str:

@@ -37,6 +37,14 @@ from speech_emotion.version import __version__
 OPTIMIZERS = ("lbfgs", "adamw")
 """Values of :attr:`TrainConfig.optimizer` besides ``"auto"``."""
 
+BALANCES = ("class", "corpus-class", "none")
+"""How training examples are weighted: by class, by corpus × class (one large or easy corpus does not
+dominate), or not at all; ``"auto"``: by corpus × class with several corpora, by class with one."""
+
+DOMAIN_NORMS = ("none", "corpus")
+"""``corpus``: each corpus's pooled features are standardised by that corpus's own (unlabelled) statistics;
+``"auto"``: with several corpora, ``none`` with one."""
+
 MIXUP_COPIES = 8
 """Mixed examples added per training example when ``TrainConfig.mixup`` is on."""
 
@@ -108,6 +116,8 @@ class TrainConfig:
     finetune: int = 0  # > 0: the top N transformer layers of the encoder train with the head (training/finetune.py)
     encoder_lr: float | None = None  # learning rate of the unfrozen layers; None with finetune: lr * ENCODER_LR_FACTOR
     mixup: float = 0.0  # > 0: Beta(mixup, mixup) mixup of features and labels (MIXUP_COPIES per example); 0: off
+    balance: str = "auto"  # loss weights: "class", "corpus-class", "none" or "auto" (BALANCES)
+    domain_norm: str = "auto"  # "corpus": each corpus by its own unlabelled statistics; "none"; "auto" (DOMAIN_NORMS)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + ("auto",):
@@ -142,14 +152,35 @@ class TrainConfig:
             raise ValueError("mixup mixes pooled features, which fine-tuning does not have: drop --mixup or --finetune")
         if self.encoder_lr is not None and not self.encoder_lr > 0:
             raise ValueError(f"encoder_lr: expected a positive learning rate, got {self.encoder_lr}")
+        if self.balance not in BALANCES + ("auto",):
+            raise ValueError(f"balance: expected one of {', '.join(BALANCES)} or auto, got {self.balance!r}")
+        if self.domain_norm not in DOMAIN_NORMS + ("auto",):
+            raise ValueError(
+                f"domain_norm: expected one of {', '.join(DOMAIN_NORMS)} or auto, got {self.domain_norm!r}"
+            )
+        if self.mixup and self.balance not in ("class", "auto"):
+            raise ValueError(
+                f"mixup weights mixed examples by class: use it with balance='class', got {self.balance!r}"
+            )
+        if self.finetune and (self.balance not in ("class", "auto") or self.domain_norm not in ("none", "auto")):
+            raise ValueError(
+                "fine-tuning weights its loss by class and trains on the encoder's own features: drop --balance and "
+                "--domain-norm, or --finetune"
+            )
+        if self.domain_norm == "corpus" and (self.speaker_norm or self.hf_compatible):
+            raise ValueError(
+                "domain_norm standardises each corpus; --speaker-norm (each speaker) and --hf-compatible (a stock "
+                "head) cannot be combined with it"
+            )
 
-    def resolved(self) -> TrainConfig:
+    def resolved(self, *, n_corpora: int = 1) -> TrainConfig:
         """The same recipe with every automatic choice made: what training actually uses.
 
         ``optimizer="auto"`` becomes ``"lbfgs"`` for a linear frozen head and ``"adamw"``
         otherwise; ``encoder_lr=None`` becomes ``lr * ENCODER_LR_FACTOR`` when fine-tuning;
         ``hf_compatible`` heads mix layers with ``"softmax"`` weights (a stock transformers
-        head sums layers).
+        head sums layers); ``balance`` and ``domain_norm`` left to ``"auto"`` follow the number of
+        corpora trained on (``n_corpora``): per corpus with several, as for one corpus otherwise.
 
         >>> TrainConfig(hidden=64).resolved().optimizer, TrainConfig(finetune=2, lr=1e-3).resolved().encoder_lr
         ('adamw', 0.0001)
@@ -161,7 +192,12 @@ class TrainConfig:
         if self.finetune and encoder_lr is None:
             encoder_lr = self.lr * ENCODER_LR_FACTOR
         mixing = "softmax" if self.hf_compatible else self.mixing
-        return replace(self, optimizer=optimizer, encoder_lr=encoder_lr, mixing=mixing)
+        several = n_corpora > 1 and not self.finetune and not self.speaker_norm and not self.hf_compatible
+        balance = ("corpus-class" if several else "class") if self.balance == "auto" else self.balance
+        domain_norm = ("corpus" if several else "none") if self.domain_norm == "auto" else self.domain_norm
+        return replace(
+            self, optimizer=optimizer, encoder_lr=encoder_lr, mixing=mixing, balance=balance, domain_norm=domain_norm
+        )
 
     def head_config(self, *, n_layers: int, dim: int, n_classes: int) -> HeadConfig:
         """The shape of the head this recipe trains on features of ``n_layers`` × ``dim``."""
@@ -293,7 +329,7 @@ class RunConfig:
             "allow_single_label_speakers": self.allow_single_label_speakers,
             "skip_bad": self.skip_bad,
             "train": self.train.to_dict(),
-            "train_resolved": self.train.resolved().to_dict(),
+            "train_resolved": self.train.resolved(n_corpora=len(self.sources)).to_dict(),
             "tracking_uri": self.tracking_uri,
         }
 

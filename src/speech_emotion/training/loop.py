@@ -88,6 +88,41 @@ def class_weights(y: np.ndarray, n_classes: int) -> np.ndarray:
     return len(y) / (n_classes * np.maximum(counts, 1))
 
 
+def sample_weights(y: np.ndarray, groups: np.ndarray | None, balance: str) -> np.ndarray | None:
+    """Per-example loss weights, or None for plain class weights (``balance="class"``).
+
+    ``"corpus-class"``: every (corpus, class) cell weighs the same in total, ``n / (cells * count)``,
+    so one large or easy corpus does not dominate; ``"none"``: every example weighs 1.
+
+    >>> groups = np.array(["a", "a", "a", "b", "b", "b"])  # cells (a, 0): 2 clips, (a, 1): 1, (b, 1): 3
+    >>> sample_weights(np.array([0, 0, 1, 1, 1, 1]), groups, "corpus-class").round(2).tolist()  # each cell sums to 2
+    [1.0, 1.0, 2.0, 0.67, 0.67, 0.67]
+    """
+    if balance == "class":
+        return None
+    if balance == "none":
+        return np.ones(len(y))
+    if groups is None:
+        raise ValueError("balance='corpus-class' needs the corpus of every training example (groups=...)")
+    cells = np.array([f"{g}\0{label}" for g, label in zip(groups, y)])
+    names, index, counts = np.unique(cells, return_inverse=True, return_counts=True)
+    return len(y) / (len(names) * counts[index].astype(np.float64))
+
+
+class _Loss:
+    """The training loss: cross-entropy with class weights, or with per-example weights when given."""
+
+    def __init__(self, class_weight: np.ndarray, per_example: np.ndarray | None):
+        self._class = nn.CrossEntropyLoss(weight=torch.tensor(class_weight, dtype=torch.float32))
+        self._per_example = None if per_example is None else torch.tensor(per_example, dtype=torch.float32)
+
+    def __call__(self, logits: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | slice = slice(None)) -> torch.Tensor:
+        if self._per_example is None:
+            return self._class(logits, y)
+        weight = self._per_example[rows]
+        return (weight * nn.functional.cross_entropy(logits, y, reduction="none")).sum() / weight.sum()
+
+
 def fit_head(
     X_train: np.ndarray,
     y_train: np.ndarray,
@@ -100,6 +135,7 @@ def fit_head(
     on_epoch: Callable[[dict], None] | None = None,
     resume: TrainingState | None = None,
     on_checkpoint: Callable[[TrainingState], None] | None = None,
+    groups: np.ndarray | None = None,
 ) -> FitResult:
     """Train a head; keep the weights of the epoch with the best validation UAR.
 
@@ -116,12 +152,13 @@ def fit_head(
         resume: state saved after an epoch by ``on_checkpoint``; training goes on from the
             next epoch and ends with the same weights as a run that was never interrupted.
         on_checkpoint: called after each epoch (after ``on_epoch``) with the state to save.
+        groups: the corpus of every training example (for ``config.balance="corpus-class"``).
 
     Raises:
         SanityError: a check of severity ``error`` fired (see :mod:`speech_emotion.training.sanity`).
     """
     classes = classes or [str(i) for i in range(n_classes)]
-    config = (config or TrainConfig()).resolved()
+    config = (config or TrainConfig()).resolved(n_corpora=len(set(groups.tolist())) if groups is not None else 1)
     if config.finetune:
         raise ValueError(
             f"fit_head trains a head on fixed features, but config.finetune={config.finetune}: fine-tuning the encoder "
@@ -139,7 +176,8 @@ def fit_head(
     weights = class_weights(np.asarray(y_train), n_classes)
     if config.mixup:
         X, y = mixup(X, y, n_classes=n_classes, alpha=config.mixup, copies=MIXUP_COPIES, seed=config.seed)
-    loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
+    loss_fn = _Loss(weights, sample_weights(np.asarray(y_train), groups, config.balance))
+    val_loss_fn = nn.CrossEntropyLoss(weight=torch.tensor(weights, dtype=torch.float32))
     optimizer = (
         torch.optim.AdamW(head.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         if config.optimizer == "adamw"
@@ -182,7 +220,7 @@ def fit_head(
             val_pred = logits.argmax(dim=1).numpy()
             metrics = classification_metrics(y_val, val_pred, classes)
             record |= {
-                "val_loss": float(loss_fn(logits, torch.from_numpy(np.asarray(y_val))).item()),
+                "val_loss": float(val_loss_fn(logits, torch.from_numpy(np.asarray(y_val))).item()),
                 "val_accuracy": metrics["accuracy"],
                 "val_uar": metrics["uar"],
             }
@@ -275,7 +313,7 @@ def _adamw_epoch(
     head: EmotionHead,
     X: torch.Tensor,
     y: torch.Tensor,
-    loss_fn: nn.Module,
+    loss_fn: _Loss,
     optimizer: torch.optim.Optimizer,
     generator: torch.Generator,
     batch_size: int,
@@ -287,14 +325,14 @@ def _adamw_epoch(
     for start in range(0, len(X), batch_size):
         batch = order[start : start + batch_size]
         optimizer.zero_grad()
-        loss = loss_fn(head(X[batch]), y[batch])
+        loss = loss_fn(head(X[batch]), y[batch], batch)
         loss.backward()
         optimizer.step()
         total += loss.item() * len(batch)
     return total / len(X)
 
 
-def _lbfgs_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: nn.Module, l2: float) -> float:
+def _lbfgs_epoch(head: EmotionHead, X: torch.Tensor, y: torch.Tensor, loss_fn: _Loss, l2: float) -> float:
     """Up to ``LBFGS_ITERATIONS`` full-batch L-BFGS iterations; returns the training loss after them."""
     head.eval()  # no dropout: the line search compares values of one deterministic function
     matrices = [p for p in head.parameters() if p.ndim > 1]  # biases and layer logits are not penalised

@@ -23,7 +23,7 @@ import numpy as np
 from speech_emotion.data.audio import load_audio
 from speech_emotion.data.dataset import Dataset
 from speech_emotion.data.splits import Split
-from speech_emotion.features.normalise import speaker_normalise
+from speech_emotion.features.normalise import DomainStatistics, speaker_normalise, standardise_groups
 from speech_emotion.features.store import FeatureStore, encode_dataset
 from speech_emotion.model.head import EmotionHead, predict_logits
 from speech_emotion.model.metadata import BundleMeta, EncoderRef
@@ -79,8 +79,8 @@ class RunContext:
 
     @property
     def recipe(self) -> TrainConfig:
-        """The training recipe with its automatic choices made."""
-        return self.config.train.resolved()
+        """The training recipe with its automatic choices made (for as many corpora as the run has)."""
+        return self.config.train.resolved(n_corpora=len(self.config.sources))
 
     @contextlib.contextmanager
     def tracked(self, description: str, total: int | None):
@@ -161,8 +161,24 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
     encoder = load_encoder(ctx.config.encoder.source)
     X = encode_dataset(dataset, encoder, store=ctx.store, progress=ctx.tracked)
     encoded = time.perf_counter()
+    corpora = np.asarray([u.corpus for u in dataset.manifest])
+    train_rows, val_rows = split.parts["train"], split.parts["val"]
+    domain, adaptation = None, {}
     if recipe.speaker_norm:
         X = speaker_normalise(X, dataset.speakers)
+    elif recipe.domain_norm == "corpus":
+        # The head learns on each corpus standardised by its own statistics; a clip of an unknown domain is
+        # standardised by those of all training clips together until `ser adapt` sets its domain's.
+        default = DomainStatistics.estimate(X[train_rows], name="the training clips")
+        X, by_corpus = standardise_groups(X, corpora, kind="corpus")
+        domain = (default.mean, default.scale)
+        adaptation = {
+            "domain_norm": "corpus",
+            "adapted": False,
+            "domain": "the training corpora, pooled",
+            "n_clips": default.n_clips,
+            "corpora": {name: stats.n_clips for name, stats in by_corpus.items()},
+        }
 
     checkpoints = ctx.out / "checkpoints"
     meta = _checkpoint_meta(recipe, dataset, encoder.fingerprint, split)
@@ -185,7 +201,6 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
         save_checkpoint(checkpoints, saved, meta=meta)
         ctx.status.update(best_epoch=saved.best_epoch)
 
-    train_rows, val_rows = split.parts["train"], split.parts["val"]
     with ctx.progress("training head", recipe.max_epochs) as advance:
         if state is not None:
             advance(state.epoch)
@@ -200,8 +215,11 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
             on_epoch=ctx.recorder(advance),
             resume=state,
             on_checkpoint=checkpoint,
+            groups=corpora[train_rows],
         )
-    logits = predict_logits(fit.head, X)
+    logits = predict_logits(fit.head, X)  # each corpus by its own statistics, as trained
+    if domain is not None:
+        fit.head.fold_domain(*domain, current=(np.zeros_like(domain[0]), np.ones_like(domain[1])))
     return Fitted(
         head=fit.head,
         encoder=EncoderRef.of(encoder, reference=ctx.config.encoder.reference, path=ctx.config.encoder.path),
@@ -212,7 +230,7 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
         alarms=fit.alarms,
         logits={part: logits[rows] for part, rows in split.parts.items() if part != "train"},
         timing={"encode_s": round(encoded - started, 2)},
-        save=lambda folder, meta: save_bundle(folder, fit.head, meta),
+        save=lambda folder, meta: save_bundle(folder, fit.head, meta.replace(adaptation=adaptation), domain=domain),
     )
 
 
@@ -232,6 +250,8 @@ def _resumable_state(found, meta: dict, checkpoints: Path):
     if found is None:
         return None
     state, saved = found
+    # Settings added since the checkpoint was written had their default then: compare as such.
+    saved = saved | {"train": TrainConfig().resolved().to_dict() | saved.get("train", {})}
     changed = sorted(k for k in set(meta) | set(saved) if meta.get(k) != saved.get(k))
     if changed:
         raise ValueError(

@@ -347,7 +347,9 @@ def score(fitted: Fitted, dataset: Dataset, split: Split, recipe: TrainConfig) -
     parts = score_parts(fitted.logits, {part: dataset.y[split.parts[part]] for part in fitted.logits}, classes)
     return {
         "classes": classes,
-        "protocol": split.protocol + (" + speaker-norm" if recipe.speaker_norm else ""),
+        "protocol": split.protocol
+        + (" + speaker-norm" if recipe.speaker_norm else "")
+        + (" + corpus-norm" if recipe.domain_norm == "corpus" else ""),
         "n": {name: int(len(rows)) for name, rows in split.parts.items()},
         "speakers": split.speakers,
         "best_epoch": fitted.best_epoch,

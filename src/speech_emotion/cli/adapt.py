@@ -1,0 +1,61 @@
+"""`ser adapt`: a copy of a model adapted to a new domain from that domain's unlabelled audio."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from speech_emotion.cli.console import err_console, fail, print_json, progress_bar
+from speech_emotion.cli.data import JsonOpt
+
+
+def adapt(
+    model: Annotated[
+        Path, typer.Argument(help="Run folder or model bundle made by `ser train`.", exists=True, file_okay=False)
+    ],
+    data: Annotated[
+        Path,
+        typer.Argument(
+            help="The new domain's audio: a folder, a CSV/TSV with a path column (labels are not read), or a file.",
+            exists=True,
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="The adapted bundle folder to write.", show_default=False)],
+    n_clips: Annotated[
+        Optional[int],
+        typer.Option(help="Estimate the statistics from this many clips, drawn at random (default: all).", min=2),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for drawing --n-clips.")] = 0,
+    name: Annotated[
+        Optional[str], typer.Option(help="What to call the domain in model.json (default: the folder's name).")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Adapt a model to a new domain (a recording setup, a language, a call centre) from its unlabelled audio.
+
+    The domain's feature statistics are estimated from its clips (no label is read) and the new
+    bundle standardises that domain's inputs as the model's training data was, so single-clip
+    `ser predict` and `ser serve` work on it. model.json records that the model is adapted, to
+    which audio and from how many clips.
+
+    Example: ser adapt runs/general ../calls/ --out runs/general-calls
+    """
+    from speech_emotion.errors import AudioError, BundleError
+    from speech_emotion.inference.adapt import adapt as run_adapt
+
+    try:
+        adaptation = run_adapt(
+            model, data, out=out, n_clips=n_clips, seed=seed, name=name, force=force, progress=progress_bar
+        )
+    except (AudioError, BundleError, FileExistsError, FileNotFoundError, OSError, ValueError) as error:
+        raise fail(error) from None
+    err_console.print(
+        f"adapted to {adaptation['domain']} from {adaptation['n_clips']} unlabelled clip(s)"
+        + (f" ({adaptation['n_skipped']} left out: unreadable)" if adaptation["n_skipped"] else "")
+        + f"; bundle written to {out}"
+    )
+    if as_json:
+        print_json(adaptation)
