@@ -34,9 +34,6 @@ SAMPLING_RATE = 16000
 MIN_DURATION = 0.25
 """Shortest accepted clip, in seconds."""
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
-"""File extensions treated as audio when a folder is scanned."""
-
 SILENCE_PEAK = 1e-5
 """Peak amplitude below which a signal is digital silence (-100 dBFS): a dead channel, not speech."""
 
