@@ -68,7 +68,8 @@ def test_the_blocker_blocks():
 def test_help_lists_the_commands_without_torch_sklearn_scipy_transformers():
     done = run_ser_without_heavy_libraries("--help")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == "TRIED:", "`ser --help` tried to import a heavy library"
+    tried = done.stderr.splitlines()[-1].removeprefix("TRIED:")
+    assert not tried, f"`ser --help` tried to import {tried}: import it inside the command that needs it"
     missing = [command for command in COMMANDS if f" {command} " not in done.stdout]
     assert not missing, f"`ser --help` does not list {missing}:\n{done.stdout}"
 
@@ -76,7 +77,8 @@ def test_help_lists_the_commands_without_torch_sklearn_scipy_transformers():
 def test_data_inspect_help_without_torch_sklearn_scipy_transformers():
     done = run_ser_without_heavy_libraries("data", "inspect", "--help")
     assert done.returncode == 0, done.stderr
-    assert done.stderr.splitlines()[-1] == "TRIED:", "`ser data inspect --help` tried to import a heavy library"
+    tried = done.stderr.splitlines()[-1].removeprefix("TRIED:")
+    assert not tried, f"`ser data inspect --help` tried to import {tried}: import it inside the command that needs it"
     assert "Decode every file of a corpus" in done.stdout
     missing = [
         option for option in ("--corpus", "--labels", "--speaker-pattern", "--json") if option not in done.stdout
@@ -87,15 +89,17 @@ def test_data_inspect_help_without_torch_sklearn_scipy_transformers():
 IMPORT_SECONDS = """
 import json, sys, time
 
-start = time.perf_counter()
+wall, cpu = time.perf_counter(), time.process_time()
 import speech_emotion.cli.app
 
-seconds = time.perf_counter() - start
-print(json.dumps({{"seconds": seconds, "loaded": sorted(name for name in {heavy!r} if name in sys.modules)}}))
+wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+print(json.dumps({{"wall": wall, "cpu": cpu, "loaded": sorted(name for name in {heavy!r} if name in sys.modules)}}))
 """
 
-IMPORT_BOUND = 1.5
-"""Seconds, wall. The CLI's import takes about 0.3 s of CPU; torch alone takes several."""
+IMPORT_BOUND = 1.0
+"""Seconds of CPU. The CLI's import takes about 0.25 s; on the same machine torch's alone takes
+2.2 s, scikit-learn's 2.3, scipy.stats' 1.4 and transformers' 1.3. CPU time, not wall: on a
+machine shared by several test runs the wall time of one import varies five-fold."""
 
 
 def test_cli_import_stays_fast():
@@ -106,10 +110,11 @@ def test_cli_import_stays_fast():
         )
         assert done.returncode == 0, done.stderr
         runs.append(json.loads(done.stdout))
-    median = statistics.median(run["seconds"] for run in runs)
+    cpu = statistics.median(run["cpu"] for run in runs)
+    wall = statistics.median(run["wall"] for run in runs)
     loaded = sorted({name for run in runs for name in run["loaded"]})
-    assert median < IMPORT_BOUND, (
-        f"`import speech_emotion.cli.app` took {median:.2f} s (median of 3), expected under {IMPORT_BOUND} s; "
-        f"heavy libraries it imported: {loaded or 'none'}. Find what is slow with "
+    assert cpu < IMPORT_BOUND, (
+        f"`import speech_emotion.cli.app` took {cpu:.2f} s of CPU ({wall:.2f} s wall; medians of 3), expected "
+        f"under {IMPORT_BOUND} s; heavy libraries it imported: {loaded or 'none'}. Find what is slow with "
         "`python -X importtime -c 'import speech_emotion.cli.app'` and import it inside the command that needs it."
     )
