@@ -14,18 +14,11 @@ import soundfile as sf
 import soxr
 
 from speech_emotion import Predictor
+from speech_emotion.data.audio import BLOCK_SECONDS, StreamBuffer, stream_audio
 from speech_emotion.errors import AudioError
 from speech_emotion.features.store import FeatureStore
-from speech_emotion.inference import timeline
-from speech_emotion.inference.timeline import (
-    BLOCK_SECONDS,
-    SileroVAD,
-    SpeechTracker,
-    Windower,
-    predict_timeline,
-    speech_regions,
-    stream_audio,
-)
+from speech_emotion.inference.timeline import Windower, predict_timeline
+from speech_emotion.inference.vad import SileroVAD, SpeechTracker, speech_regions
 from speech_emotion.training.config import TrainConfig
 from speech_emotion.training.pipeline import train
 
@@ -317,13 +310,13 @@ def test_same_segments_from_a_48k_stereo_copy(recording, tmp_path):
 def test_memory_is_bounded_on_long_speech_regions_and_long_files(recording, tmp_path, monkeypatch):
     """The sample buffer never holds much more than a decode block and a window and a half."""
     biggest = []
-    append = timeline._Samples.append
+    append = StreamBuffer.append
 
     def spy(self, block):
         append(self, block)
         biggest.append(self.data.shape[0])
 
-    monkeypatch.setattr(timeline._Samples, "append", spy)
+    monkeypatch.setattr(StreamBuffer, "append", spy)
     limit = (BLOCK_SECONDS + 1.5 * 4.0 + 2 * 0.5 + 1.0) * 16000  # block + window and a half + context
     path, spans, _ = recording
     stub = Stub()

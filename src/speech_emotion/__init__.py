@@ -6,17 +6,27 @@ Example:
     7
 """
 
-from speech_emotion.data import LabelSchema
-from speech_emotion.data import load_dataset
-from speech_emotion.data import read_corpus
 from speech_emotion.version import __version__
 
 __all__ = ["LabelSchema", "Predictor", "__version__", "load_dataset", "read_corpus"]
 
 
 def __getattr__(name: str):
-    # Predictor is imported on first use so that `import speech_emotion` stays light
-    # (its backends pull in torch or onnxruntime).
+    # Imported on first use so that `import speech_emotion` (and `ser --help`) stays light:
+    # the data layer pulls in numpy, soundfile and yaml, and Predictor's backends torch or
+    # onnxruntime.
+    if name == "LabelSchema":
+        from speech_emotion.data.labels import LabelSchema
+
+        return LabelSchema
+    if name == "load_dataset":
+        from speech_emotion.data.dataset import load_dataset
+
+        return load_dataset
+    if name == "read_corpus":
+        from speech_emotion.data.corpora import read_corpus
+
+        return read_corpus
     if name == "Predictor":
         from speech_emotion.inference.predictor import Predictor
 

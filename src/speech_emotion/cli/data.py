@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
-import numpy as np
 import typer
 from rich.markup import escape
 
 from speech_emotion.atomic import write_json
 from speech_emotion.cli.console import counts_table, err_console, fail, print_json, progress_bar
-from speech_emotion.data import CORPORA, check_leakage, load_dataset
-from speech_emotion.data.dataset import Dataset
-from speech_emotion.data.splits import leave_speakers_out, parse_speakers, random_split, speaker_disjoint_split
+from speech_emotion.data.corpora import CORPORA
 from speech_emotion.errors import CorpusError, LabelError, SplitError
+
+# The library modules that decode audio, encode labels and split (numpy, soundfile, yaml,
+# scikit-learn) are imported inside the functions that use them: `ser --help` imports this
+# module and must stay fast.
+if TYPE_CHECKING:
+    from speech_emotion.data.dataset import Dataset
 
 app = typer.Typer(help="Inspect a corpus and make speaker-disjoint splits.", no_args_is_help=True)
 
@@ -61,6 +64,7 @@ SingleLabelOpt = Annotated[
 
 def load_with_progress(data: list[str], **kwargs) -> Dataset:
     """Library ``load_dataset`` with a progress bar, errors turned into a clean exit."""
+    from speech_emotion.data.dataset import load_dataset
     from speech_emotion.data.sources import as_sources, read_corpora
 
     try:
@@ -211,6 +215,8 @@ def split(
 
 
 def make_splits(dataset, test_speakers, val_speakers, test_fraction, val_fraction, folds, seed, allow_speaker_overlap):
+    from speech_emotion.data.splits import leave_speakers_out, parse_speakers, random_split, speaker_disjoint_split
+
     speakers = dataset.speakers
     if folds is not None:
         return leave_speakers_out(
@@ -232,6 +238,10 @@ def make_splits(dataset, test_speakers, val_speakers, test_fraction, val_fractio
 
 def describe_splits(dataset, splits, allow_speaker_overlap: bool) -> dict:
     """Split JSON: per part speakers and class counts, plus the leakage report (raises on leakage)."""
+    import numpy as np
+
+    from speech_emotion.data.splits import check_leakage
+
     described = []
     for split in splits:
         leakage = check_leakage(

@@ -101,7 +101,8 @@ def _predict_timelines(
     min_confidence: Optional[float],
 ) -> int:
     """Segments of every file in time order; returns how many files had no speech."""
-    from speech_emotion.inference.timeline import audio_duration, predict_timeline
+    from speech_emotion.data.audio import audio_duration
+    from speech_emotion.inference.timeline import predict_timeline
 
     durations = []
     for path in files:

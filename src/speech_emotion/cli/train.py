@@ -19,7 +19,6 @@ from speech_emotion.cli.data import (
     SpeakerPatternOpt,
     print_label_report,
 )
-from speech_emotion.data.splits import parse_speakers
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
 from speech_emotion.training.config import MIXUP_COPIES, TrainConfig, parse_finetune
 
@@ -244,6 +243,7 @@ def train(
     Example: ser train ../shared/data/ravdess-speech-16k --encoder ../shared/models/whisper-base-encoder
     --labels ravdess-8 --test-speakers 16-18 --out runs/base
     """
+    from speech_emotion.data.splits import parse_speakers
     from speech_emotion.training.distributed import current_world
     from speech_emotion.training.pipeline import resume as resume_training
     from speech_emotion.training.pipeline import train as run_training

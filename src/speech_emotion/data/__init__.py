@@ -1,23 +1,43 @@
-"""Corpora, manifests, label schemas, splits and audio loading."""
+"""Corpora, manifests, label schemas, splits and audio loading.
 
-from speech_emotion.data.audio import SAMPLING_RATE
-from speech_emotion.data.audio import audio_hash
-from speech_emotion.data.audio import check_signal
-from speech_emotion.data.audio import load_audio
-from speech_emotion.data.corpora import CORPORA
-from speech_emotion.data.corpora import read_corpus
-from speech_emotion.data.dataset import Dataset
-from speech_emotion.data.dataset import load_dataset
-from speech_emotion.data.labels import LabelSchema
-from speech_emotion.data.manifest import Manifest
-from speech_emotion.data.manifest import Problem
-from speech_emotion.data.manifest import Utterance
-from speech_emotion.data.splits import Split
-from speech_emotion.data.splits import check_leakage
-from speech_emotion.data.splits import leave_speakers_out
-from speech_emotion.data.splits import parse_speakers
-from speech_emotion.data.splits import random_split
-from speech_emotion.data.splits import speaker_disjoint_split
+The names below are imported on first use (PEP 562) rather than here: importing one light
+module of this package (``speech_emotion.data.corpora``, which ``ser --help`` needs for
+its option help) then costs no numpy, soundfile, soxr or yaml, and scikit-learn is only
+imported by the splitter that uses it.
+
+Example:
+    >>> from speech_emotion.data import LabelSchema
+    >>> LabelSchema.from_name("ravdess-7").n_classes
+    7
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_MODULE_OF = {
+    "SAMPLING_RATE": "audio",
+    "audio_hash": "audio",
+    "check_signal": "audio",
+    "load_audio": "audio",
+    "CORPORA": "corpora",
+    "read_corpus": "corpora",
+    "Dataset": "dataset",
+    "load_dataset": "dataset",
+    "LabelSchema": "labels",
+    "Manifest": "manifest",
+    "Problem": "manifest",
+    "Utterance": "manifest",
+    "Split": "splits",
+    "check_leakage": "splits",
+    "leave_speakers_out": "splits",
+    "parse_speakers": "splits",
+    "random_split": "splits",
+    "speaker_disjoint_split": "splits",
+}
+"""Public name → the module of this package that defines it."""
+
+_SUBMODULES = frozenset(_MODULE_OF.values())
 
 __all__ = [
     "CORPORA",
@@ -39,3 +59,17 @@ __all__ = [
     "read_corpus",
     "speaker_disjoint_split",
 ]
+
+
+def __getattr__(name: str):
+    if name in _SUBMODULES:  # `speech_emotion.data.audio` worked without importing it when all were eager
+        return importlib.import_module(f"{__name__}.{name}")
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__) | _SUBMODULES)

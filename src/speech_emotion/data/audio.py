@@ -1,5 +1,9 @@
 """Decode audio files into mono float32 signals at the model's sampling rate.
 
+:func:`load_audio` decodes a whole clip; :func:`stream_audio` decodes a recording of any
+length block by block. Both refuse the same files for the same reasons (missing, empty,
+undecodable, truncated, NaN/inf samples).
+
 Example:
     >>> import numpy as np, soundfile as sf, tempfile, os
     >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +34,13 @@ SAMPLING_RATE = 16000
 MIN_DURATION = 0.25
 """Shortest accepted clip, in seconds."""
 
-AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
-"""File extensions treated as audio when a folder is scanned."""
+SILENCE_PEAK = 1e-5
+"""Peak amplitude below which a signal is digital silence (-100 dBFS): a dead channel, not speech."""
 
-_SILENCE_PEAK = 1e-5  # below -100 dBFS every sample: a dead channel, not speech
+BLOCK_SECONDS = 10.0
+"""Seconds of audio :func:`stream_audio` decodes and resamples at a time."""
+
+_NO_SAMPLES = "empty: the file holds no samples"
 
 
 def load_audio(
@@ -58,14 +66,13 @@ def load_audio(
             samples. The message names the file and the reason.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AudioError(path, "file not found")
-    if path.stat().st_size == 0:
-        raise AudioError(path, "empty: the file is 0 bytes")
+    sound = _open_audio(path)
     try:
-        data, file_rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sound:
+            data = sound.read(sound.frames, dtype="float32", always_2d=True)  # the header's count, as sf.read
+            file_rate = sound.samplerate
     except Exception as error:  # libsndfile raises several types for bad files
-        raise AudioError(path, f"cannot decode audio ({_short(error)}); is the file truncated or not audio?") from error
+        raise _undecodable(path, error) from error
     check_complete(path)
     return check_signal(data, file_rate, path=path, sampling_rate=sampling_rate, min_duration=min_duration)
 
@@ -106,14 +113,13 @@ def check_signal(
     if data.ndim != 2:
         raise AudioError(path, f"expected samples of shape (n,) or (n, channels), got {data.shape}")
     if data.shape[0] == 0:
-        raise AudioError(path, "empty: the file holds no samples")
-    if not np.isfinite(data).all():
-        raise AudioError(path, "holds NaN or infinite samples")
+        raise AudioError(path, _NO_SAMPLES)
+    _check_finite(data, path)
     duration = data.shape[0] / file_rate
     if duration < min_duration:
         raise AudioError(path, f"too short: {duration:.3f} s, expected at least {min_duration} s")
     signal = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    if float(np.abs(signal).max()) < _SILENCE_PEAK:
+    if float(np.abs(signal).max()) < SILENCE_PEAK:
         raise AudioError(path, "silent: every sample is below -100 dBFS")
     if file_rate != sampling_rate:
         signal = soxr.resample(signal, file_rate, sampling_rate, quality="HQ")
@@ -188,6 +194,151 @@ def check_complete(path: Path) -> None:
                     )
                 return
             offset += 8 + size + (size & 1)
+
+
+def audio_duration(path: str | Path) -> float:
+    """Duration of an audio file in seconds, from its header (nothing is decoded).
+
+    Raises:
+        AudioError: the file is missing or not audio that libsndfile reads.
+    """
+    try:
+        return float(sf.info(str(path)).duration)
+    except Exception as error:  # libsndfile raises several types for bad files
+        raise AudioError(
+            path, f"cannot read the audio header ({_short(error)}); is the file truncated or not audio?"
+        ) from error
+
+
+def stream_audio(path: str | Path, *, block_seconds: float = BLOCK_SECONDS) -> Iterator[np.ndarray]:
+    """Decode a file block by block as mono float32 at 16 kHz.
+
+    Args:
+        path: audio file in any format libsndfile reads.
+        block_seconds: seconds of the file decoded at a time.
+
+    Yields:
+        1-D float32 arrays at 16 kHz whose concatenation is the whole recording.
+
+    Raises:
+        AudioError: missing, empty, undecodable, truncated, or NaN/inf samples, as
+            :func:`load_audio`; the message names the file, the reason and, for a failure
+            mid-file, the time.
+
+    Example:
+        >>> import numpy as np, soundfile as sf, tempfile, os
+        >>> path = os.path.join(tempfile.mkdtemp(), "tone.wav")
+        >>> sf.write(path, np.zeros((48000 * 25, 2), dtype=np.float32), 48000)
+        >>> lengths = [len(block) for block in stream_audio(path)]
+        >>> len(lengths), sum(lengths)  # 25 s at 48 kHz stereo → 16 kHz mono, in 10 s blocks
+        (3, 400000)
+    """
+    path = Path(path)
+    with _open_audio(path) as sound:
+        check_complete(path)
+        file_rate = sound.samplerate
+        resampler = (
+            soxr.ResampleStream(file_rate, SAMPLING_RATE, 1, dtype="float32", quality="HQ")
+            if file_rate != SAMPLING_RATE
+            else None
+        )
+        block_frames = max(1, int(block_seconds * file_rate))
+        position = 0
+        while True:
+            try:
+                data = sound.read(block_frames, dtype="float32", always_2d=True)
+            except Exception as error:
+                raise _undecodable(path, error, after=position / file_rate) from error
+            last = data.shape[0] < block_frames
+            _check_finite(data, path, position=position, file_rate=file_rate)
+            position += data.shape[0]
+            mono = data.mean(axis=1, dtype=np.float32) if data.shape[1] > 1 else data[:, 0]
+            if resampler is not None:
+                mono = resampler.resample_chunk(np.ascontiguousarray(mono), last=last)
+            if mono.shape[0]:
+                yield np.ascontiguousarray(mono, dtype=np.float32)
+            if last:
+                break
+        if position == 0:
+            raise AudioError(path, _NO_SAMPLES)
+
+
+class StreamBuffer:
+    """The recent part of a 16 kHz stream: append blocks at the end, drop from the start, slice by time.
+
+    Attributes:
+        data: the samples held, float32.
+        offset: index in the whole stream of ``data[0]``.
+
+    Example:
+        >>> buffer = StreamBuffer()
+        >>> buffer.append(np.ones(32000, dtype=np.float32))
+        >>> buffer.drop_before(1.5)
+        >>> buffer.offset, buffer.end, buffer.slice(1.0, 1.75).shape  # audio before 1.5 s is gone
+        (24000, 32000, (4000,))
+    """
+
+    def __init__(self) -> None:
+        self.data = np.zeros(0, dtype=np.float32)
+        self.offset = 0
+
+    @property
+    def end(self) -> int:
+        """Index in the whole stream of the sample after the last one held."""
+        return self.offset + self.data.shape[0]
+
+    def append(self, block: np.ndarray) -> None:
+        """Add the samples that follow the last ones held."""
+        self.data = np.concatenate([self.data, block])
+
+    def slice(self, start: float, end: float) -> np.ndarray:
+        """A copy of the samples held between ``start`` and ``end`` seconds."""
+        a = max(int(round(start * SAMPLING_RATE)), self.offset)
+        b = min(int(round(end * SAMPLING_RATE)), self.end)
+        return self.data[a - self.offset : max(a, b) - self.offset].copy()
+
+    def drop_before(self, seconds: float) -> None:
+        """Forget the samples before ``seconds``."""
+        keep = int(seconds * SAMPLING_RATE) - self.offset
+        if keep > 0:
+            self.data = self.data[keep:].copy()
+            self.offset += keep
+
+
+def _open_audio(path: Path) -> sf.SoundFile:
+    """Open a file for decoding, after the checks that every reader makes first."""
+    if not path.is_file():
+        raise AudioError(path, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(path, "empty: the file is 0 bytes")
+    try:
+        return sf.SoundFile(str(path))
+    except Exception as error:  # libsndfile raises several types for bad files
+        raise _undecodable(path, error) from error
+
+
+def _undecodable(path: Path, error: Exception, *, after: float | None = None) -> AudioError:
+    if after is None:
+        return AudioError(path, f"cannot decode audio ({_short(error)}); is the file truncated or not audio?")
+    return AudioError(path, f"cannot decode audio after {after:.1f} s ({_short(error)}); is the file truncated?")
+
+
+def _check_finite(
+    data: np.ndarray, path: str | Path, *, position: int | None = None, file_rate: int | None = None
+) -> None:
+    """Refuse NaN or infinite samples in ``(n, channels)`` data.
+
+    Given the ``position`` (in frames) of ``data`` in a file read at ``file_rate``, the message
+    says when the first bad sample is.
+    """
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    where = ""
+    if position is not None and file_rate is not None:
+        first = int(np.flatnonzero(~finite.all(axis=1))[0])
+        where = f" at {(position + first) / file_rate:.3f} s"
+    raise AudioError(path, f"holds NaN or infinite samples{where}")
 
 
 def _short(error: Exception) -> str:

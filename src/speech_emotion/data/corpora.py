@@ -23,7 +23,6 @@ import re
 from pathlib import Path
 from typing import Callable
 
-from speech_emotion.data.audio import AUDIO_EXTENSIONS
 from speech_emotion.data.manifest import CANONICAL_LABELS, Manifest, Problem, Utterance, canonical_label
 from speech_emotion.errors import CorpusError
 
@@ -31,6 +30,9 @@ log = logging.getLogger(__name__)
 
 CORPORA = ("ravdess", "crema-d", "tess", "savee", "emodb", "folder", "csv")
 """Names accepted by ``--corpus``."""
+
+AUDIO_EXTENSIONS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif", ".au"})
+"""File extensions treated as audio when a folder is scanned."""
 
 # A filename parser returns (speaker, raw label, fields) or None when the name does not fit.
 Parsed = tuple[str, str, dict] | None

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
-from sklearn.model_selection import GroupKFold
 
 from speech_emotion.errors import LeakageError, SplitError
 
@@ -242,6 +241,10 @@ def leave_speakers_out(
         raise SplitError(f"n_splits={n_splits}: leave-speakers-out needs at least 2 folds")
     if n_splits > len(known):
         raise SplitError(f"Cannot have n_splits={n_splits} greater than the number of speakers: {len(known)}.")
+    # Imported here, not at the top: scikit-learn (with scipy and pandas) takes seconds to import,
+    # and `import speech_emotion` or `ser --help` must not pay for it.
+    from sklearn.model_selection import GroupKFold
+
     folds = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed).split(
         np.zeros(len(speakers)), groups=speakers
     )

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from speech_emotion.data.audio import AUDIO_EXTENSIONS, audio_hash, load_audio
-from speech_emotion.data.corpora import find_audio
+from speech_emotion.data.audio import audio_hash, load_audio
+from speech_emotion.data.corpora import AUDIO_EXTENSIONS, find_audio
 from speech_emotion.errors import AudioError, BundleError
 from speech_emotion.features.normalise import MIN_CLIPS, DomainStatistics
 from speech_emotion.features.store import FeatureStore, extract_features

@@ -25,10 +25,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from speech_emotion.data.labels import LabelSchema
 from speech_emotion.errors import BundleError
+
+if TYPE_CHECKING:
+    from speech_emotion.data.labels import LabelSchema
 
 META_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -223,6 +225,8 @@ class BundleMeta:
 
     @property
     def label_schema(self) -> LabelSchema:
+        from speech_emotion.data.labels import LabelSchema
+
         return LabelSchema.from_dict(self.schema)
 
     @property
@@ -272,6 +276,10 @@ class BundleMeta:
             raise BundleError(f"{where}: needs a non-empty 'classes' list in index order")
         if not isinstance(spec.get("schema"), dict):
             raise BundleError(f"{where}: needs the label 'schema' the model was trained with")
+        # Imported here: the label schema module imports numpy and yaml, and the CLI reads this
+        # module (through TrainConfig) to build its --help.
+        from speech_emotion.data.labels import LabelSchema
+
         schema = LabelSchema.from_dict(spec["schema"])
         if list(schema.classes) != classes:
             raise BundleError(f"{where}: classes {classes} disagree with the schema's classes {list(schema.classes)}")
