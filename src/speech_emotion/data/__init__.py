@@ -23,7 +23,10 @@ _MODULE_OF = {
     "CORPORA": "corpora",
     "read_corpus": "corpora",
     "Dataset": "dataset",
+    "check_speaker_labels": "dataset",
     "load_dataset": "dataset",
+    "CorpusSource": "sources",
+    "read_corpora": "sources",
     "LabelSchema": "labels",
     "Manifest": "manifest",
     "Problem": "manifest",
@@ -41,6 +44,7 @@ _SUBMODULES = frozenset(_MODULE_OF.values())
 
 __all__ = [
     "CORPORA",
+    "CorpusSource",
     "Dataset",
     "LabelSchema",
     "Manifest",
@@ -51,11 +55,13 @@ __all__ = [
     "audio_hash",
     "check_leakage",
     "check_signal",
+    "check_speaker_labels",
     "leave_speakers_out",
     "load_audio",
     "load_dataset",
     "parse_speakers",
     "random_split",
+    "read_corpora",
     "read_corpus",
     "speaker_disjoint_split",
 ]
