@@ -29,7 +29,12 @@ from speech_emotion.features.encoders.onnx import whisper_log_mel  # noqa: E402
 from speech_emotion.training.config import TrainConfig  # noqa: E402
 from speech_emotion.training.pipeline import train  # noqa: E402
 
-TEMPERATURE = 100.0  # spreads the synthetic-data head's probabilities, so agreement is tested away from 0 and 1
+FEATURES_FP32 = 1e-5
+"""Largest |ONNX − PyTorch| pooled feature, relative to the largest feature (measured: 2.2e-6, whisper-tiny.en)."""
+FEATURES_INT8 = 0.15
+"""The same for the int8-quantized encoder (measured: 0.094): quantization noise, not a bug."""
+PROBABILITIES = 1e-4
+"""Largest |ONNX − PyTorch| probability of the head, at the model's own temperature, on inputs where it is unsure."""
 
 
 def _train(corpus: Path, encoder: Path, out: Path) -> Path:
@@ -41,11 +46,24 @@ def _train(corpus: Path, encoder: Path, out: Path) -> Path:
         val_speakers=["04"],
         config=TrainConfig(max_epochs=40, lr=3e-3, hidden=32, stop_on_alarm=False),
     )
-    meta_file = out / "model" / "model.json"
-    meta = json.loads(meta_file.read_text())
-    meta["calibration"] = {"temperature": TEMPERATURE}
-    meta_file.write_text(json.dumps(meta))
     return out
+
+
+def _boundary(torch_predictor: Predictor, features: np.ndarray) -> np.ndarray:
+    """Features on the head's decision boundaries: mixtures of two clips of different predicted classes, the mix
+    chosen (bisection) so that the model gives both classes the same probability. Real clips of a trained model
+    are classified with near-certainty, where every export agrees to the last bit and proves nothing."""
+    labels = torch_predictor.predict_features(features).argmax(axis=1)
+    pairs = [(i, j) for i in range(len(labels)) for j in range(i) if labels[i] != labels[j]][:6]
+    mixes = []
+    for i, j in pairs:
+        low, high = 0.0, 1.0  # weight of clip i: 0 → class of j wins, 1 → class of i wins
+        for _ in range(40):
+            middle = (low + high) / 2
+            p = torch_predictor.predict_features((middle * features[i] + (1 - middle) * features[j])[None])[0]
+            low, high = (middle, high) if p[labels[j]] > p[labels[i]] else (low, middle)
+        mixes.append(low * features[i] + (1 - low) * features[j])
+    return np.stack(mixes).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +88,7 @@ def _matrix(results: list[dict], classes: list[str]) -> np.ndarray:
     return np.asarray([[r["probabilities"][c] for c in classes] for r in results])
 
 
-def test_fp32_probabilities_agree_with_pytorch_on_real_clips(whisper_run, whisper_onnx, real_clips):
+def test_fp32_probabilities_agree_with_pytorch_on_real_clips(whisper_run, whisper_onnx, real_clips, synth_corpus):
     torch_predictor = Predictor.from_pretrained(whisper_run)
     onnx_predictor = Predictor.from_pretrained(whisper_onnx)
     assert (torch_predictor.backend_name, onnx_predictor.backend_name) == ("torch", "onnx")
@@ -79,11 +97,19 @@ def test_fp32_probabilities_agree_with_pytorch_on_real_clips(whisper_run, whispe
     expected = list(torch_predictor.predict_files(real_clips))
     got = list(onnx_predictor.predict_files(real_clips))
     assert [r["path"] for r in got] == [str(p) for p in real_clips]
-    p_torch, p_onnx = _matrix(expected, torch_predictor.classes), _matrix(got, onnx_predictor.classes)
-    spread = (p_torch > 1e-3) & (p_torch < 0.999)
-    assert spread.sum() >= len(real_clips), "probabilities saturated: the comparison would prove nothing"
-    assert np.abs(p_onnx - p_torch).max() < 1e-4
     assert [r["label"] for r in got] == [r["label"] for r in expected]
+    # The encoder: pooled features of every layer.
+    signals = [sf.read(p, dtype="float32")[0] for p in real_clips]
+    torch_features = np.stack(torch_predictor.encoder.features(signals))
+    onnx_features = np.stack(onnx_predictor.encoder.features(signals))
+    assert np.abs(onnx_features - torch_features).max() < FEATURES_FP32 * np.abs(torch_features).max()
+    # The head, with the calibration temperature inside head.onnx, where its answer is not a foregone conclusion
+    # (between held-out clips of different classes).
+    held_out = [sf.read(p, dtype="float32")[0] for p in sorted(synth_corpus.glob("Actor_0[56]/*.wav"))]
+    boundary = _boundary(torch_predictor, np.stack(torch_predictor.encoder.features(held_out)))
+    p_torch, p_onnx = torch_predictor.predict_features(boundary), onnx_predictor.predict_features(boundary)
+    assert (np.sort(p_torch, axis=1)[:, -2] > 0.3).all(), "the mixtures are not on a boundary"
+    assert np.abs(p_onnx - p_torch).max() < PROBABILITIES
 
 
 def test_numpy_log_mel_equals_torch(whisper_run, real_clips):
@@ -184,8 +210,11 @@ def test_int8_export_is_smaller_and_close(whisper_run, whisper_onnx, synth_corpu
         _matrix(list(fp32.predict_files(clips)), fp32.classes),
         _matrix(list(int8.predict_files(clips)), fp32.classes),
     )
-    assert np.abs(p_int8 - p_fp32).max() < 0.1
     assert (p_int8.argmax(1) == p_fp32.argmax(1)).mean() >= 0.9
+    signals = [sf.read(p, dtype="float32")[0] for p in clips]
+    f_fp32, f_int8 = (np.stack(p.encoder.features(signals)) for p in (fp32, int8))
+    error = np.abs(f_int8 - f_fp32).max() / np.abs(f_fp32).max()
+    assert 1e-4 < error < FEATURES_INT8  # quantized (not the fp32 graph), within the noise measured
     # dynamic quantization scales by the batch's range: int8 runs clip by clip, so a clip's
     # result never depends on the clips it arrives with
     signals = [sf.read(p, dtype="float32")[0] for p in clips[:3]]
@@ -203,9 +232,14 @@ def test_wav2vec2_export_agrees(synth_corpus, tiny_wav2vec2, tmp_path):
         synth_clip(f0, seconds=s, seed=i)
         for i, (f0, s) in enumerate([(130.0, 0.7), (260.0, 1.3), (520.0, 2.1), (260.0, 1.0)])
     ]
-    p_torch = _matrix(torch_predictor.predict(signals), torch_predictor.classes)
-    p_onnx = _matrix(onnx_predictor.predict(signals), torch_predictor.classes)
-    assert np.abs(p_onnx - p_torch).max() < 1e-4
+    torch_features = np.stack(torch_predictor.encoder.features(signals))
+    onnx_features = np.stack(onnx_predictor.encoder.features(signals))
+    assert np.abs(onnx_features - torch_features).max() < FEATURES_FP32 * np.abs(torch_features).max()
+    boundary = _boundary(torch_predictor, torch_features)
+    assert (
+        np.abs(onnx_predictor.predict_features(boundary) - torch_predictor.predict_features(boundary)).max()
+        < PROBABILITIES
+    )
     assert json.loads((tmp_path / "onnx" / "model.json").read_text())["onnx"]["input"]["type"] == "waveform"
 
 

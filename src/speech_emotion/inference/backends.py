@@ -112,6 +112,10 @@ class TorchBackend:
 def _load_recorded_encoder(recorded: EncoderRef, bundle: Path, given: str | None):
     """The encoder a bundle names: ``given`` if any, else the one inside the bundle, else the recorded folder or id.
 
+    Loading a model never downloads: a recorded hub id is loaded only from this machine's Hugging
+    Face cache (:func:`cached_snapshot`). Only an explicit ``given`` (``--encoder``) may name a hub
+    id to fetch.
+
     Raises:
         BundleError: none of them loads (every attempt's error is listed).
     """
@@ -127,7 +131,12 @@ def _load_recorded_encoder(recorded: EncoderRef, bundle: Path, given: str | None
     errors = []
     for candidate in candidates:
         try:
-            return load_encoder(candidate)
+            local = (
+                candidate if candidate == given or Path(candidate).expanduser().exists() else cached_snapshot(candidate)
+            )
+            encoder = load_encoder(local)
+            encoder.reference = candidate
+            return encoder
         except (OSError, ValueError) as error:
             errors.append(f"{candidate}: {error}")
     raise BundleError(
@@ -135,6 +144,27 @@ def _load_recorded_encoder(recorded: EncoderRef, bundle: Path, given: str | None
         + "\n  ".join(errors)
         + "\npass encoder=... (--encoder) pointing to a copy of it"
     )
+
+
+def cached_snapshot(reference: str) -> str:
+    """The local folder of a hub id in this machine's Hugging Face cache; nothing is downloaded.
+
+    Raises:
+        FileNotFoundError: ``reference`` is not a local folder and not in the cache.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    if reference.strip().lower() == "egemaps":
+        return reference
+    try:
+        return snapshot_download(reference, local_files_only=True)
+    except (LocalEntryNotFoundError, HFValidationError, OSError):
+        raise FileNotFoundError(
+            "not a folder on this machine, nor in its Hugging Face cache; loading a model never downloads its "
+            "encoder: "
+            f"download it yourself (e.g. `huggingface-cli download {reference}`) or pass --encoder FOLDER"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------
