@@ -139,3 +139,29 @@ def test_leave_one_corpus_out_matrix(synth_corpus, other_corpus, tiny_wav2vec2, 
     ).stat().st_size > 0
     with pytest.raises(ValueError, match="needs at least two corpora"):
         cross_validate(synth_corpus, encoder=str(tiny_wav2vec2), leave_corpus_out=True, config=FAST)
+
+
+def test_augmented_training_clips_are_cached_under_their_own_keys(synth_corpus, tiny_wav2vec2, tmp_path):
+    from speech_emotion.features.store import FeatureStore
+
+    store = FeatureStore(tmp_path / "store")
+    config = TrainConfig(max_epochs=5, stop_on_alarm=False, augment=("speed:1.1", "noise:10"))
+    results = train(
+        synth_corpus, encoder=str(tiny_wav2vec2), out=tmp_path / "run", val_speakers=["04"], config=config, store=store
+    )
+    n_clips, n_train = 72, results["n"]["train"]
+    assert store.info()["n_entries"] == n_clips + 2 * n_train  # every clip once, each training clip altered twice
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["train"]["augment"] == ["speed:1.1", "noise:10"]
+    # A second run with the same augmentations encodes nothing new.
+    train(
+        synth_corpus,
+        encoder=str(tiny_wav2vec2),
+        out=tmp_path / "again",
+        val_speakers=["04"],
+        config=config,
+        store=store,
+    )
+    assert store.info()["n_entries"] == n_clips + 2 * n_train
+    with pytest.raises(ValueError, match="--augment 'echo:1': expected speed:FACTOR"):
+        TrainConfig(augment=("echo:1",))

@@ -112,6 +112,20 @@ DomainNormOpt = Annotated[
 ]
 
 
+AugmentOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        help="Add altered copies of the training clips, comma-separated: speed:FACTOR (tempo and pitch, e.g. "
+        "speed:0.9), noise:SNR_DB (white noise, e.g. noise:10). Each is encoded once per clip and cached.",
+        show_default=False,
+    ),
+]
+
+
+def _augmentations(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else ()
+
+
 def metrics_table(title: str, results: dict) -> Table:
     """Accuracy / UAR / macro-F1 / n for each part present in ``results``."""
     table = Table(title=title, title_justify="left")
@@ -172,6 +186,7 @@ def train(
     speaker_norm: SpeakerNormOpt = False,
     balance: BalanceOpt = TrainConfig.balance,
     domain_norm: DomainNormOpt = TrainConfig.domain_norm,
+    augment: AugmentOpt = None,
     skip_bad: SkipBadOpt = False,
     allow_single_label_speakers: SingleLabelOpt = False,
     warn_only: WarnOnlyOpt = False,
@@ -293,6 +308,7 @@ def train(
             speaker_norm=speaker_norm,
             balance=balance,
             domain_norm=domain_norm,
+            augment=_augmentations(augment),
             hf_compatible=hf_compatible,
             stop_on_alarm=not warn_only,
             batch_size=batch_size,
@@ -459,6 +475,7 @@ def cv(
     speaker_norm: SpeakerNormOpt = False,
     balance: BalanceOpt = TrainConfig.balance,
     domain_norm: DomainNormOpt = TrainConfig.domain_norm,
+    augment: AugmentOpt = None,
     skip_bad: SkipBadOpt = False,
     allow_single_label_speakers: SingleLabelOpt = False,
     warn_only: WarnOnlyOpt = False,
@@ -489,6 +506,7 @@ def cv(
             speaker_norm=speaker_norm,
             balance=balance,
             domain_norm=domain_norm,
+            augment=_augmentations(augment),
             stop_on_alarm=not warn_only,
         )
         summary = cross_validate(

@@ -92,6 +92,16 @@ def standardise_groups(
     return out, statistics
 
 
+def apply_by_group(features: np.ndarray, groups: Sequence[str], statistics: dict[str, DomainStatistics]) -> np.ndarray:
+    """Standardise each clip by the statistics of its group (estimated elsewhere, e.g. on unaltered clips)."""
+    groups = np.asarray(groups)
+    out = np.empty_like(features, dtype=np.float32)
+    for group in np.unique(groups):
+        rows = groups == group
+        out[rows] = statistics[str(group)].apply(features[rows])
+    return out
+
+
 def speaker_normalise(features: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
     """Standardise each speaker's features with that speaker's own mean and std (no labels used).
 

@@ -38,6 +38,7 @@ from speech_emotion.progress import Progress, no_progress
 
 if TYPE_CHECKING:
     from speech_emotion.data.dataset import Dataset
+    from speech_emotion.features.augment import Augmentation
     from speech_emotion.features.encoders import Encoder, FinetunableEncoder
 
 logger = logging.getLogger(__name__)
@@ -348,6 +349,7 @@ def extract_features(
     progress: Callable[[int], None] | None = None,
     batch_seconds: float | None = None,
     chunk_size: int = 64,
+    content: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Features of many utterances, read from the store where cached, computed otherwise.
 
@@ -369,6 +371,8 @@ def extract_features(
             first, in one call).
         batch_seconds: Padded audio seconds per forward pass; default: the encoder's.
         chunk_size: Signals loaded and encoded per store write.
+        content: What the signals are when they are not the clips themselves (e.g. an augmentation,
+            :meth:`~speech_emotion.features.augment.Augmentation.to_dict`): part of every key.
 
     Returns:
         float32 array of shape ``(n_items, encoder.n_layers, encoder.dim)``, in input order.
@@ -411,7 +415,9 @@ def extract_features(
     fingerprint, preprocessing = encoder.fingerprint, encoder.preprocessing
     indices_by_key: dict[str, list[int]] = {}
     for i, audio_hash in enumerate(audio_hashes):
-        key = FeatureStore.key(audio_hash=audio_hash, encoder_fingerprint=fingerprint, preprocessing=preprocessing)
+        key = FeatureStore.key(
+            audio_hash=audio_hash, encoder_fingerprint=fingerprint, preprocessing=preprocessing, content=content
+        )
         indices_by_key.setdefault(key, []).append(i)
 
     missing: list[str] = []
@@ -455,21 +461,33 @@ def extract_features(
 
 
 def encode_dataset(
-    dataset: Dataset, encoder: Encoder, *, store: FeatureStore | None = None, progress: Progress = no_progress
+    dataset: Dataset,
+    encoder: Encoder,
+    *,
+    store: FeatureStore | None = None,
+    progress: Progress = no_progress,
+    augmentation: Augmentation | None = None,
+    rows: Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Pooled features of every row of a dataset, ``(n, n_layers, dim)``, through the feature store.
+    """Pooled features of the rows of a dataset, ``(n, n_layers, dim)``, through the feature store.
 
     Audio is decoded only for rows whose features are not cached yet. ``store`` defaults to
-    :class:`FeatureStore()` (``$SER_CACHE`` or the platform cache folder).
+    :class:`FeatureStore()` (``$SER_CACHE`` or the platform cache folder). With ``augmentation``,
+    the features of the altered clips, under their own keys; ``rows`` (default: all) selects rows.
     """
     store = store if store is not None else FeatureStore()
-    loaders = [functools.partial(_decode, path) for path in dataset.paths]
-    with progress(f"encoding ({encoder.family})", len(dataset)) as advance:
-        return extract_features(encoder, loaders, dataset.hashes, store, progress=advance)
+    rows = range(len(dataset)) if rows is None else rows
+    paths, hashes = [dataset.paths[i] for i in rows], [dataset.hashes[i] for i in rows]
+    loaders = [functools.partial(_decode, path, audio_hash, augmentation) for path, audio_hash in zip(paths, hashes)]
+    content = augmentation.to_dict() if augmentation is not None else None
+    described = f"encoding ({encoder.family}{f', {augmentation}' if augmentation else ''})"
+    with progress(described, len(loaders)) as advance:
+        return extract_features(encoder, loaders, hashes, store, progress=advance, content=content)
 
 
-def _decode(path: str) -> np.ndarray:
-    return load_audio(path)[0]
+def _decode(path: str, audio_hash: str, augmentation: Augmentation | None) -> np.ndarray:
+    signal = load_audio(path)[0]
+    return augmentation.apply(signal, audio_hash) if augmentation is not None else signal
 
 
 def _load_signal(encoder: Encoder, signals: Sequence, audio_hashes: Sequence[str], index: int) -> np.ndarray:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from speech_emotion.data.sources import CorpusSource, as_sources
+from speech_emotion.features.augment import Augmentation
 from speech_emotion.model.metadata import MIXINGS, EncoderRef, HeadConfig
 from speech_emotion.version import __version__
 
@@ -118,6 +119,7 @@ class TrainConfig:
     mixup: float = 0.0  # > 0: Beta(mixup, mixup) mixup of features and labels (MIXUP_COPIES per example); 0: off
     balance: str = "auto"  # loss weights: "class", "corpus-class", "none" or "auto" (BALANCES)
     domain_norm: str = "auto"  # "corpus": each corpus by its own unlabelled statistics; "none"; "auto" (DOMAIN_NORMS)
+    augment: tuple[str, ...] = ()  # training clips added altered: "speed:0.9", "noise:10" (features/augment.py)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS + ("auto",):
@@ -166,6 +168,14 @@ class TrainConfig:
             raise ValueError(
                 "fine-tuning weights its loss by class and trains on the encoder's own features: drop --balance and "
                 "--domain-norm, or --finetune"
+            )
+        if not isinstance(self.augment, tuple):
+            raise ValueError(f"augment: expected a tuple of augmentations, got {type(self.augment).__name__}")
+        for text in self.augment:
+            Augmentation.parse(text)  # raises naming the bad one
+        if self.augment and (self.finetune or self.mixup or self.speaker_norm):
+            raise ValueError(
+                "augment adds altered clips' features: it cannot be combined with --finetune, --mixup or --speaker-norm"
             )
         if self.domain_norm == "corpus" and (self.speaker_norm or self.hf_compatible):
             raise ValueError(
@@ -221,7 +231,7 @@ class TrainConfig:
         if not isinstance(spec, dict):
             raise ValueError(f"{where}: expected a JSON object of training settings, got {type(spec).__name__}")
         _unknown_keys(where, spec, [f.name for f in fields(cls)])
-        return cls(**spec)
+        return cls(**spec | ({"augment": tuple(spec["augment"])} if "augment" in spec else {}))
 
 
 @dataclass(frozen=True)

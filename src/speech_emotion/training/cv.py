@@ -22,11 +22,13 @@ from speech_emotion.data.dataset import Dataset, load_dataset
 from speech_emotion.data.sources import as_sources
 from speech_emotion.data.splits import Split, check_leakage, leave_speakers_out, speaker_disjoint_split
 from speech_emotion.errors import SplitError
-from speech_emotion.features.normalise import DomainStatistics, speaker_normalise, standardise_groups
+from speech_emotion.features.augment import Augmentation
+from speech_emotion.features.normalise import DomainStatistics, apply_by_group, speaker_normalise, standardise_groups
 from speech_emotion.features.store import encode_dataset
 from speech_emotion.model.metrics import classification_metrics
 from speech_emotion.progress import Progress, no_progress
 from speech_emotion.training.config import TrainConfig
+from speech_emotion.training.modes import training_set
 from speech_emotion.training.pipeline import VAL_FRACTION, score_parts
 from speech_emotion.training.run_folder import prepare_run_folder
 from speech_emotion.version import __version__
@@ -105,12 +107,17 @@ def cross_validate(
         raise SplitError(
             f"--leave-corpus-out needs at least two corpora; got only {corpora[0] if len(corpora) else 'none'}"
         )
-    X = encode_dataset(dataset, load_encoder(encoder), store=store, progress=progress)
+    loaded = load_encoder(encoder)
+    X = encode_dataset(dataset, loaded, store=store, progress=progress)
+    augmented = [
+        encode_dataset(dataset, loaded, store=store, progress=progress, augmentation=Augmentation.parse(a))
+        for a in config.augment
+    ]
     if config.speaker_norm:
         X = speaker_normalise(X, dataset.speakers)
     encoded = time.perf_counter()
     fold = _corpus_matrix if leave_corpus_out else _speaker_folds
-    summary = fold(X, dataset, corpora, config, folds=folds, progress=progress)
+    summary = fold(X, augmented, dataset, corpora, config, folds=folds, progress=progress)
     summary |= {
         "encoder": encoder,
         "classes": list(dataset.schema.classes),
@@ -130,7 +137,7 @@ def cross_validate(
 
 
 def _speaker_folds(
-    X: np.ndarray, dataset: Dataset, corpora: np.ndarray, config: TrainConfig, *, folds: int, progress
+    X: np.ndarray, augmented: list, dataset: Dataset, corpora: np.ndarray, config: TrainConfig, *, folds: int, progress
 ) -> dict:
     splits = leave_speakers_out(dataset.speakers, folds, seed=config.seed)
     for split in splits:
@@ -141,7 +148,7 @@ def _speaker_folds(
     fold_results = []
     with progress("folds", len(splits)) as advance:
         for k, split in enumerate(splits, start=1):
-            results = fit_fold(X, dataset.y, split, classes, config, groups=corpora)
+            results = fit_fold(X, dataset.y, split, classes, config, groups=corpora, augmented=augmented)
             test = results["test"]
             fold_results.append(
                 {
@@ -169,17 +176,22 @@ def _speaker_folds(
 
 
 def _corpus_matrix(
-    X: np.ndarray, dataset: Dataset, corpora: np.ndarray, config: TrainConfig, *, folds: int, progress
+    X: np.ndarray, augmented: list, dataset: Dataset, corpora: np.ndarray, config: TrainConfig, *, folds: int, progress
 ) -> dict:
     names = sorted(set(corpora.tolist()))
     plans = [([c for c in names if c != held_out], [held_out]) for held_out in names]  # leave one corpus out
     plans += [([c], [d for d in names if d != c]) for c in names] if len(names) > 2 else []  # one corpus alone
-    normalised = standardise_groups(X, corpora, kind="corpus")[0] if config.domain_norm == "corpus" else None
+    normalised = None
+    if config.domain_norm == "corpus":
+        normalised, by_corpus = standardise_groups(X, corpora, kind="corpus")
+        augmented = [apply_by_group(A, corpora, by_corpus) for A in augmented]
     classes = list(dataset.schema.classes)
     cells = []
     with progress("cross-corpus fits", len(plans)) as advance:
         for train_corpora, test_corpora in plans:
-            cells += _train_and_test(X, normalised, dataset, corpora, config, classes, train_corpora, test_corpora)
+            cells += _train_and_test(
+                X, normalised, augmented, dataset, corpora, config, classes, train_corpora, test_corpora
+            )
             advance(1)
     leave_one_out = [c for c in cells if len(c["train"]) == len(names) - 1]
     return {
@@ -195,6 +207,7 @@ def _corpus_matrix(
 def _train_and_test(
     X: np.ndarray,
     normalised: np.ndarray | None,
+    augmented: list[np.ndarray],
     dataset: Dataset,
     corpora: np.ndarray,
     config: TrainConfig,
@@ -211,15 +224,18 @@ def _train_and_test(
     split = speaker_disjoint_split(speakers, val_fraction=VAL_FRACTION, seed=config.seed)
     train, val = pool[split.parts["train"]], pool[split.parts["val"]]
     features = X if normalised is None else normalised
+    X_train, y_train, groups = training_set(
+        features[train], dataset.y[train], corpora[train], [A[train] for A in augmented]
+    )
     fit = fit_head(
-        features[train],
-        dataset.y[train],
+        X_train,
+        y_train,
         features[val],
         dataset.y[val],
         n_classes=len(classes),
         config=config,
         classes=classes,
-        groups=corpora[train],
+        groups=groups,
     )
     training = DomainStatistics.estimate(X[train], name="the training clips")
     cells = []
@@ -254,8 +270,11 @@ def fit_fold(
     config: TrainConfig,
     *,
     groups: np.ndarray | None = None,
+    augmented: list[np.ndarray] = (),
 ) -> dict:
     """Fit a head on ``split``'s train part (early-stopped on val) and score val and test.
+
+    ``augmented``: per augmentation, the altered clips' features, row for row with ``X``.
 
     Returns:
         ``{"best_epoch", "calibration", "val", "test"}`` (see :func:`~speech_emotion.training.pipeline.score_parts`).
@@ -264,15 +283,10 @@ def fit_fold(
     from speech_emotion.training.loop import fit_head
 
     train, val = split.parts["train"], split.parts["val"]
+    groups = np.zeros(len(y), dtype=np.int64) if groups is None else groups
+    X_train, y_train, train_groups = training_set(X[train], y[train], groups[train], [A[train] for A in augmented])
     fit = fit_head(
-        X[train],
-        y[train],
-        X[val],
-        y[val],
-        n_classes=len(classes),
-        config=config,
-        classes=classes,
-        groups=None if groups is None else groups[train],
+        X_train, y_train, X[val], y[val], n_classes=len(classes), config=config, classes=classes, groups=train_groups
     )
     scored = {part: rows for part, rows in split.parts.items() if part != "train"}
     logits = {part: predict_logits(fit.head, X[rows]) for part, rows in scored.items()}

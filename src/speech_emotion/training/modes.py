@@ -23,7 +23,8 @@ import numpy as np
 from speech_emotion.data.audio import load_audio
 from speech_emotion.data.dataset import Dataset
 from speech_emotion.data.splits import Split
-from speech_emotion.features.normalise import DomainStatistics, speaker_normalise, standardise_groups
+from speech_emotion.features.augment import Augmentation
+from speech_emotion.features.normalise import DomainStatistics, apply_by_group, speaker_normalise, standardise_groups
 from speech_emotion.features.store import FeatureStore, encode_dataset
 from speech_emotion.model.head import EmotionHead, predict_logits
 from speech_emotion.model.metadata import BundleMeta, EncoderRef
@@ -164,6 +165,18 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
     corpora = np.asarray([u.corpus for u in dataset.manifest])
     train_rows, val_rows = split.parts["train"], split.parts["val"]
     domain, adaptation = None, {}
+    augmented = [
+        encode_dataset(
+            dataset,
+            encoder,
+            store=ctx.store,
+            progress=ctx.progress,
+            augmentation=Augmentation.parse(a),
+            rows=train_rows,
+        )
+        for a in recipe.augment
+    ]
+    by_corpus = {}
     if recipe.speaker_norm:
         X = speaker_normalise(X, dataset.speakers)
     elif recipe.domain_norm == "corpus":
@@ -201,12 +214,15 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
         save_checkpoint(checkpoints, saved, meta=meta)
         ctx.status.update(best_epoch=saved.best_epoch)
 
+    if by_corpus:  # altered clips are standardised by their corpus's statistics, as the clips themselves
+        augmented = [apply_by_group(A, corpora[train_rows], by_corpus) for A in augmented]
+    X_train, y_train, groups = training_set(X[train_rows], dataset.y[train_rows], corpora[train_rows], augmented)
     with ctx.progress("training head", recipe.max_epochs) as advance:
         if state is not None:
             advance(state.epoch)
         fit = fit_head(
-            X[train_rows],
-            dataset.y[train_rows],
+            X_train,
+            y_train,
             X[val_rows],
             dataset.y[val_rows],
             n_classes=dataset.schema.n_classes,
@@ -215,7 +231,7 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
             on_epoch=ctx.recorder(advance),
             resume=state,
             on_checkpoint=checkpoint,
-            groups=corpora[train_rows],
+            groups=groups,
         )
     logits = predict_logits(fit.head, X)  # each corpus by its own statistics, as trained
     if domain is not None:
@@ -232,6 +248,14 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
         timing={"encode_s": round(encoded - started, 2)},
         save=lambda folder, meta: save_bundle(folder, fit.head, meta.replace(adaptation=adaptation), domain=domain),
     )
+
+
+def training_set(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray, augmented: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training features plus their altered copies (one array per augmentation, row for row), labels and corpora."""
+    copies = 1 + len(augmented)
+    return np.concatenate([X, *augmented]), np.tile(y, copies), np.tile(groups, copies)
 
 
 def _checkpoint_meta(recipe: TrainConfig, dataset: Dataset, encoder_fingerprint: str, split: Split) -> dict:
@@ -251,7 +275,8 @@ def _resumable_state(found, meta: dict, checkpoints: Path):
         return None
     state, saved = found
     # Settings added since the checkpoint was written had their default then: compare as such.
-    saved = saved | {"train": TrainConfig().resolved().to_dict() | saved.get("train", {})}
+    defaults = json.loads(json.dumps(TrainConfig().resolved().to_dict()))
+    saved = saved | {"train": defaults | saved.get("train", {})}
     changed = sorted(k for k in set(meta) | set(saved) if meta.get(k) != saved.get(k))
     if changed:
         raise ValueError(
