@@ -513,7 +513,7 @@ def _refit_whisper(hf_model, extractor, predictor, run: _RunData, store, progres
             X[part] = extract_features(pipeline_encoder, loaders, run.hashes(part), store, progress=advance)
     # The run's hyper-parameters (seed, lr, epochs, patience, alarms), as a linear hf_compatible head.
     recorded = {k: v for k, v in (predictor.meta.train or {}).items() if k in TrainConfig.__dataclass_fields__}
-    recorded.update(hidden=0, hf_compatible=True)
+    recorded.update(hidden=0, hf_compatible=True, augment=(), balance="class", domain_norm="none")
     for key, plain in (("speaker_norm", False), ("mixing", "softmax")):
         if key in recorded:
             recorded[key] = plain
