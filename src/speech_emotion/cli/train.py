@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Optional
@@ -122,8 +123,22 @@ AugmentOpt = Annotated[
 ]
 
 
-def _augmentations(text: str | None) -> tuple[str, ...]:
-    return tuple(part.strip() for part in text.split(",") if part.strip()) if text else ()
+RENAMED = {"epochs": "max_epochs"}
+"""Options whose TrainConfig field has another name."""
+
+
+def recipe(options: dict) -> TrainConfig:
+    """The :class:`TrainConfig` of a command's options (the ones it has), or an ``error:`` exit."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {RENAMED.get(k, k): v for k, v in options.items() if RENAMED.get(k, k) in fields}
+    values["stop_on_alarm"] = not options["warn_only"]
+    values["augment"] = tuple(a.strip() for a in (options.get("augment") or "").split(",") if a.strip())
+    try:
+        if "finetune" in values:
+            values["finetune"] = parse_finetune(values["finetune"]) if values["finetune"] else 0
+        return TrainConfig(**values)
+    except ValueError as error:
+        raise fail(error) from None
 
 
 def metrics_table(title: str, results: dict) -> Table:
@@ -293,30 +308,7 @@ def train(
             "--encoder-lr sets the learning rate of fine-tuned encoder layers: add --finetune top-N, or drop "
             "--encoder-lr"
         )
-    try:
-        top = parse_finetune(finetune) if finetune else 0
-        config = TrainConfig(
-            max_epochs=epochs,
-            patience=patience,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            mixup=mixup,
-            hidden=hidden,
-            mixing=mixing,
-            seed=seed,
-            speaker_norm=speaker_norm,
-            balance=balance,
-            domain_norm=domain_norm,
-            augment=_augmentations(augment),
-            hf_compatible=hf_compatible,
-            stop_on_alarm=not warn_only,
-            batch_size=batch_size,
-            finetune=top,
-            encoder_lr=encoder_lr,
-        )
-    except ValueError as error:
-        raise fail(error) from None
+    config = recipe(ctx.params)
     try:
         results = run_training(
             data,
@@ -446,6 +438,7 @@ def evaluate(
 
 
 def cv(
+    ctx: typer.Context,
     data: DataArg,
     encoder: EncoderOpt,
     folds: Annotated[int, typer.Option(help="K folds of whole speakers; each speaker is tested once.")] = 6,
@@ -492,23 +485,8 @@ def cv(
     """
     from speech_emotion.training.cv import cross_validate
 
+    config = recipe(ctx.params)
     try:
-        config = TrainConfig(
-            max_epochs=epochs,
-            patience=patience,
-            lr=lr,
-            optimizer=optimizer,
-            weight_decay=weight_decay,
-            mixup=mixup,
-            hidden=hidden,
-            mixing=mixing,
-            seed=seed,
-            speaker_norm=speaker_norm,
-            balance=balance,
-            domain_norm=domain_norm,
-            augment=_augmentations(augment),
-            stop_on_alarm=not warn_only,
-        )
         summary = cross_validate(
             data,
             encoder=encoder,
