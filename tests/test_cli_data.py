@@ -291,7 +291,8 @@ def test_inspect_unknown_corpus_and_missing_data(tones, tmp_path):
     assert result.exit_code == 1
     assert "unknown corpus 'iemocap'" in result.stderr
     result = ser("data", "inspect", tmp_path / "nowhere")
-    assert result.exit_code == 2  # typer validates the path before the command runs
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'nowhere'}: no such file or folder" in one_line(result.stderr)
 
 
 # --- split -------------------------------------------------------------------------------------------

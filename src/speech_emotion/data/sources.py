@@ -83,6 +83,8 @@ def as_sources(
         return [CorpusSource(str(data), corpus, speaker_pattern)]
     if corpus is not None and len(data) > 1:
         raise CorpusError(f"--corpus {corpus} names one adapter for {len(data)} corpora; write each as PATH::ADAPTER")
+    if corpus is not None:
+        return as_sources(data[0], corpus=corpus, speaker_pattern=speaker_pattern)
     return [
         item if isinstance(item, CorpusSource) else CorpusSource.parse(item, speaker_pattern=speaker_pattern)
         for item in data
