@@ -8,7 +8,7 @@ import soundfile as sf
 
 from conftest import tone
 from speech_emotion.data import SAMPLING_RATE, audio_hash, check_signal, load_audio
-from speech_emotion.data.audio import MIN_DURATION
+from speech_emotion.data.audio import MIN_DURATION, stream_audio
 from speech_emotion.errors import AudioError
 
 
@@ -214,3 +214,17 @@ def test_audio_hash_tells_different_audio_apart(tmp_path):
     a = audio_hash(load_audio(tone(tmp_path / "a.wav", freq=220))[0])
     b = audio_hash(load_audio(tone(tmp_path / "b.wav", freq=221))[0])
     assert a != b
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_as_such(tmp_path):
+    import os
+
+    path = tmp_path / os.fsdecode(b"caf\xe9-take1.wav")  # Latin-1 'é': a real non-UTF-8 name on disk
+    tone(tmp_path / "ok.wav").rename(path)
+    assert os.fsencode(path).endswith(b"caf\xe9-take1.wav") and path.is_file()
+    for read in (load_audio, lambda name: next(stream_audio(name))):
+        with pytest.raises(AudioError, match=r"the file name is not valid UTF-8 \(bytes e9\); rename the file") as info:
+            read(path)
+        assert "truncated" not in str(info.value) and "not audio" not in str(info.value)
+        assert info.value.path.endswith("caf\\xe9-take1.wav")  # printable: the bad byte shown escaped
+        str(info.value).encode("utf-8")  # writes to any UTF-8 stream (the raw name would raise here)

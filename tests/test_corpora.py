@@ -405,3 +405,20 @@ def test_symbolic_link_loops_visit_each_real_folder_once(tmp_path):
     assert found == ["Actor_01/03-01-01-01-01-01-01.wav", "Actor_01/alias.wav"]
     assert "1 file(s) reached twice through symbolic links, counted once" in done.stderr
     assert "Actor_02/03-01-01-01-01-01-02.wav (the same file as" in done.stderr
+
+
+def test_a_file_name_that_is_not_utf8_is_reported_as_such_not_as_a_naming_problem(tmp_path):
+    touch(tmp_path, "Actor_01/03-01-05-01-01-01-01.wav", "Actor_01/03-01-03-01-01-02-01.wav")
+    (tmp_path / "Actor_01" / "03-01-05-01-01-01-01.wav").rename(
+        tmp_path / "Actor_01" / os.fsdecode(b"03-01-05-01-01-01-01\xe9.wav")  # a real Latin-1 name on disk
+    )
+    manifest = read_corpus(tmp_path, corpus="ravdess")
+    assert len(manifest) == 1
+    (problem,) = manifest.problems
+    assert problem.path.endswith("03-01-05-01-01-01-01\\xe9.wav")  # printable: the bad byte shown escaped
+    assert problem.reason.startswith("the file name is not valid UTF-8 (bytes e9); rename the file")
+    json.dumps(problem.to_dict(), ensure_ascii=False).encode("utf-8")  # reports can write it
+    (tmp_path / "folders" / "angry").mkdir(parents=True)
+    (tmp_path / "folders" / "angry" / os.fsdecode(b"spk1_\xff.wav")).write_bytes(b"")
+    folders = read_corpus(tmp_path / "folders", corpus="folder", speaker_pattern=r"(spk\d+)_")
+    assert "not valid UTF-8 (bytes ff)" in folders.problems[0].reason

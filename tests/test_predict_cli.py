@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -180,3 +181,43 @@ def test_option_conflicts_are_errors(run, recording):
     assert short.exit_code == 2  # rejected by the option's range
     onnx = runner.invoke(app, ["predict", str(run), str(recording), "--backend", "onnx"])
     assert onnx.exit_code == 1 and "ser export --format onnx" in onnx.stderr
+
+
+def test_timeline_work_limits_are_error_lines_before_any_work(run, recording):
+    small_hop = runner.invoke(app, ["predict", str(run), str(recording), "--timeline", "--hop", "0.1", "--json"])
+    assert small_hop.exit_code == 1 and small_hop.stdout == ""
+    assert "error: --hop: expected at least 0.1 × window = 0.4 s" in small_hop.stderr
+    many = runner.invoke(
+        app,
+        ["predict", str(run), str(recording), "--timeline", "--no-vad", "--window", "1", "--hop", "0.5"]
+        + ["--max-windows", "10", "--json"],
+    )
+    assert many.exit_code == 1 and many.stdout == ""
+    message = " ".join(many.stderr.split())
+    assert re.search(
+        rf"error: {re.escape(str(recording))}: 22\.\d s cut every 0\.5 s makes up to 4\d windows, more ", message
+    )
+    assert "more than max_windows=10" in message and "(--hop, --max-windows)" in message
+    plain = runner.invoke(app, ["predict", str(run), str(recording), "--max-windows", "10"])
+    assert plain.exit_code == 1 and "add --timeline" in plain.stderr
+
+
+def test_a_non_utf8_name_and_a_decompression_bomb_are_error_rows(run, synth_corpus, tmp_path):
+    import os
+
+    good = synth_corpus / "Actor_05" / "03-01-03-01-01-01-05.wav"
+    odd = tmp_path / os.fsdecode(b"d\xe9j\xe0-vu.wav")  # Latin-1 name on disk
+    odd.write_bytes(good.read_bytes())
+    bomb = tmp_path / "bomb.flac"
+    sf.write(str(bomb), np.zeros((655_350 * 3, 8), dtype=np.int16), 655_350)  # 17 KB, 63 MB decoded
+    for fmt in ("json", "csv", "table"):
+        result = runner.invoke(app, ["predict", str(run), str(odd), str(bomb), str(good), "--format", fmt])
+        assert result.exit_code == 0, result.output  # was a UnicodeEncodeError writing the odd name
+        assert "2 file(s) could not be read" in result.stderr
+        if fmt == "table":
+            continue  # a narrow table cuts paths short
+        text = " ".join(result.stdout.split())
+        assert "d\\xe9j\\xe0-vu.wav" in text.replace("\\\\", "\\") and "not valid UTF-8" in text
+        assert "655350 Hz is above the limit" in text
+    rows = [json.loads(line) for line in runner.invoke(app, ["predict", str(run), str(good), "--json"]).stdout.split()]
+    assert rows[0]["label"] in CLASSES

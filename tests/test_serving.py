@@ -187,7 +187,8 @@ def test_health_model_and_page(client, predictor):
     model = client.get("/model").json()
     meta = predictor.meta.to_dict()
     assert model["classes"] == ["neutral", "happy", "sad"] == predictor.classes
-    assert model["encoder"]["reference"] == meta["encoder"]["reference"]
+    # The encoder was a local folder: GET /model names it, never its path on the server.
+    assert model["encoder"]["reference"] == Path(meta["encoder"]["reference"]).name == "whisper-tiny.en-encoder"
     assert model["encoder"]["fingerprint"] == meta["encoder"]["fingerprint"]
     assert model["metrics"] == meta["metrics"] and "test" in model["metrics"]
     assert model["protocol"] == "speaker-disjoint"
@@ -642,3 +643,136 @@ def test_warm_up_fails_early_for_a_model_that_cannot_label_single_clips():
     slow.release.set()
     warm_up(slow)
     assert slow.max_running == 1
+
+
+# -- hostile uploads: decode budget, timeline work, paths ---------------------------------------------
+
+
+class CountingPredictor(SlowPredictor):
+    """A SlowPredictor that answers at once; ``calls`` counts predict() calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.release.set()
+        self.calls = 0
+
+    def predict(self, signals, *, min_confidence=None):
+        self.calls += 1
+        return super().predict(signals, min_confidence=min_confidence)
+
+
+def flac_bomb(sampling_rate: int = 655_350, channels: int = 8, seconds: float = 3.0) -> bytes:
+    """Digital silence as FLAC: a few KB that decode to ``sampling_rate × channels × seconds`` samples."""
+    return encode(
+        np.zeros((int(sampling_rate * seconds), channels), dtype=np.int16), format="FLAC", sampling_rate=sampling_rate
+    )
+
+
+@pytest.mark.parametrize(
+    "build, code, fragment",
+    [
+        (flac_bomb, "sampling_rate_too_high", "sampling rate 655350 Hz, more than this server's limit of 192000 Hz"),
+        (
+            lambda: encode(np.zeros((8000, 16), dtype=np.int16)),
+            "too_many_channels",
+            "16 channels, more than this server's limit of 8",
+        ),
+        (
+            lambda: flac_bomb(96_000, 8, 16.0),
+            "too_many_samples",
+            "1536000 frames × 8 channels = 12288000 samples to decode, more than this server's limit of 11520000",
+        ),
+    ],
+    ids=["655khz-8ch-3s", "16-channels", "96khz-8ch-16s"],
+)
+def test_decompression_bombs_are_refused_from_the_header_before_decoding(build, code, fragment, monkeypatch):
+    from speech_emotion.serving import uploads
+
+    data = build()
+    decoded = []
+    monkeypatch.setattr(uploads, "load_audio", lambda *args, **kwargs: decoded.append(args))
+    counting = CountingPredictor()
+    assert len(data) < 700_000
+    with TestClient(create_app(counting)) as client:
+        for request in (raw(data, "audio/flac"), {"files": {"file": ("bomb.flac", data, "audio/flac")}}):
+            response = client.post("/predict", **request)
+            assert response.status_code == 413, response.text
+            assert response.json()["error"] == code and fragment in response.json()["detail"]
+        assert client.get("/health").json()["status"] == "ok"
+    assert decoded == [] and counting.calls == 0
+
+
+def test_decode_budget_is_an_option():
+    counting = CountingPredictor()
+    stereo = encode(np.stack([tone(2.0), tone(2.0)], axis=1))  # 2 s, 2 channels: 64000 samples
+    with TestClient(create_app(counting, limits=ServeLimits(max_samples=63_999))) as client:
+        response = client.post("/predict", **raw(stereo))
+        assert response.status_code == 413 and response.json()["error"] == "too_many_samples"
+        assert "limit of 63999 (max_samples)" in response.json()["detail"]
+    with TestClient(create_app(counting, limits=ServeLimits(max_samples=64_000))) as client:
+        assert client.post("/predict", **raw(stereo)).status_code == 200
+    with pytest.raises(ValueError, match="max_samples: expected a positive integer, got 0"):
+        ServeLimits(max_samples=0)
+
+
+def test_timeline_work_is_bounded_before_any_inference():
+    counting = CountingPredictor()
+    clip = encode(tone(3.0))
+    with TestClient(create_app(counting, limits=ServeLimits(max_windows=5))) as client:
+        # The attack: 4 s windows every millisecond.
+        tiny_hop = client.post(
+            "/predict", params={"timeline": "1", "vad": "false", "window": "4", "hop": "0.001"}, **raw(clip)
+        )
+        assert tiny_hop.status_code == 422
+        assert tiny_hop.json() == {
+            "error": "invalid_request",
+            "detail": "timeline: hop: expected at least 0.1 × window = 0.4 s (windows overlapping by at most 90%), "
+            "got 0.001 s",
+        }
+        many = client.post(
+            "/predict", params={"timeline": "1", "vad": "false", "window": "1", "hop": "0.5"}, **raw(clip)
+        )
+        assert many.status_code == 422 and many.json()["error"] == "too_many_windows"
+        assert many.json()["detail"].startswith(
+            "body: 3.0 s cut every 0.5 s makes up to 6 windows, more than max_windows=5"
+        )
+        assert counting.calls == 0  # refused before the clip was decoded or predicted
+        fine = client.post("/predict", params={"timeline": "1", "vad": "false", "window": "1"}, **raw(clip))
+        assert fine.status_code == 200 and len(fine.json()["segments"]) == 3
+
+
+def test_model_info_and_errors_reveal_no_server_path(tmp_path):
+    class LocalEncoder(CountingPredictor):
+        def __init__(self, reference, path=None):
+            super().__init__()
+            self.meta = BundleMeta(
+                classes=tuple(self.classes),
+                schema={"classes": self.classes},
+                encoder=EncoderRef(reference=reference, path=path),
+            )
+            self.path = tmp_path / "secret-runs" / "model"
+
+        def predict(self, signals, *, min_confidence=None):
+            raise ValueError(f"{self.path}: this model cannot label single clips")
+
+    folder = str(tmp_path / "home" / "ana" / "whisper-base")
+    for predictor, shown in (
+        (LocalEncoder(folder, folder), "whisper-base"),
+        (LocalEncoder("../models/wav2vec2-base"), "wav2vec2-base"),
+        (LocalEncoder("openai/whisper-base"), "openai/whisper-base"),
+    ):
+        with TestClient(create_app(predictor)) as client:
+            info = client.get("/model").json()
+            assert info["encoder"]["reference"] == shown
+            failed = client.post("/predict", **raw(encode(tone(1.0))))
+            assert failed.status_code == 422
+            assert str(tmp_path) not in json.dumps(info) + failed.text
+
+
+def test_cli_serve_refuses_bad_limits_and_origins_before_serving(run_dir):
+    runner = CliRunner()
+    origin = runner.invoke(cli, ["serve", str(run_dir), "--cors-origin", "localhost:3000"])
+    assert origin.exit_code == 1 and "cors_origins: 'localhost:3000' is not an origin" in origin.stderr
+    timeout = runner.invoke(cli, ["serve", str(run_dir), "--body-timeout", "0"])
+    assert timeout.exit_code == 1 and "body_timeout: expected a positive number of seconds, got 0" in timeout.stderr
+    assert runner.invoke(cli, ["serve", str(run_dir), "--max-windows", "0"]).exit_code == 2

@@ -15,9 +15,10 @@ import soxr
 
 from speech_emotion import Predictor
 from speech_emotion.data.audio import BLOCK_SECONDS, StreamBuffer, stream_audio
-from speech_emotion.errors import AudioError
+from speech_emotion.data.decode_limits import DecodeLimits
+from speech_emotion.errors import AudioError, AudioLimitError, TimelineLimitError
 from speech_emotion.features.store import FeatureStore
-from speech_emotion.inference.timeline import Windower, predict_timeline
+from speech_emotion.inference.timeline import MAX_WINDOWS, Windower, predict_timeline
 from speech_emotion.inference.vad import SileroVAD, SpeechTracker, speech_regions
 from speech_emotion.training.config import TrainConfig
 from speech_emotion.training.pipeline import train
@@ -360,3 +361,36 @@ def test_bad_arguments_and_unreadable_files_raise(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"RIFF nonsense")
     with pytest.raises(AudioError, match="bad.wav: cannot decode audio"):
         list(predict_timeline(Stub(), tmp_path / "bad.wav"))
+
+
+def test_a_tiny_hop_is_refused_before_any_work(tmp_path):
+    # The attack: 4 s windows every millisecond, 4,000 times the audio to encode.
+    path = tmp_path / "noise.wav"
+    sf.write(str(path), (0.1 * np.random.default_rng(0).standard_normal(30 * 16000)).astype(np.float32), 16000)
+    stub = Stub()
+    with pytest.raises(ValueError, match=r"hop: expected at least 0\.1 × window = 0\.4 s .*, got 0\.001 s"):
+        list(predict_timeline(stub, path, vad=False, window=4.0, hop=0.001))
+    assert stub.calls == []
+    assert len(list(predict_timeline(stub, path, vad=False, window=4.0, hop=0.4))) == 67  # the least hop allowed
+
+
+def test_more_windows_than_max_windows_is_refused_from_the_header_before_any_work(tmp_path):
+    path = tmp_path / "long.flac"
+    sf.write(str(path), (0.1 * np.random.default_rng(0).standard_normal(120 * 16000)).astype(np.float32), 16000)
+    stub = Stub()
+    with pytest.raises(TimelineLimitError, match=r"long\.flac: 120\.0 s cut every 1 s makes up to 120 windows, more "):
+        list(predict_timeline(stub, path, vad=False, window=4.0, hop=1.0, max_windows=100))
+    with pytest.raises(TimelineLimitError, match="max_windows=100"):  # with the VAD too: the audio may be all speech
+        list(predict_timeline(stub, path, window=4.0, hop=1.0, max_windows=100))
+    assert stub.calls == []
+    assert 100 < len(list(predict_timeline(stub, path, vad=False, window=4.0, hop=1.0, max_windows=120))) <= 120
+    assert MAX_WINDOWS == 20_000  # the default: 22 hours of speech at the default window and hop
+
+
+def test_the_timeline_decodes_under_the_loader_limits(tmp_path):
+    path = tmp_path / "bomb.flac"
+    sf.write(str(path), np.zeros((655_350, 8), dtype=np.int16), 655_350)
+    with pytest.raises(AudioLimitError, match="655350 Hz is above the limit of 192000 Hz"):
+        list(predict_timeline(Stub(), path, vad=False))
+    with pytest.raises(AudioLimitError, match="8 channels, more than the limit of 4"):
+        list(predict_timeline(Stub(), path, vad=False, limits=DecodeLimits(max_sampling_rate=700_000, max_channels=4)))

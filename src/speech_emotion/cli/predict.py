@@ -14,7 +14,7 @@ from rich.table import Table
 
 from speech_emotion.cli.console import err_console, fail, out_console, print_json, progress_bar
 from speech_emotion.data.corpora import find_audio
-from speech_emotion.errors import AudioError, BundleError
+from speech_emotion.errors import AudioError, BundleError, TimelineLimitError, printable_path
 
 BATCH_FILES = 32
 
@@ -53,6 +53,7 @@ class _Writer:
             sys.stdout.flush()
 
     def row(self, row: dict) -> None:
+        row = {**row, "path": printable_path(row["path"])}  # a file name that is not UTF-8 cannot be written as is
         self.n_rows += 1
         self.n_errors += "error" in row
         if self.fmt is Format.json:
@@ -96,20 +97,31 @@ def _predict_timelines(
     writer: _Writer,
     *,
     window: float,
-    hop: Optional[float],
+    hop: float,
     vad: bool,
     min_confidence: Optional[float],
+    max_windows: int,
 ) -> int:
-    """Segments of every file in time order; returns how many files had no speech."""
-    from speech_emotion.data.audio import audio_duration
-    from speech_emotion.inference.timeline import predict_timeline
+    """Segments of every file in time order; returns how many files had no speech.
+
+    Every file's window count is checked from its header first: one over ``max_windows``
+    stops the command before any work (an ``error:`` line naming the file).
+    """
+    from speech_emotion.data.audio import declared_duration
+    from speech_emotion.inference.timeline import check_window_count, predict_timeline
 
     durations = []
     for path in files:
         try:
-            durations.append(audio_duration(path))
+            duration = declared_duration(path)
         except AudioError:
-            durations.append(0.0)  # its error row comes when it is read
+            duration = None  # its error row comes when it is read
+        if duration is not None:
+            try:
+                check_window_count(duration, hop=hop, max_windows=max_windows, where=printable_path(path))
+            except TimelineLimitError as error:
+                raise fail(f"{error} (--hop, --max-windows)") from None
+        durations.append(duration or 0.0)
     n_silent = 0
     with progress_bar("timeline (seconds of audio)", sum(durations)) as advance:
         for path, duration in zip(files, durations):
@@ -123,12 +135,21 @@ def _predict_timelines(
 
             try:
                 for segment in predict_timeline(
-                    predictor, path, window=window, hop=hop, vad=vad, progress=step, min_confidence=min_confidence
+                    predictor,
+                    path,
+                    window=window,
+                    hop=hop,
+                    vad=vad,
+                    progress=step,
+                    min_confidence=min_confidence,
+                    max_windows=max_windows,
                 ):
                     writer.row({"path": str(path)} | segment)
                     n_segments += 1
             except AudioError as error:
                 writer.row({"path": str(path), "error": error.reason})
+            except TimelineLimitError as error:  # a header without a length: counted while cutting
+                writer.row({"path": str(path), "error": str(error).removeprefix(f"{path}: ")})
             else:
                 n_silent += n_segments == 0
             advance(max(0.0, duration - done))
@@ -169,7 +190,19 @@ def predict(
     ] = 4.0,
     hop: Annotated[
         Optional[float],
-        typer.Option(help="--timeline: seconds between window starts (default: --window, no overlap).", min=0.01),
+        typer.Option(
+            help="--timeline: seconds between window starts, at least a tenth of --window (default: --window, no "
+            "overlap).",
+            min=0.01,
+        ),
+    ] = None,
+    max_windows: Annotated[
+        Optional[int],
+        typer.Option(
+            help="--timeline: most windows one file may be cut into (default 20000); a file whose length allows more "
+            "stops the command before any work.",
+            min=1,
+        ),
     ] = None,
     vad: Annotated[
         bool,
@@ -207,8 +240,16 @@ def predict(
     if as_json and fmt not in (None, Format.json):
         raise fail(f"--json means --format json, but --format {fmt.value} was given; pass one of them")
     fmt = Format.json if as_json else (fmt or Format.table)
-    if not timeline and (window != 4.0 or hop is not None or not vad):
-        raise fail("--window, --hop and --no-vad apply to --timeline only; add --timeline")
+    if not timeline and (window != 4.0 or hop is not None or not vad or max_windows is not None):
+        raise fail("--window, --hop, --max-windows and --no-vad apply to --timeline only; add --timeline")
+    if timeline:
+        from speech_emotion.inference.timeline import MAX_WINDOWS, check_timeline_options
+
+        max_windows = MAX_WINDOWS if max_windows is None else max_windows
+        try:
+            hop = check_timeline_options(window=window, hop=hop, max_windows=max_windows)
+        except ValueError as error:
+            raise fail(f"--{error}") from None
     try:
         predictor = Predictor.from_pretrained(
             model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value
@@ -220,7 +261,14 @@ def predict(
     if timeline:
         try:
             n_silent = _predict_timelines(
-                predictor, files, writer, window=window, hop=hop, vad=vad, min_confidence=min_confidence
+                predictor,
+                files,
+                writer,
+                window=window,
+                hop=hop,
+                vad=vad,
+                min_confidence=min_confidence,
+                max_windows=max_windows,
             )
         except ImportError as error:  # silero-vad missing or of another release
             raise fail(error) from None

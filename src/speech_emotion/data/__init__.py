@@ -17,6 +17,7 @@ import importlib
 
 _MODULE_OF = {
     "SAMPLING_RATE": "audio",
+    "DecodeLimits": "decode_limits",
     "audio_hash": "audio",
     "check_signal": "audio",
     "load_audio": "audio",
@@ -46,6 +47,7 @@ __all__ = [
     "CORPORA",
     "CorpusSource",
     "Dataset",
+    "DecodeLimits",
     "LabelSchema",
     "Manifest",
     "Problem",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from speech_emotion.data.manifest import CANONICAL_LABELS, Manifest, Problem, Utterance, canonical_label
-from speech_emotion.errors import CorpusError
+from speech_emotion.errors import CorpusError, printable_path, undecodable_name
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +254,9 @@ def _read_named_files(root: Path, files: list[Path], corpus: str) -> Manifest:
     parse = FILENAME_PARSERS[corpus]
     utterances, problems = [], []
     for path in files:
+        if undecodable_name(path.name) is not None:  # not a naming-scheme problem: say what it is
+            problems.append(Problem(printable_path(path), undecodable_name(path.name)))
+            continue
         parsed = parse(_stem(root, path))
         if parsed is None:
             problems.append(Problem(str(path), f"file name does not follow the {corpus} naming scheme"))
@@ -284,6 +287,9 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
         relative = path.relative_to(root)
         if len(relative.parts) < 2:
             problems.append(Problem(str(path), "not inside a label folder (expected root/<label>/file)"))
+            continue
+        if undecodable_name(path.name) is not None:
+            problems.append(Problem(printable_path(path), undecodable_name(path.name)))
             continue
         match = pattern.search(path.name)  # the file's name: its folder is the label, not the speaker
         if not match:

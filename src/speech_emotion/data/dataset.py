@@ -16,6 +16,7 @@ from typing import Callable
 import numpy as np
 
 from speech_emotion.data.audio import MIN_DURATION, audio_hash, load_audio
+from speech_emotion.data.decode_limits import DecodeLimits
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import Manifest, Problem
 from speech_emotion.data.sources import CorpusSource, as_sources, read_corpora
@@ -80,6 +81,7 @@ def load_dataset(
     min_duration: float = MIN_DURATION,
     allow_single_label_speakers: bool = False,
     progress: Callable[[int], None] | None = None,
+    limits: DecodeLimits | None = None,
 ) -> Dataset:
     """Read, label, decode and hash one corpus or several.
 
@@ -96,6 +98,9 @@ def load_dataset(
         allow_single_label_speakers: accept data where (nearly) every speaker has one label
             (see :func:`check_speaker_labels`).
         progress: called with the number of files just decoded.
+        limits: sampling rate, channels and decoded size allowed per file (default
+            :class:`~speech_emotion.data.decode_limits.DecodeLimits()`); a file beyond them is a
+            problem like an unreadable one, named with the limit and the fix.
 
     Returns:
         A :class:`Dataset`.
@@ -113,7 +118,7 @@ def load_dataset(
     hashes, durations, keep, problems = [], [], [], list(manifest.problems)
     for row, utterance in enumerate(labelled.manifest):
         try:
-            signal, sampling_rate = load_audio(utterance.path, min_duration=min_duration)
+            signal, sampling_rate = load_audio(utterance.path, min_duration=min_duration, limits=limits)
         except AudioError as error:
             problems.append(Problem(error.path, error.reason))
         else:

@@ -37,6 +37,13 @@ How it works, block by block (nothing holds the whole file):
 Memory stays flat: the buffers hold one decoded block, the audio of the speech region
 being cut (at most about ``1.5 * window`` beyond the last cut, plus the context) and one
 batch of windows.
+
+Work is bounded too: ``hop`` is at least :data:`MIN_HOP_FRACTION` of ``window``, and a file
+is cut into at most ``max_windows`` windows (:data:`MAX_WINDOWS` by default). The count is
+checked from the header before any decoding (an upper bound: every second speech) and again
+while windows are cut (for a header that declares no length); beyond it,
+:class:`~speech_emotion.errors.TimelineLimitError`. Without these, ``hop=0.001`` turned a
+120 s clip into 116,001 windows, 161 hours of audio to encode.
 """
 
 from __future__ import annotations
@@ -49,14 +56,95 @@ from typing import Any
 
 import numpy as np
 
-from speech_emotion.data.audio import SAMPLING_RATE, SILENCE_PEAK, StreamBuffer, stream_audio
+from speech_emotion.data.audio import SAMPLING_RATE, SILENCE_PEAK, StreamBuffer, declared_duration, stream_audio
+from speech_emotion.data.decode_limits import DecodeLimits
+from speech_emotion.errors import TimelineLimitError
 from speech_emotion.inference.vad import SPEECH_PAD, VAD_FRAME, SileroVAD, SpeechTracker
 
 MIN_WINDOW = 0.5
 """Shortest ``window`` accepted, in seconds, and the default ``min_speech``."""
 
+WINDOW = 4.0
+"""Default window length in seconds."""
+
 CONTEXT = 0.5
 """Seconds of audio on each side of a segment that the model hears with it."""
+
+MIN_HOP_FRACTION = 0.1
+"""Shortest ``hop`` accepted, as a fraction of ``window`` (windows overlap by at most 90%)."""
+
+MAX_WINDOWS = 20_000
+"""Most windows one file is cut into by default: 22 hours of speech at the default 4 s window and hop."""
+
+
+def check_timeline_options(
+    *,
+    window: float,
+    hop: float | None,
+    context: float = CONTEXT,
+    min_speech: float = MIN_WINDOW,
+    max_windows: int = MAX_WINDOWS,
+) -> float:
+    """Check the timeline's options before any work; return the hop (``window`` when ``hop`` is ``None``).
+
+    Raises:
+        ValueError: an option out of range, with the accepted range.
+
+    Example:
+        >>> check_timeline_options(window=4.0, hop=None)
+        4.0
+        >>> check_timeline_options(window=4.0, hop=0.001)
+        Traceback (most recent call last):
+        ...
+        ValueError: hop: expected at least 0.1 × window = 0.4 s (windows overlapping by at most 90%), got 0.001 s
+    """
+    hop = window if hop is None else hop
+    if not window >= MIN_WINDOW:
+        raise ValueError(f"window: expected at least {MIN_WINDOW} s, got {window} s")
+    if not math.isfinite(window):
+        raise ValueError(f"window: expected a finite number of seconds, got {window}")
+    if not hop > 0:
+        raise ValueError(f"hop: expected a positive number of seconds, got {hop} s")
+    if not hop >= MIN_HOP_FRACTION * window:
+        raise ValueError(
+            f"hop: expected at least {MIN_HOP_FRACTION:g} × window = {MIN_HOP_FRACTION * window:g} s (windows "
+            f"overlapping by at most {1 - MIN_HOP_FRACTION:.0%}), got {hop:g} s"
+        )
+    if not context >= 0:
+        raise ValueError(f"context: expected seconds >= 0, got {context} s")
+    if not 0 < min_speech <= window:
+        raise ValueError(f"min_speech: expected between 0 and window={window} s, got {min_speech} s")
+    if isinstance(max_windows, bool) or not isinstance(max_windows, int) or max_windows < 1:
+        raise ValueError(f"max_windows: expected a positive integer, got {max_windows!r}")
+    return hop
+
+
+def check_window_count(duration: float, *, hop: float, max_windows: int, where: str = "recording") -> int:
+    """The most windows ``duration`` seconds can be cut into ``hop`` seconds apart; refuse more than ``max_windows``.
+
+    An upper bound: with the VAD only speech is cut, but the audio may be speech throughout.
+
+    Raises:
+        TimelineLimitError: the bound is above ``max_windows``.
+
+    Example:
+        >>> check_window_count(120.0, hop=4.0, max_windows=100)
+        30
+        >>> check_window_count(120.0, hop=0.5, max_windows=100, where="call.wav")
+        Traceback (most recent call last):
+        ...
+        speech_emotion.errors.TimelineLimitError: call.wav: 120.0 s cut every 0.5 s makes up to 240 windows, more than
+        max_windows=100; pass a larger hop or a shorter recording, or raise max_windows
+    """
+    n_windows = max(1, math.ceil(duration / hop - 1e-9))
+    if n_windows > max_windows:
+        raise TimelineLimitError(
+            f"{where}: {duration:.1f} s cut every {hop:g} s makes up to {n_windows} windows, more than "
+            f"max_windows={max_windows}; pass a larger hop or a shorter recording, or raise max_windows",
+            n_windows=n_windows,
+            max_windows=max_windows,
+        )
+    return n_windows
 
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +214,7 @@ def predict_timeline(
     predictor,
     path: str | Path,
     *,
-    window: float = 4.0,
+    window: float = WINDOW,
     hop: float | None = None,
     vad: bool = True,
     progress: Callable[[float], Any] | None = None,
@@ -135,6 +223,8 @@ def predict_timeline(
     threshold: float = 0.5,
     min_confidence: float | None = None,
     batch_seconds: float = 30.0,
+    max_windows: int = MAX_WINDOWS,
+    limits: DecodeLimits | None = None,
 ) -> Iterator[dict]:
     """Emotion segments over a recording of any length, streamed in bounded memory.
 
@@ -146,8 +236,9 @@ def predict_timeline(
             ``predict(list_of_16k_signals)``).
         path: audio file in any format libsndfile reads, any rate and channel count.
         window: window length in seconds (at least 0.5).
-        hop: seconds between window starts inside a region; ``None`` means ``window``
-            (windows do not overlap).
+        hop: seconds between window starts inside a region, at least
+            :data:`MIN_HOP_FRACTION` of ``window``; ``None`` means ``window`` (windows do not
+            overlap).
         vad: skip non-speech with the voice-activity detector; ``False`` cuts windows over
             the whole recording.
         progress: called with the seconds of audio newly finished (decoded and every
@@ -160,6 +251,9 @@ def predict_timeline(
         threshold: VAD speech probability threshold.
         min_confidence: below this top probability the label is ``None`` (``uncertain``).
         batch_seconds: seconds of windowed audio sent to the model at once.
+        max_windows: most windows the file may be cut into (see the module docstring).
+        limits: sampling rate and channels the decoder accepts (default
+            :class:`~speech_emotion.data.decode_limits.DecodeLimits()`; the length is not limited).
 
     Yields:
         ``{"start", "end", "label", "probabilities"}`` with times in seconds rounded to the
@@ -167,9 +261,12 @@ def predict_timeline(
 
     Raises:
         AudioError: the file is missing or unreadable (possibly after some segments were
-            yielded, for a file corrupt in the middle).
+            yielded, for a file corrupt in the middle); ``AudioLimitError`` for a sampling
+            rate or channel count over ``limits``.
         ImportError: ``vad=True`` without the ``silero-vad`` package.
-        ValueError: ``window``, ``hop`` or ``min_speech`` out of range.
+        TimelineLimitError: the file would make more than ``max_windows`` windows (before any
+            segment when the header declares the length; otherwise when the count passes it).
+        ValueError: ``window``, ``hop``, ``context``, ``min_speech`` or ``max_windows`` out of range.
 
     Example:
         >>> import numpy as np, soundfile as sf, tempfile, os
@@ -181,19 +278,16 @@ def predict_timeline(
         >>> [(s["start"], s["end"]) for s in predict_timeline(Constant(), path, vad=False)]
         [(0.0, 4.0), (4.0, 9.0)]
     """
-    hop = window if hop is None else hop
-    if not window >= MIN_WINDOW:
-        raise ValueError(f"window: expected at least {MIN_WINDOW} s, got {window} s")
-    if not hop > 0:
-        raise ValueError(f"hop: expected a positive number of seconds, got {hop} s")
-    if not context >= 0:
-        raise ValueError(f"context: expected seconds >= 0, got {context} s")
-    if not 0 < min_speech <= window:
-        raise ValueError(f"min_speech: expected between 0 and window={window} s, got {min_speech} s")
-    blocks = stream_audio(path)
+    hop = check_timeline_options(
+        window=window, hop=hop, context=context, min_speech=min_speech, max_windows=max_windows
+    )
+    blocks = stream_audio(path, limits=limits)
     first = next(blocks, None)  # raise on an unreadable file before loading the VAD
     if first is None:
         return
+    duration = declared_duration(path)
+    if duration is not None:
+        check_window_count(duration, hop=hop, max_windows=max_windows, where=str(path))
     detector = SileroVAD() if vad else None
     tracker = SpeechTracker(threshold=threshold) if vad else None
     windower = Windower(window=window, hop=hop, min_speech=min_speech)
@@ -203,10 +297,20 @@ def predict_timeline(
     batch: list[tuple[float, float, np.ndarray]] = []
     batch_samples = 0
     reported = 0.0
+    n_windows = 0
     if not vad:
         windower.open(0.0)
 
     def add(windows: list[tuple[float, float]]) -> None:
+        nonlocal n_windows
+        n_windows += len(windows)
+        if n_windows > max_windows:  # a header without a length, or more regions than the bound counts
+            raise TimelineLimitError(
+                f"{path}: more than max_windows={max_windows} windows (stopped at {windows[-1][0]:.1f} s); pass a "
+                "larger hop or a shorter recording, or raise max_windows",
+                n_windows=n_windows,
+                max_windows=max_windows,
+            )
         for start, end in windows:
             waiting.append((start, end, max(0.0, start - context), end + context))
 

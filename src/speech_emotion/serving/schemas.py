@@ -36,7 +36,9 @@ class ErrorBody(BaseModel):
 class EncoderInfo(BaseModel):
     """The frozen encoder the model was trained on."""
 
-    reference: str | None = None
+    reference: str | None = Field(
+        default=None, description="Hub id (e.g. 'openai/whisper-base'), or a local folder's name (never its path)."
+    )
     family: str | None = None
     fingerprint: str | None = None
     n_layers: int | None = None
@@ -61,7 +63,7 @@ class Health(BaseModel):
     status: str = Field(description="'ok' while the server answers.")
     model: str
     in_flight: int = Field(description="Inferences running now.")
-    waiting: int = Field(description="Requests waiting for a turn.")
+    waiting: int = Field(description="Requests admitted and not running: receiving their body, or waiting for a turn.")
     limits: dict = Field(
         description="max_bytes, max_duration (s), min_duration (s), formats, max_concurrent, max_queue."
     )

@@ -1,9 +1,12 @@
-"""Uploaded audio bytes → a checked 16 kHz signal, or an :class:`UploadError` with its HTTP status.
+"""An uploaded audio file → a checked 16 kHz signal, or an :class:`UploadError` with its HTTP status.
 
 The server trusts nothing about an upload: its format is read from the first bytes (not
-from the file name or the declared content type), its size and duration are held to
-:class:`ServeLimits`, and decoding goes through :func:`speech_emotion.data.audio.load_audio`,
-the loader ``ser predict`` uses, so both see the same samples.
+from the file name or the declared content type); its size, duration, sampling rate,
+channel count and decoded size are held to :class:`ServeLimits` from the header, before
+anything is decoded (:func:`check_upload`); decoding goes through
+:func:`speech_emotion.data.audio.load_audio` with the server's
+:class:`~speech_emotion.data.decode_limits.DecodeLimits`, in blocks, so no request decodes
+more than ``max_samples``. ``ser predict`` uses the same loader, so both see the same samples.
 
 Example:
     >>> import io, numpy as np, soundfile as sf
@@ -25,90 +28,57 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import soundfile as sf
 
-from speech_emotion.data.audio import MIN_DURATION, SAMPLING_RATE, load_audio
-from speech_emotion.errors import AudioError, UploadError
+from speech_emotion.data.audio import SAMPLING_RATE, UNKNOWN_LENGTH, load_audio
+from speech_emotion.errors import AudioError, AudioLimitError, UploadError
+from speech_emotion.serving.limits import DEFAULT_FORMATS, KNOWN_FORMATS, ServeLimits, parse_formats
 
-KNOWN_FORMATS = ("wav", "flac", "ogg", "mp3", "aiff")
-"""Formats the server can be told to accept (all decoded by libsndfile)."""
-
-DEFAULT_FORMATS = ("wav", "flac", "ogg", "mp3")
-"""Formats accepted unless the user says otherwise."""
+__all__ = [  # the limits moved to speech_emotion.serving.limits; their names still import from here
+    "AUDIO_CONTENT_TYPES",
+    "DEFAULT_FORMATS",
+    "KNOWN_FORMATS",
+    "ServeLimits",
+    "UploadInfo",
+    "check_content_type",
+    "check_format",
+    "check_upload",
+    "decode_file",
+    "decode_upload",
+    "parse_formats",
+    "sniff_format",
+    "upload_on_disk",
+]
 
 AUDIO_CONTENT_TYPES = ("application/octet-stream", "application/ogg")
 """Declared content types accepted besides ``audio/*`` (and none at all)."""
 
+SNIFF_BYTES = 16
+"""Bytes :func:`sniff_format` needs."""
+
 
 @dataclass(frozen=True)
-class ServeLimits:
-    """What the server accepts.
+class UploadInfo:
+    """An upload on disk whose header passed :func:`check_upload`.
 
     Attributes:
-        max_bytes: largest upload in bytes.
-        max_duration: longest clip in seconds.
-        min_duration: shortest clip in seconds.
-        formats: accepted audio formats, a subset of :data:`KNOWN_FORMATS`.
-        max_concurrent: inferences that run at once (the rest wait their turn).
-        max_queue: requests that may wait for a turn; more get 503 until the queue drains.
-
-    Example:
-        >>> ServeLimits(formats=("wav", "webm"))
-        Traceback (most recent call last):
-        ...
-        ValueError: formats: 'webm' is not a format the server can decode; choose from wav, flac, ogg, mp3, aiff
+        path: the temporary file.
+        format: the format read from its first bytes (``"wav"``, ``"flac"``, …).
+        duration: seconds the header declares, or ``None`` when it declares no length.
+        sampling_rate: the file's rate in Hz.
+        channels: the file's channel count.
     """
 
-    max_bytes: int = 20_000_000
-    max_duration: float = 120.0
-    min_duration: float = MIN_DURATION
-    formats: tuple[str, ...] = DEFAULT_FORMATS
-    max_concurrent: int = 1
-    max_queue: int = 64
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "formats", parse_formats(self.formats))
-        if self.max_bytes <= 0:
-            raise ValueError(f"max_bytes must be positive, got {self.max_bytes}")
-        if not 0 < self.min_duration <= self.max_duration:
-            raise ValueError(
-                f"expected 0 < min_duration <= max_duration, got min_duration={self.min_duration}, "
-                f"max_duration={self.max_duration}"
-            )
-        if self.max_concurrent < 1:
-            raise ValueError(f"max_concurrent must be at least 1, got {self.max_concurrent}")
-        if self.max_queue < 0:
-            raise ValueError(f"max_queue must be 0 or more, got {self.max_queue}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able limits, as ``GET /health`` reports them."""
-        data = asdict(self)
-        data["formats"] = list(self.formats)
-        return data
-
-
-def parse_formats(formats: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """``"wav,flac"`` or ``["wav", "flac"]`` → ``("wav", "flac")``, checked against :data:`KNOWN_FORMATS`.
-
-    Example:
-        >>> parse_formats(" WAV, ogg ")
-        ('wav', 'ogg')
-    """
-    items = formats.split(",") if isinstance(formats, str) else list(formats)
-    parsed = tuple(dict.fromkeys(item.strip().lower().lstrip(".") for item in items if item.strip()))
-    if not parsed:
-        raise ValueError(f"formats: expected at least one of {', '.join(KNOWN_FORMATS)}, got {formats!r}")
-    for item in parsed:
-        if item not in KNOWN_FORMATS:
-            raise ValueError(
-                f"formats: {item!r} is not a format the server can decode; choose from {', '.join(KNOWN_FORMATS)}"
-            )
-    return parsed
+    path: Path
+    format: str
+    duration: float | None
+    sampling_rate: int
+    channels: int
 
 
 def sniff_format(data: bytes) -> str | None:
@@ -166,19 +136,21 @@ def check_content_type(content_type: str | None, *, what: str = "body") -> None:
     )
 
 
-def check_format(data: bytes, limits: ServeLimits, *, filename: str = "upload") -> str:
-    """Size and format checks on raw bytes; returns the sniffed format.
+def check_format(data: bytes, limits: ServeLimits, *, filename: str = "upload", size: int | None = None) -> str:
+    """Size and format checks on raw bytes (or on the first :data:`SNIFF_BYTES` of a file of ``size``
+    bytes); returns the sniffed format.
 
     Raises:
         UploadError: 400 empty, 413 over ``max_bytes``, 415 unrecognised or not accepted.
     """
-    if not data:
+    size = len(data) if size is None else size
+    if not size:
         raise UploadError(400, "empty", f"{filename}: empty upload (0 bytes); send the audio file's bytes")
-    if len(data) > limits.max_bytes:
+    if size > limits.max_bytes:
         raise UploadError(
             413,
             "too_large",
-            f"{filename}: {len(data)} bytes, more than this server's limit of {limits.max_bytes} bytes; send a shorter "
+            f"{filename}: {size} bytes, more than this server's limit of {limits.max_bytes} bytes; send a shorter "
             "or compressed clip",
         )
     fmt = sniff_format(data)
@@ -203,42 +175,48 @@ def check_format(data: bytes, limits: ServeLimits, *, filename: str = "upload") 
     return fmt
 
 
-@contextlib.contextmanager
-def upload_on_disk(data: bytes, limits: ServeLimits, *, filename: str = "upload") -> Iterator[Path]:
-    """Check ``data`` (:func:`check_format`) and its declared duration, and yield it as a temporary file.
+def check_upload(path: Path, limits: ServeLimits, *, filename: str = "upload") -> UploadInfo:
+    """Check an upload on disk from its first bytes and its header, before any decoding.
 
-    The file is removed on exit. Duration is read from the header before any decoding,
-    so an over-long clip costs nothing.
+    Size and format as :func:`check_format`; then the header's duration, sampling rate,
+    channel count and decoded size (frames × channels) against ``limits``: a 17 KB FLAC that
+    declares 655,350 Hz over 8 channels is refused here, not decoded.
 
     Raises:
         UploadError: as :func:`check_format`; 422 when the header cannot be read; 413 when
-            the header declares more than ``max_duration`` seconds.
+            it declares more than ``max_duration`` seconds, ``max_sampling_rate``,
+            ``max_channels`` or ``max_samples``.
     """
-    fmt = check_format(data, limits, filename=filename)
-    handle, name = tempfile.mkstemp(prefix="ser-upload-", suffix=f".{fmt}")
-    path = Path(name)
+    with open(path, "rb") as stream:
+        head = stream.read(SNIFF_BYTES)
+    fmt = check_format(head, limits, filename=filename, size=path.stat().st_size)
     try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        try:
-            info = sf.info(str(path))
-        except Exception as error:  # libsndfile raises several types for bad headers
-            detail = _first_line(error).replace(str(path), filename)
-            raise UploadError(
-                422,
-                "unreadable_audio",
-                f"{filename}: cannot read the {fmt} header ({detail}); is the file corrupt or truncated?",
-            ) from None
-        if info.samplerate > 0 and info.frames / info.samplerate > limits.max_duration:
-            raise UploadError(
-                413,
-                "too_long",
-                f"{filename}: {info.frames / info.samplerate:.1f} s long, more than this server's limit of "
-                f"{limits.max_duration:g} s; send a shorter clip",
-            )
-        yield path
-    finally:
-        path.unlink(missing_ok=True)
+        info = sf.info(str(path))
+    except Exception as error:  # libsndfile raises several types for bad headers
+        detail = _first_line(error).replace(str(path), filename)
+        raise UploadError(
+            422,
+            "unreadable_audio",
+            f"{filename}: cannot read the {fmt} header ({detail}); is the file corrupt or truncated?",
+        ) from None
+    declared = 0 <= info.frames < UNKNOWN_LENGTH
+    duration = info.frames / info.samplerate if declared and info.samplerate > 0 else None
+    try:
+        limits.decode_limits.check(
+            path,
+            frames=info.frames,
+            channels=info.channels,
+            sampling_rate=info.samplerate,
+            streamed=not declared,
+            resample_to=SAMPLING_RATE,
+        )
+    except AudioLimitError as error:
+        raise _over_budget(
+            error, limits, filename=filename, frames=info.frames, channels=info.channels, sampling_rate=info.samplerate
+        ) from None
+    if duration is not None and duration > limits.max_duration:
+        raise _too_long(filename, duration, limits)
+    return UploadInfo(path, fmt, duration, int(info.samplerate), int(info.channels))
 
 
 def decode_file(path: Path, limits: ServeLimits, *, filename: str = "upload") -> np.ndarray:
@@ -246,22 +224,41 @@ def decode_file(path: Path, limits: ServeLimits, *, filename: str = "upload") ->
 
     Raises:
         UploadError: 422 for audio that does not decode into usable samples (corrupt,
-            truncated, NaN, silent, too short); 413 when longer than ``max_duration``.
+            truncated, NaN, silent, too short); 413 when longer than ``max_duration`` or
+            beyond the decode limits (a header that declares no length is held to
+            ``max_samples`` while decoding).
     """
     try:
-        signal, _ = load_audio(path, min_duration=limits.min_duration)
+        signal, _ = load_audio(path, min_duration=limits.min_duration, limits=limits.decode_limits)
+    except AudioLimitError as error:
+        raise _over_budget(error, limits, filename=filename) from None
     except AudioError as error:
         reason = error.reason.replace(str(path), filename)  # the temporary name means nothing to the client
         raise UploadError(422, "unreadable_audio", f"{filename}: {reason}") from None
     duration = len(signal) / SAMPLING_RATE
     if duration > limits.max_duration:
-        raise UploadError(
-            413,
-            "too_long",
-            f"{filename}: {duration:.1f} s long, more than this server's limit of {limits.max_duration:g} s; send a "
-            "shorter clip",
-        )
+        raise _too_long(filename, duration, limits)
     return signal
+
+
+@contextlib.contextmanager
+def upload_on_disk(data: bytes, limits: ServeLimits, *, filename: str = "upload") -> Iterator[Path]:
+    """Write ``data`` to a temporary file, check it (:func:`check_upload`) and yield its path.
+
+    The file is removed on exit.
+
+    Raises:
+        UploadError: as :func:`check_upload`.
+    """
+    check_format(data[:SNIFF_BYTES], limits, filename=filename, size=len(data))  # before writing anything
+    handle, name = tempfile.mkstemp(prefix="ser-upload-")
+    path = Path(name)
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
+        yield check_upload(path, limits, filename=filename).path
+    finally:
+        path.unlink(missing_ok=True)
 
 
 def decode_upload(data: bytes, *, limits: ServeLimits, filename: str = "upload") -> np.ndarray:
@@ -272,6 +269,55 @@ def decode_upload(data: bytes, *, limits: ServeLimits, filename: str = "upload")
     """
     with upload_on_disk(data, limits, filename=filename) as path:
         return decode_file(path, limits, filename=filename)
+
+
+def _too_long(filename: str, duration: float, limits: ServeLimits) -> UploadError:
+    return UploadError(
+        413,
+        "too_long",
+        f"{filename}: {duration:.1f} s long, more than this server's limit of {limits.max_duration:g} s; send a "
+        "shorter clip",
+    )
+
+
+def _over_budget(
+    error: AudioLimitError,
+    limits: ServeLimits,
+    *,
+    filename: str,
+    frames: int | None = None,
+    channels: int | None = None,
+    sampling_rate: float | None = None,
+) -> UploadError:
+    """The server's 413 for a loader limit: what arrived, the server's limit, what to send instead."""
+    if error.limit == "max_sampling_rate" and sampling_rate is not None:
+        return UploadError(
+            413,
+            "sampling_rate_too_high",
+            f"{filename}: sampling rate {sampling_rate:g} Hz, more than this server's limit of "
+            f"{limits.max_sampling_rate} Hz (or not positive); resample the clip to 16 or 48 kHz",
+        )
+    if error.limit == "max_channels" and channels is not None:
+        return UploadError(
+            413,
+            "too_many_channels",
+            f"{filename}: {channels} channels, more than this server's limit of {limits.max_channels}; send mono or "
+            "stereo",
+        )
+    if frames is not None and channels is not None and frames < UNKNOWN_LENGTH:
+        return UploadError(
+            413,
+            "too_many_samples",
+            f"{filename}: {frames} frames × {channels} channels = {frames * channels} samples to decode, more than "
+            f"this server's limit of {limits.max_samples} (max_samples); send a shorter clip, in mono, or at a lower "
+            "sampling rate",
+        )
+    return UploadError(
+        413,
+        "too_many_samples",
+        f"{filename}: a stream of undeclared length that decodes to more than this server's limit of "
+        f"{limits.max_samples} samples (max_samples); send a shorter clip",
+    )
 
 
 def _first_line(error: Exception) -> str:
