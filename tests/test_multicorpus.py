@@ -109,7 +109,7 @@ def test_evaluate_maps_classes_and_reports_adapted_apart(synth_corpus, other_cor
     # A model of corpus A alone (its raw labels neutral, happy, sad), scored on corpus B through common-4.
     run = tmp_path / "a"
     train(synth_corpus, encoder=str(tiny_wav2vec2), out=run, val_speakers=["04"], config=FAST)
-    result = evaluate(run, other_corpus / "meta.csv", labels="common-4", adapt=True)
+    result = evaluate(run, other_corpus / "meta.csv", labels="common-4", adapt=True, per_speaker=True)
     assert result["mapping"]["classes"] == ["happy", "neutral", "sad"]  # angry: not in the data, not predicted
     assert result["mapping"]["not_in_data"] == ["angry"]
     assert result["mapping"]["model_classes"] == {"neutral": "neutral", "happy": "happy", "sad": "sad"}
@@ -117,6 +117,48 @@ def test_evaluate_maps_classes_and_reports_adapted_apart(synth_corpus, other_cor
     assert result["model_adaptation"] == {"adapted": False}
     assert result["adapted"]["uar"] >= result["uar"]  # the shifted domain: adaptation undoes the shift
     assert result["adapted"]["uar"] > 0.6
+    assert result["adapted_per_speaker"]["n"] == 36 and result["adapted_per_speaker"]["uar"] > 0.6
+
+
+def test_adapt_per_speaker(multi_run, other_corpus, tmp_path):
+    run, _ = multi_run
+    out = tmp_path / "speakers"
+    args = ["adapt", str(run), str(other_corpus / "meta.csv"), "--per-speaker", "--n-clips", "6", "--out", str(out)]
+    adaptation = json.loads(runner.invoke(app, [*args, "--json"]).stdout)
+    assert adaptation["per_speaker"] is True and adaptation["n_clips"] == 24  # 6 drawn per speaker
+    assert adaptation["speakers"] == [{"speaker": f"b{i}", "n_clips": 6} for i in range(4)]
+    adapted = Predictor.from_pretrained(out)
+    assert adapted.speakers == ["b0", "b1", "b2", "b3"]
+    # A speaker's clips are standardised by that speaker's statistics: their mean lands on the head's reference.
+    clips = sorted((other_corpus / "clips").glob("b2_*.wav"))
+    features = np.stack(adapted.encoder.features([sf.read(c, dtype="float32")[0] for c in clips]))
+    stats = adapted.backend.bundle.speakers["b2"]
+    moved = stats.move(features, adapted.backend.bundle.reference)
+    assert np.abs(moved.mean(axis=0) - adapted.backend.bundle.reference[0]).max() < 0.5 * stats.scale.max()
+    assert np.allclose(adapted.predict_features(features, speaker="b2"), adapted.predict_features(moved), atol=1e-6)
+    truth = [c.name.split("_")[1] for c in clips]
+    assert np.mean([adapted(c, speaker="b2")["label"] == t for c, t in zip(clips, truth)]) > 0.6
+
+    predicted = runner.invoke(app, ["predict", str(out), str(clips[0]), "--speaker", "b2", "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    unknown = runner.invoke(app, ["predict", str(out), str(clips[0]), "--speaker", "zz"])
+    assert unknown.exit_code == 1 and "adapted to 4 speaker(s) (b0, b1, b2, b3)" in " ".join(unknown.stderr.split())
+    plain = runner.invoke(app, ["predict", str(run), str(clips[0]), "--speaker", "b2"])
+    assert plain.exit_code == 1 and "adapted to no speakers" in " ".join(plain.stderr.split())
+
+    from_names = tmp_path / "from-names"
+    pattern = ["--speaker-pattern", "^(b[0-9])_"]
+    named = runner.invoke(
+        app, ["adapt", str(run), str(other_corpus / "clips"), "--per-speaker", *pattern, "--out", str(from_names)]
+    )
+    assert named.exit_code == 0, named.output
+    assert Predictor.from_pretrained(from_names).speakers == ["b0", "b1", "b2", "b3"]
+    unnamed = runner.invoke(
+        app, ["adapt", str(run), str(other_corpus / "clips"), "--per-speaker", "--out", str(tmp_path / "x")]
+    )
+    assert unnamed.exit_code == 1 and "--per-speaker needs to know who speaks" in " ".join(unnamed.stderr.split())
+    exported = runner.invoke(app, ["export", str(out), "--format", "onnx", "--out", str(tmp_path / "onnx")])
+    assert exported.exit_code == 1 and "export would drop" in " ".join(exported.stderr.split())
 
 
 def test_leave_one_corpus_out_matrix(synth_corpus, other_corpus, tiny_wav2vec2, tmp_path):

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from speech_emotion.cli.console import err_console, fail, print_json, progress_bar
-from speech_emotion.cli.data import JsonOpt
+from speech_emotion.cli.data import JsonOpt, SpeakerPatternOpt
 
 
 def adapt(
@@ -27,6 +27,14 @@ def adapt(
         Optional[int],
         typer.Option(help="Estimate the statistics from this many clips, drawn at random (default: all).", min=2),
     ] = None,
+    per_speaker: Annotated[
+        bool,
+        typer.Option(
+            help="Also keep each speaker's statistics (speakers from a CSV speaker column or --speaker-pattern); "
+            "`ser predict --speaker` then standardises a clip by its speaker's. --n-clips counts per speaker."
+        ),
+    ] = False,
+    speaker_pattern: SpeakerPatternOpt = None,
     seed: Annotated[int, typer.Option(help="Seed for drawing --n-clips.")] = 0,
     name: Annotated[
         Optional[str], typer.Option(help="What to call the domain in model.json (default: the folder's name).")
@@ -41,20 +49,32 @@ def adapt(
     `ser predict` and `ser serve` work on it. model.json records that the model is adapted, to
     which audio and from how many clips.
 
-    Example: ser adapt runs/general ../calls/ --out runs/general-calls
+    Examples:
+      ser adapt runs/general ../calls/ --out runs/general-calls
+      ser adapt runs/general calls.csv --per-speaker --out runs/general-calls  (then: ser predict ... --speaker ID)
     """
     from speech_emotion.errors import AudioError, BundleError
     from speech_emotion.inference.adapt import adapt as run_adapt
 
     try:
         adaptation = run_adapt(
-            model, data, out=out, n_clips=n_clips, seed=seed, name=name, force=force, progress=progress_bar
+            model,
+            data,
+            out=out,
+            n_clips=n_clips,
+            per_speaker=per_speaker,
+            speaker_pattern=speaker_pattern,
+            seed=seed,
+            name=name,
+            force=force,
+            progress=progress_bar,
         )
     except (AudioError, BundleError, FileExistsError, FileNotFoundError, OSError, ValueError) as error:
         raise fail(error) from None
     err_console.print(
         f"adapted to {adaptation['domain']} from {adaptation['n_clips']} unlabelled clip(s)"
         + (f" ({adaptation['n_skipped']} left out: unreadable)" if adaptation["n_skipped"] else "")
+        + (f", and to each of {len(adaptation['speakers'])} speakers" if adaptation["per_speaker"] else "")
         + f"; bundle written to {out}"
     )
     if as_json:

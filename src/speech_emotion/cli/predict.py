@@ -83,10 +83,13 @@ class _Writer:
             out_console.print(self.table)
 
 
-def _predict_files(predictor, files: list[Path], writer: _Writer, min_confidence: Optional[float]) -> None:
+def _predict_files(
+    predictor, files: list[Path], writer: _Writer, min_confidence: Optional[float], speaker: Optional[str]
+) -> None:
     """One row per file in input order; the predictor decodes the next batch while one is computed."""
     with progress_bar("predicting", len(files)) as advance:
-        for row in predictor.predict_files(files, batch_size=BATCH_FILES, min_confidence=min_confidence):
+        rows = predictor.predict_files(files, batch_size=BATCH_FILES, min_confidence=min_confidence, speaker=speaker)
+        for row in rows:
             writer.row(row)
             advance(1)
 
@@ -229,6 +232,13 @@ def predict(
             case_sensitive=False,
         ),
     ] = Backend.auto,
+    speaker: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Who speaks in every file, for a model adapted per speaker (`ser adapt --per-speaker`): their "
+            "statistics standardise the clips."
+        ),
+    ] = None,
 ) -> None:
     """Predict the emotion of each audio file, or with --timeline of each window of speech in long recordings.
 
@@ -242,6 +252,8 @@ def predict(
     fmt = Format.json if as_json else (fmt or Format.table)
     if not timeline and (window != 4.0 or hop is not None or not vad or max_windows is not None):
         raise fail("--window, --hop, --max-windows and --no-vad apply to --timeline only; add --timeline")
+    if timeline and speaker is not None:
+        raise fail("--speaker applies to whole-file predictions, not to --timeline; drop one of them")
     if timeline:
         from speech_emotion.inference.timeline import MAX_WINDOWS, check_timeline_options
 
@@ -254,6 +266,8 @@ def predict(
         predictor = Predictor.from_pretrained(
             model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value
         )
+        if speaker is not None:
+            predictor.check_speaker(speaker)
     except (BundleError, OSError, ValueError) as error:
         raise fail(error) from None
     files = expand_inputs(inputs)
@@ -275,7 +289,7 @@ def predict(
         if n_silent:
             err_console.print(f"[yellow]{n_silent} file(s) held no speech (no segments)[/]")
     else:
-        _predict_files(predictor, files, writer, min_confidence)
+        _predict_files(predictor, files, writer, min_confidence, speaker)
     writer.close()
     if writer.n_errors:
         err_console.print(f"[yellow]{writer.n_errors} file(s) could not be read[/]")

@@ -362,6 +362,13 @@ def evaluate(
             "apart as 'adapted')."
         ),
     ] = False,
+    per_speaker: Annotated[
+        bool,
+        typer.Option(
+            help="With --adapt, also score it with each speaker standardised by their own clips (reported apart as "
+            "'adapted_per_speaker')."
+        ),
+    ] = False,
     corpus: CorpusOpt = None,
     speaker_pattern: SpeakerPatternOpt = None,
     skip_unknown: Annotated[
@@ -399,6 +406,7 @@ def evaluate(
             data,
             labels=labels,
             adapt=adapt,
+            per_speaker=per_speaker,
             corpus=corpus,
             speaker_pattern=speaker_pattern,
             skip_unknown=skip_unknown,
@@ -431,6 +439,9 @@ def evaluate(
                     f"Adapted to this data's domain ({adapted['n_clips']} unlabelled clips)", {"held-out": adapted}
                 )
             )
+        if "adapted_per_speaker" in result:
+            title = "Adapted to each speaker (their own unlabelled clips)"
+            err_console.print(metrics_table(title, {"held-out": result["adapted_per_speaker"]}))
     else:
         err_console.print("[bold red]no held-out files left to score[/]")
     if as_json:

@@ -271,6 +271,33 @@ def _label_folders(root: Path) -> list[Path]:
     return [d for d in sorted(root.iterdir()) if d.is_dir() and canonical_label(d.name) in known]
 
 
+def compile_speaker_pattern(speaker_pattern: str) -> re.Pattern:
+    """``--speaker-pattern`` compiled.
+
+    Raises:
+        CorpusError: not a valid regex.
+    """
+    try:
+        return re.compile(speaker_pattern)
+    except re.error as error:
+        raise CorpusError(f"--speaker-pattern {speaker_pattern!r} is not a valid regex: {error}") from error
+
+
+def speaker_from_name(pattern: re.Pattern, name: str) -> str | None:
+    """The speaker id in a file name: the pattern's group ``speaker``, else its first group, else the match.
+
+    Example:
+        >>> speaker_from_name(re.compile(r"^(?P<speaker>\\d{4})_"), "1157_word.flac")
+        '1157'
+        >>> speaker_from_name(re.compile(r"^(?P<speaker>\\d{4})_"), "Angry.flac") is None
+        True
+    """
+    match = pattern.search(name)
+    if not match:
+        return None
+    return match.groupdict().get("speaker") or (match.group(1) if pattern.groups else match.group(0))
+
+
 def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | None) -> Manifest:
     """``root/<label>/*.wav``: the first folder level is the label."""
     if not speaker_pattern:
@@ -278,10 +305,7 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
             f"{root}: a folder-per-label corpus does not say who speaks; pass --speaker-pattern REGEX "
             r"(e.g. '^(?P<speaker>[^_]+)_' for files named SPEAKER_xxx.wav)"
         )
-    try:
-        pattern = re.compile(speaker_pattern)
-    except re.error as error:
-        raise CorpusError(f"--speaker-pattern {speaker_pattern!r} is not a valid regex: {error}") from error
+    pattern = compile_speaker_pattern(speaker_pattern)
     utterances, problems, synonyms = [], [], {}
     for path in files:
         relative = path.relative_to(root)
@@ -291,13 +315,12 @@ def read_label_folders(root: Path, files: list[Path], speaker_pattern: str | Non
         if undecodable_name(path.name) is not None:
             problems.append(Problem(printable_path(path), undecodable_name(path.name)))
             continue
-        match = pattern.search(path.name)  # the file's name: its folder is the label, not the speaker
-        if not match:
+        speaker = speaker_from_name(pattern, path.name)  # the file's name: its folder is the label, not the speaker
+        if speaker is None:
             problems.append(
                 Problem(str(path), f"--speaker-pattern {speaker_pattern!r} does not match the file name {path.name!r}")
             )
             continue
-        speaker = match.groupdict().get("speaker") or (match.group(1) if pattern.groups else match.group(0))
         label = _resolve(relative.parts[0], synonyms)
         utterances.append(Utterance(str(path), speaker, label, "folder", {}))
     return Manifest(utterances, problems, synonyms)

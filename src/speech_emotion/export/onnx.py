@@ -98,6 +98,11 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
             "clips; "
             "retrain without --speaker-norm to export it"
         )
+    if bundle.speakers:
+        raise BundleError(
+            f"{bundle.path}: the model keeps statistics of {len(bundle.speakers)} speaker(s) (ser adapt "
+            "--per-speaker), which an export would drop; export the model adapted without --per-speaker"
+        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

@@ -66,6 +66,11 @@ class DomainStatistics:
         """``(features - mean) / scale``, float32."""
         return ((np.asarray(features) - self.mean) / self.scale).astype(np.float32)
 
+    def move(self, features: np.ndarray, target: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """Features of this group as they would be in a group with statistics ``target`` (mean, scale), float32."""
+        mean, scale = target
+        return (self.apply(features) * scale + mean).astype(np.float32)
+
 
 def standardise_groups(
     features: np.ndarray, groups: Sequence[str], *, kind: str = "speaker"

@@ -24,7 +24,7 @@ from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import canonical_label
 from speech_emotion.data.sources import NAMESPACE, as_sources, plain_speaker, read_corpora
 from speech_emotion.errors import BundleError
-from speech_emotion.features.normalise import DomainStatistics, speaker_normalise
+from speech_emotion.features.normalise import MIN_CLIPS, DomainStatistics, speaker_normalise
 from speech_emotion.features.store import encode_dataset
 from speech_emotion.inference.predictor import Predictor
 from speech_emotion.model.metrics import classification_metrics
@@ -88,6 +88,7 @@ def evaluate(
     *,
     labels: str | Path | dict | LabelSchema | None = None,
     adapt: bool = False,
+    per_speaker: bool = False,
     corpus: str | None = None,
     speaker_pattern: str | None = None,
     skip_unknown: bool = False,
@@ -104,6 +105,8 @@ def evaluate(
             labels are mapped (cross-corpus evaluation); default: the model's own schema.
         adapt: also score the model adapted to the data's domain, with statistics of the data's
             own clips (no labels read); reported under ``adapted``, apart.
+        per_speaker: with ``adapt``, also score it with each speaker standardised by their own clips
+            (a speaker with a single clip by the data's statistics); reported under ``adapted_per_speaker``.
         skip_unknown: leave out labels the model's schema does not map (listed under
             ``skipped_labels``) instead of failing.
         skip_bad: leave out files that will not load (listed under ``skipped``).
@@ -111,12 +114,15 @@ def evaluate(
     Returns:
         ``{"accuracy", "uar", "macro_f1", "n", "labels", "per_class", "confusion",
         "contaminated": {"n", "files", "speakers"}, "mapping" (with ``labels``), "adapted" (with
-        ``adapt``), ...}``.
+        ``adapt``), "adapted_per_speaker" (with ``per_speaker``), ...}``.
 
     Raises:
         LabelError: labels outside the schema without ``skip_unknown``.
         BundleError: ``adapt`` with an ONNX export or a per-speaker model.
+        ValueError: ``per_speaker`` without ``adapt``.
     """
+    if per_speaker and not adapt:
+        raise ValueError("per_speaker=True scores an adapted model: pass adapt=True too")
     predictor = model if isinstance(model, Predictor) else Predictor.from_pretrained(model)
     if adapt and (predictor.backend_name != "torch" or predictor.meta.speaker_norm):
         raise BundleError(
@@ -166,9 +172,13 @@ def evaluate(
         if mapping is not None:
             result["mapping"] = {"schema": labels if isinstance(labels, str) else schema.to_dict()} | mapping
         if adapt:
+            reference = predictor.backend.bundle.reference
             stats = DomainStatistics.estimate(features, name="the evaluated data")
-            result["adapted"] = score(predictor.predict_features(_to_training_domain(predictor, features, stats)))[0]
+            result["adapted"] = score(predictor.predict_features(stats.move(features, reference)))[0]
             result["adapted"]["n_clips"] = stats.n_clips
+        if per_speaker:
+            moved = _moved_per_speaker(features, subset.speakers, stats, reference)
+            result["adapted_per_speaker"] = score(predictor.predict_features(moved))[0]
     result["speakers"] = sorted({dataset.speakers[i] for i in clean})
     result["speaker_norm"] = predictor.meta.speaker_norm
     result["model_adaptation"] = predictor.meta.adaptation or {"adapted": False}
@@ -196,15 +206,18 @@ def _scorer(predictor: Predictor, schema: LabelSchema | None, present: list[int]
     return score
 
 
-def _to_training_domain(predictor: Predictor, features: np.ndarray, stats: DomainStatistics) -> np.ndarray:
-    """Features of the evaluated domain moved into the domain the head's scaler is set for."""
-    bundle = predictor.backend.bundle
-    if bundle.domain is not None:
-        current_mean, current_scale = bundle.domain
-    else:  # a model trained without domain statistics: its scaler is that of its training data
-        current_mean = bundle.head.feature_mean.detach().cpu().numpy()
-        current_scale = bundle.head.feature_scale.detach().cpu().numpy()
-    return (stats.apply(features) * current_scale + current_mean).astype(np.float32)
+def _moved_per_speaker(
+    features: np.ndarray, speakers: list[str], domain: DomainStatistics, reference: tuple[np.ndarray, np.ndarray]
+) -> np.ndarray:
+    """Each speaker's clips standardised by that speaker's statistics (the domain's for a single clip), then
+    moved into the domain the head's scaler is set for."""
+    moved = np.empty_like(features, dtype=np.float32)
+    speakers = np.asarray(speakers)
+    for speaker in np.unique(speakers):
+        rows = speakers == speaker
+        stats = DomainStatistics.estimate(features[rows]) if rows.sum() >= MIN_CLIPS else domain
+        moved[rows] = stats.move(features[rows], reference)
+    return moved
 
 
 def _contaminated(predictor: Predictor, dataset) -> list[int]:

@@ -120,8 +120,8 @@ class Predictor:
             )
         return check_signal(np.asarray(inputs), sampling_rate)[0]
 
-    def _forward(self, signals: Sequence[np.ndarray]) -> np.ndarray:
-        """Probabilities, shape (n, K), for decoded signals."""
+    def _forward(self, signals: Sequence[np.ndarray], speaker: str | None = None) -> np.ndarray:
+        """Probabilities, shape (n, K), for decoded signals (all of ``speaker``, when given)."""
         if self.meta.speaker_norm:
             raise ValueError(
                 f"{self.path}: this model standardises features per speaker (--speaker-norm) and cannot label "
@@ -131,11 +131,41 @@ class Predictor:
         if not len(signals):
             return np.zeros((0, len(self.classes)), dtype=np.float32)
         features = np.stack(self.encoder.features(list(signals)))
-        return self.predict_features(features)
+        return self.predict_features(features, speaker=speaker)
 
-    def predict_features(self, features: np.ndarray) -> np.ndarray:
-        """Probabilities, shape (n, K), from pooled encoder features (n, n_layers, dim)."""
+    def predict_features(self, features: np.ndarray, *, speaker: str | None = None) -> np.ndarray:
+        """Probabilities, shape (n, K), from pooled encoder features (n, n_layers, dim).
+
+        Args:
+            speaker: who speaks in every row, for a model adapted per speaker (``ser adapt
+                --per-speaker``): the rows are standardised by that speaker's statistics.
+
+        Raises:
+            ValueError: a ``speaker`` the model was not adapted to.
+        """
+        if speaker is not None:
+            self.check_speaker(speaker)
+            features = self.backend.bundle.speakers[speaker].move(features, self.backend.bundle.reference)
         return self.backend.predict_features(features)
+
+    @property
+    def speakers(self) -> list[str]:
+        """The speakers the model was adapted to (``ser adapt --per-speaker``); usually none."""
+        return [listed["speaker"] for listed in self.meta.adaptation.get("speakers", [])]
+
+    def check_speaker(self, speaker: str) -> None:
+        """Refuse a speaker the model was not adapted to.
+
+        Raises:
+            ValueError: ``speaker`` is not in :attr:`speakers` (the message lists some that are).
+        """
+        if speaker not in self.speakers:
+            listed = ", ".join(self.speakers[:10]) + (" …" if len(self.speakers) > 10 else "")
+            raise ValueError(
+                f"speaker {speaker!r}: this model was adapted to "
+                + (f"{len(self.speakers)} speaker(s) ({listed})" if self.speakers else "no speakers")
+                + "; name one of them, or leave the speaker out to use the domain's statistics"
+            )
 
     def postprocess(self, probabilities: np.ndarray, min_confidence: float | None = None) -> dict:
         """``{"label", "probabilities"}`` for one row; ``label`` is ``None`` and ``uncertain`` true below
@@ -153,14 +183,22 @@ class Predictor:
         return result
 
     def __call__(
-        self, inputs: str | Path | np.ndarray, sampling_rate: int | None = None, *, min_confidence: float | None = None
+        self,
+        inputs: str | Path | np.ndarray,
+        sampling_rate: int | None = None,
+        *,
+        min_confidence: float | None = None,
+        speaker: str | None = None,
     ) -> dict:
-        """Predict one clip (a file path, or an array with its ``sampling_rate``)."""
-        return self.postprocess(self._forward([self.preprocess(inputs, sampling_rate)])[0], min_confidence)
+        """Predict one clip (a file path, or an array with its ``sampling_rate``); see :meth:`predict_features`
+        for ``speaker``."""
+        return self.postprocess(self._forward([self.preprocess(inputs, sampling_rate)], speaker)[0], min_confidence)
 
-    def predict(self, signals: Sequence[np.ndarray], *, min_confidence: float | None = None) -> list[dict]:
+    def predict(
+        self, signals: Sequence[np.ndarray], *, min_confidence: float | None = None, speaker: str | None = None
+    ) -> list[dict]:
         """Predict many decoded 16 kHz signals at once (sorted and batched by length inside the encoder)."""
-        return [self.postprocess(p, min_confidence) for p in self._forward(signals)]
+        return [self.postprocess(p, min_confidence) for p in self._forward(signals, speaker)]
 
     def predict_files(
         self,
@@ -168,6 +206,7 @@ class Predictor:
         *,
         batch_size: int = BATCH_FILES,
         min_confidence: float | None = None,
+        speaker: str | None = None,
     ) -> Iterator[dict]:
         """Predict audio files in batches, decoding the next batch while this one is computed.
 
@@ -178,6 +217,7 @@ class Predictor:
                 by length).
             min_confidence: below this top probability ``label`` is ``None`` and
                 ``uncertain`` true.
+            speaker: who speaks in every file (see :meth:`predict_features`).
 
         Yields:
             One dict per path, in input order: ``{"path", "label", "probabilities"}``, or
@@ -191,7 +231,7 @@ class Predictor:
             >>> class Constant(Predictor):  # a stand-in model: every clip is 'neutral'
             ...     classes = ["neutral"]
             ...     def __init__(self): pass
-            ...     def _forward(self, signals): return np.ones((len(signals), 1))
+            ...     def _forward(self, signals, speaker=None): return np.ones((len(signals), 1))
             >>> folder = tempfile.mkdtemp()
             >>> sf.write(os.path.join(folder, "a.wav"), np.full(8000, 0.1), 16000)
             >>> rows = Constant().predict_files([os.path.join(folder, n) for n in ("a.wav", "gone.wav")])
@@ -209,7 +249,7 @@ class Predictor:
                 following = next(batches, None)
                 pending = pool.submit(_decode_batch, following) if following is not None else None
                 signals = [signal for _, signal, _ in decoded if signal is not None]
-                results = iter(self.predict(signals, min_confidence=min_confidence) if signals else [])
+                results = iter(self.predict(signals, min_confidence=min_confidence, speaker=speaker) if signals else [])
                 for path, signal, error in decoded:
                     yield {"path": path, "error": error} if signal is None else {"path": path, **next(results)}
 
