@@ -12,8 +12,9 @@ import statistics
 import subprocess
 import sys
 
-HEAVY = ("torch", "sklearn", "scipy", "transformers")
-"""Libraries that take seconds to import; `ser --help` must neither need nor try them."""
+HEAVY = ("torch", "sklearn", "scipy", "transformers", "ray", "pyarrow")
+"""Libraries that take seconds to import (Ray and pyarrow: only `--engine ray` and `--out *.parquet` use them);
+`ser --help` must neither need nor try them."""
 
 COMMANDS = ("data", "cache", "remote", "train", "evaluate", "cv", "report", "monitor", "predict", "export", "serve")
 
@@ -84,6 +85,16 @@ def test_data_inspect_help_without_torch_sklearn_scipy_transformers():
         option for option in ("--corpus", "--labels", "--speaker-pattern", "--json") if option not in done.stdout
     ]
     assert not missing, f"`ser data inspect --help` does not show {missing}:\n{done.stdout}"
+
+
+def test_engine_and_device_options_without_heavy_libraries():
+    for command in (("predict", "--help"), ("cache", "fill", "--help")):
+        done = run_ser_without_heavy_libraries(*command)
+        assert done.returncode == 0, done.stderr
+        tried = done.stderr.splitlines()[-1].removeprefix("TRIED:")
+        assert not tried, f"`ser {' '.join(command)}` tried to import {tried}: import it inside the command"
+        for option in ("--device", "--engine", "--address", "--workers", "--num-gpus-per-worker"):
+            assert option in done.stdout, f"`ser {' '.join(command)}` does not show {option}"
 
 
 IMPORT_SECONDS = """

@@ -221,3 +221,65 @@ def test_a_non_utf8_name_and_a_decompression_bomb_are_error_rows(run, synth_corp
         assert "655350 Hz is above the limit" in text
     rows = [json.loads(line) for line in runner.invoke(app, ["predict", str(run), str(good), "--json"]).stdout.split()]
     assert rows[0]["label"] in CLASSES
+
+
+def test_out_files_hold_the_rows_of_stdout(run, synth_corpus, bad, tmp_path):
+    files = [str(p) for p in sorted((synth_corpus / "Actor_06").glob("*.wav"))[:4]]
+    files.insert(2, str(bad))
+    printed = runner.invoke(app, ["predict", str(run), *files, "--format", "csv"])
+    assert printed.exit_code == 0, printed.output
+    written = runner.invoke(app, ["predict", str(run), *files, "--out", str(tmp_path / "rows.csv")])
+    assert written.exit_code == 0 and "5 row(s) written" in written.stderr and written.stdout == ""
+    assert (tmp_path / "rows.csv").read_text() == printed.stdout
+    lines = json_lines(runner.invoke(app, ["predict", str(run), *files, "--json", "--min-confidence", "0.5"]))
+    runner.invoke(app, ["predict", str(run), *files, "--out", str(tmp_path / "rows.jsonl"), "--min-confidence", "0.5"])
+    assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == lines
+    pq = pytest.importorskip("pyarrow.parquet")
+    runner.invoke(
+        app, ["predict", str(run), *files, "--out", str(tmp_path / "rows.parquet"), "--min-confidence", "0.5"]
+    )
+    table = pq.read_table(tmp_path / "rows.parquet").to_pylist()
+    assert [row["path"] for row in table] == files and table[2]["error"] and table[2]["p_sad"] is None
+    assert [row["uncertain"] for row in table] == [line.get("uncertain") for line in lines]
+    assert [row["p_happy"] for row in table if row["error"] is None] == [
+        line["probabilities"]["happy"] for line in lines if "error" not in line
+    ]
+
+
+def test_device_precision_and_engine_options(run, synth_corpus, tmp_path, monkeypatch):
+    clip = str(next((synth_corpus / "Actor_06").glob("*.wav")))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    cuda = runner.invoke(app, ["predict", str(run), clip, "--device", "cuda"])
+    assert cuda.exit_code == 1 and "CUDA is not available here" in " ".join(cuda.stderr.split())
+    fp16 = runner.invoke(app, ["predict", str(run), clip, "--precision", "fp16"])
+    assert fp16.exit_code == 2 and "fp16 is refused" in " ".join(fp16.output.split())
+    bf16 = runner.invoke(app, ["predict", str(run), clip, "--precision", "bf16"])
+    assert bf16.exit_code == 1 and "other weights, config or preprocessing" in " ".join(bf16.stderr.split())
+    local = runner.invoke(app, ["predict", str(run), clip, "--workers", "2", "--address", "auto"])
+    assert local.exit_code == 1 and "--address, --workers apply to --engine ray only" in local.stderr
+    suffix = runner.invoke(app, ["predict", str(run), clip, "--out", str(tmp_path / "rows.xlsx")])
+    assert suffix.exit_code == 1 and "expected a file ending in .jsonl, .csv or .parquet" in suffix.stderr
+    assert not list(tmp_path.iterdir())  # nothing half-written
+    predictor = Predictor.from_pretrained(run, device="auto")
+    assert (predictor.device, predictor.precision) == ("cpu", "fp32")
+
+
+def test_every_command_that_encodes_refuses_a_missing_gpu(run, synth_corpus, tmp_path, monkeypatch):
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    commands = {
+        "evaluate": ["evaluate", str(run), str(synth_corpus)],
+        "adapt": ["adapt", str(run), str(synth_corpus / "Actor_06"), "--out", str(tmp_path / "adapted")],
+        "export hf": ["export", str(run), "--format", "hf", "--out", str(tmp_path / "hf")],
+        "serve": ["serve", str(run)],
+        "cv": ["cv", str(synth_corpus), "--encoder", "egemaps", "--folds", "2"],
+        "train": ["train", str(synth_corpus), "--encoder", "egemaps", "--out", str(tmp_path / "train")],
+        "cache fill": ["cache", "fill", str(synth_corpus), "--encoder", "egemaps"],
+    }
+    for name, command in commands.items():
+        result = runner.invoke(app, [*command, "--device", "cuda"])
+        assert result.exit_code == 1 and "CUDA is not available here" in " ".join(result.stderr.split()), name
+    onnx = runner.invoke(
+        app, ["export", str(run), "--format", "onnx", "--out", str(tmp_path / "o"), "--device", "cuda"]
+    )
+    assert onnx.exit_code == 1 and "traced on the CPU" in " ".join(onnx.stderr.split())
+    assert not any((tmp_path / name).exists() for name in ("adapted", "o", "train", "hf"))

@@ -9,6 +9,7 @@ import typer
 
 from speech_emotion.cli.console import err_console, fail, print_json, progress_bar
 from speech_emotion.cli.data import JsonOpt, SpeakerPatternOpt
+from speech_emotion.cli.device_options import DeviceOpt, ModelPrecisionOpt
 
 
 def adapt(
@@ -41,6 +42,8 @@ def adapt(
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: ModelPrecisionOpt = None,
 ) -> None:
     """Adapt a model to a new domain (a recording setup, a language, a call centre) from its unlabelled audio.
 
@@ -68,6 +71,8 @@ def adapt(
             name=name,
             force=force,
             progress=progress_bar,
+            device=device,
+            precision=precision,
         )
     except (AudioError, BundleError, FileExistsError, FileNotFoundError, OSError, ValueError) as error:
         raise fail(error) from None

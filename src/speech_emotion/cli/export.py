@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from speech_emotion.cli.console import err_console, fail, progress_bar
+from speech_emotion.features.devices import DEVICES_HELP, check_device
 
 FORMATS = ("onnx", "hf")
 
@@ -35,6 +36,15 @@ def export(
             exists=True,
         ),
     ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            help=f"Where the model's encoder runs while the export is made and checked: {DEVICES_HELP}. onnx: traced "
+            "on the CPU (auto or cpu; the file holds no device); hf: the check's encoding (the stock pipeline runs on "
+            "the CPU).",
+        ),
+    ] = "auto",
 ) -> None:
     """Export a trained model for deployment or sharing."""
     if format not in FORMATS:
@@ -46,14 +56,15 @@ def export(
     if out.exists() and any(out.iterdir()) and not force:
         raise fail(f"{out} exists and is not empty; choose another --out, or pass --force to replace it")
     try:
+        device = check_device(device)
         if format == "onnx":
             from speech_emotion.export.onnx import export_onnx
 
-            summary = export_onnx(model, out, quantize=quantize)
+            summary = export_onnx(model, out, quantize=quantize, device=device)
         else:
             from speech_emotion.export.huggingface import export_huggingface
 
-            summary = export_huggingface(model, out, data=data, progress=progress_bar)
+            summary = export_huggingface(model, out, data=data, progress=progress_bar, device=device)
     except (ValueError, OSError) as error:
         raise fail(error) from None
     err_console.print(f"exported {format} model to {out}")

@@ -13,8 +13,19 @@ from rich.markup import escape
 from rich.table import Table
 
 from speech_emotion.cli.console import err_console, fail, out_console, print_json, progress_bar
-from speech_emotion.data.corpora import find_audio
+from speech_emotion.cli.device_options import (
+    AddressOpt,
+    CpusPerWorkerOpt,
+    DeviceOpt,
+    Engine,
+    EngineOpt,
+    GpusPerWorkerOpt,
+    ModelPrecisionOpt,
+    WorkersOpt,
+)
+from speech_emotion.data.inputs import expand_inputs
 from speech_emotion.errors import AudioError, BundleError, TimelineLimitError, printable_path
+from speech_emotion.inference.result_files import ResultWriter
 
 BATCH_FILES = 32
 
@@ -29,14 +40,6 @@ class Backend(str, enum.Enum):
     auto = "auto"
     torch = "torch"
     onnx = "onnx"
-
-
-def expand_inputs(inputs: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to their audio files in sorted order."""
-    expanded = []
-    for item in inputs:
-        expanded.extend(find_audio(item) if item.is_dir() else [item])
-    return expanded
 
 
 class _Writer:
@@ -94,6 +97,29 @@ def _predict_files(
             advance(1)
 
 
+def _declared_durations(files: list[Path], *, hop: float, max_windows: int) -> list[float]:
+    """Every file's duration from its header (0 when unreadable: its error row comes when it is read).
+
+    A file whose length allows more than ``max_windows`` windows stops the command before any work.
+    """
+    from speech_emotion.data.audio import declared_duration
+    from speech_emotion.inference.timeline import check_window_count
+
+    durations = []
+    for path in files:
+        try:
+            duration = declared_duration(path)
+        except AudioError:
+            duration = None
+        if duration is not None:
+            try:
+                check_window_count(duration, hop=hop, max_windows=max_windows, where=printable_path(path))
+            except TimelineLimitError as error:
+                raise fail(f"{error} (--hop, --max-windows)") from None
+        durations.append(duration or 0.0)
+    return durations
+
+
 def _predict_timelines(
     predictor,
     files: list[Path],
@@ -110,21 +136,9 @@ def _predict_timelines(
     Every file's window count is checked from its header first: one over ``max_windows``
     stops the command before any work (an ``error:`` line naming the file).
     """
-    from speech_emotion.data.audio import declared_duration
-    from speech_emotion.inference.timeline import check_window_count, predict_timeline
+    from speech_emotion.inference.timeline import predict_timeline
 
-    durations = []
-    for path in files:
-        try:
-            duration = declared_duration(path)
-        except AudioError:
-            duration = None  # its error row comes when it is read
-        if duration is not None:
-            try:
-                check_window_count(duration, hop=hop, max_windows=max_windows, where=printable_path(path))
-            except TimelineLimitError as error:
-                raise fail(f"{error} (--hop, --max-windows)") from None
-        durations.append(duration or 0.0)
+    durations = _declared_durations(files, hop=hop, max_windows=max_windows)
     n_silent = 0
     with progress_bar("timeline (seconds of audio)", sum(durations)) as advance:
         for path, duration in zip(files, durations):
@@ -161,7 +175,10 @@ def _predict_timelines(
 
 def predict(
     model: Annotated[Path, typer.Argument(help="Run folder or model bundle folder.", exists=True, file_okay=False)],
-    inputs: Annotated[list[Path], typer.Argument(help="Audio files or folders (expanded in sorted order).")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="Audio files, folders (expanded in sorted order) or CSV/TSV manifests with a path column."),
+    ],
     as_json: Annotated[
         bool,
         typer.Option(
@@ -239,21 +256,49 @@ def predict(
             "statistics standardise the clips."
         ),
     ] = None,
+    device: DeviceOpt = "auto",
+    precision: ModelPrecisionOpt = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            help="Write the rows to this file instead of stdout: .jsonl (the --format json lines), .csv (the --format "
+            "csv table) or .parquet (the same columns, typed; needs pyarrow).",
+            dir_okay=False,
+            show_default=False,
+        ),
+    ] = None,
+    engine: EngineOpt = Engine.local,
+    address: AddressOpt = None,
+    workers: WorkersOpt = 1,
+    num_gpus_per_worker: GpusPerWorkerOpt = 0.0,
+    cpus_per_worker: CpusPerWorkerOpt = 1.0,
 ) -> None:
     """Predict the emotion of each audio file, or with --timeline of each window of speech in long recordings.
 
     Output streams as files (or segments) are done, in input order. An unreadable file gives
-    an error row ({path, error}) and the others go on.
+    an error row ({path, error}) and the others go on. With --engine ray the same rows come from
+    a Ray cluster (decoding in CPU tasks, the model in an actor pool).
     """
     from speech_emotion.inference.predictor import Predictor
 
     if as_json and fmt not in (None, Format.json):
         raise fail(f"--json means --format json, but --format {fmt.value} was given; pass one of them")
+    if out is not None and (as_json or fmt is not None):
+        raise fail(f"--out {out} writes the format its suffix names; drop --json/--format")
     fmt = Format.json if as_json else (fmt or Format.table)
     if not timeline and (window != 4.0 or hop is not None or not vad or max_windows is not None):
         raise fail("--window, --hop, --max-windows and --no-vad apply to --timeline only; add --timeline")
     if timeline and speaker is not None:
         raise fail("--speaker applies to whole-file predictions, not to --timeline; drop one of them")
+    ray_only = {
+        "--address": address is not None,
+        "--workers": workers != 1,
+        "--num-gpus-per-worker": bool(num_gpus_per_worker),
+        "--cpus-per-worker": cpus_per_worker != 1.0,
+    }
+    if engine is Engine.local and any(ray_only.values()):
+        raise fail(f"{', '.join(name for name, given in ray_only.items() if given)} apply to --engine ray only")
     if timeline:
         from speech_emotion.inference.timeline import MAX_WINDOWS, check_timeline_options
 
@@ -263,33 +308,120 @@ def predict(
         except ValueError as error:
             raise fail(f"--{error}") from None
     try:
-        predictor = Predictor.from_pretrained(
-            model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, backend=backend.value
+        files = expand_inputs(inputs)
+        if engine is Engine.ray:
+            from speech_emotion.model.metadata import BundleMeta
+
+            classes, predictor = list(BundleMeta.read(model)[0].classes), None
+        else:
+            predictor = Predictor.from_pretrained(
+                model,
+                encoder=encoder,
+                allow_encoder_mismatch=allow_encoder_mismatch,
+                backend=backend.value,
+                device=device,
+                precision=precision,
+            )
+            if speaker is not None:
+                predictor.check_speaker(speaker)
+            classes = list(predictor.classes)
+        writer = (
+            _FileWriter(out, classes, timeline=timeline, uncertain=min_confidence is not None)
+            if out is not None
+            else _Writer(fmt, classes, timeline=timeline)
         )
-        if speaker is not None:
-            predictor.check_speaker(speaker)
-    except (BundleError, OSError, ValueError) as error:
+    except (BundleError, ImportError, OSError, ValueError) as error:
         raise fail(error) from None
-    files = expand_inputs(inputs)
-    writer = _Writer(fmt, list(predictor.classes), timeline=timeline)
-    if timeline:
-        try:
-            n_silent = _predict_timelines(
-                predictor,
+    try:
+        if engine is Engine.ray:
+            from speech_emotion.inference.ray_engine import RayOptions
+
+            if timeline:
+                _declared_durations(files, hop=hop, max_windows=max_windows)  # a file over the limit stops it here
+            _predict_with_ray(
+                model,
                 files,
                 writer,
-                window=window,
-                hop=hop,
-                vad=vad,
+                ray_options=RayOptions(address, workers, num_gpus_per_worker, cpus_per_worker),
+                device=device,
+                precision=precision,
+                encoder=encoder,
+                allow_encoder_mismatch=allow_encoder_mismatch,
+                backend=backend.value,
                 min_confidence=min_confidence,
-                max_windows=max_windows,
+                speaker=speaker,
+                timeline={"window": window, "hop": hop, "vad": vad, "max_windows": max_windows} if timeline else None,
             )
-        except ImportError as error:  # silero-vad missing or of another release
-            raise fail(error) from None
-        if n_silent:
-            err_console.print(f"[yellow]{n_silent} file(s) held no speech (no segments)[/]")
-    else:
-        _predict_files(predictor, files, writer, min_confidence, speaker)
+        elif timeline:
+            try:
+                n_silent = _predict_timelines(
+                    predictor,
+                    files,
+                    writer,
+                    window=window,
+                    hop=hop,
+                    vad=vad,
+                    min_confidence=min_confidence,
+                    max_windows=max_windows,
+                )
+            except ImportError as error:  # silero-vad missing or of another release
+                raise fail(error) from None
+            if n_silent:
+                err_console.print(f"[yellow]{n_silent} file(s) held no speech (no segments)[/]")
+        else:
+            _predict_files(predictor, files, writer, min_confidence, speaker)
+    except BaseException:
+        if isinstance(writer, _FileWriter):
+            writer.abort()
+        raise
     writer.close()
+    if out is not None:
+        err_console.print(f"{writer.n_rows} row(s) written to {printable_path(out)}")
     if writer.n_errors:
         err_console.print(f"[yellow]{writer.n_errors} file(s) could not be read[/]")
+
+
+class _FileWriter(ResultWriter):
+    """--out: rows to a file, with the interface of :class:`_Writer` (paths made printable as there)."""
+
+    def row(self, row: dict) -> None:
+        self.write({**row, "path": printable_path(row["path"])})
+
+
+def _predict_with_ray(
+    model: Path,
+    files: list[Path],
+    writer,
+    *,
+    ray_options,
+    device: str,
+    precision: Optional[str],
+    encoder: Optional[str],
+    allow_encoder_mismatch: bool,
+    backend: str,
+    min_confidence: Optional[float],
+    speaker: Optional[str],
+    timeline: Optional[dict],
+) -> None:
+    """Rows from a Ray Data pipeline (:func:`~speech_emotion.inference.ray_engine.predict_with_ray`), in input order."""
+    from speech_emotion.inference.ray_engine import predict_with_ray
+
+    try:
+        with progress_bar("predicting (ray)", len(files)) as advance:
+            for row in predict_with_ray(
+                model,
+                files,
+                options=ray_options,
+                device=device,
+                precision=precision,
+                encoder=encoder,
+                allow_encoder_mismatch=allow_encoder_mismatch,
+                backend=backend,
+                min_confidence=min_confidence,
+                speaker=speaker,
+                timeline=timeline,
+                progress=advance,
+            ):
+                writer.row(row)
+    except (BundleError, ImportError, OSError, ValueError, RuntimeError) as error:
+        raise fail(error) from None

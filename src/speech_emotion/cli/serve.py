@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from speech_emotion.cli.console import err_console, fail
+from speech_emotion.cli.device_options import DeviceOpt, ModelPrecisionOpt
 
 
 def serve(
@@ -76,6 +77,8 @@ def serve(
         bool, typer.Option(help="Use an encoder whose fingerprint differs from training (unreliable).")
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level: critical, error, warning, info, debug.")] = "info",
+    device: DeviceOpt = "auto",
+    precision: ModelPrecisionOpt = None,
 ) -> None:
     """Serve a model over HTTP: POST /predict, GET /health, GET /model, and a web page at /."""
     from speech_emotion.errors import BundleError
@@ -109,6 +112,8 @@ def serve(
             log_level=log_level,
             allowed_hosts=allow_host or (),
             cors_origins=cors_origin or (),
+            device=device,
+            precision=precision,
         )
     except (BundleError, OSError, ValueError) as error:
         raise fail(error) from None

@@ -20,6 +20,7 @@ from speech_emotion.cli.data import (
     SpeakerPatternOpt,
     print_label_report,
 )
+from speech_emotion.cli.device_options import DeviceOpt, ModelPrecisionOpt, PrecisionOpt
 from speech_emotion.errors import BundleError, CorpusError, LabelError, SanityError, SplitError
 from speech_emotion.training.config import MIXUP_COPIES, TrainConfig, parse_finetune
 
@@ -259,6 +260,8 @@ def train(
             show_default=False,
         ),
     ] = None,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Train an emotion classifier on a frozen pretrained encoder.
 
@@ -282,13 +285,13 @@ def train(
         given = [
             f"--{name.replace('_', '-')}" if name != "data" else "DATA"
             for name in ctx.params
-            if name not in ("resume", "tracking_uri", "as_json")
+            if name not in ("resume", "tracking_uri", "as_json", "device")
             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         ]
         if given:
             raise fail(f"--resume takes every setting from {resume / 'config.json'}; drop {', '.join(given)}")
         try:
-            results = resume_training(resume, tracking_uri=tracking_uri, progress=progress_bar)
+            results = resume_training(resume, tracking_uri=tracking_uri, progress=progress_bar, device=device)
         except USER_ERRORS + (ImportError,) as error:
             raise fail(error) from None
         _print_results(resume, results, as_json)
@@ -327,6 +330,8 @@ def train(
             force=force,
             progress=progress_bar,
             tracking_uri=tracking_uri,
+            device=device,
+            precision=precision,
         )
     except USER_ERRORS + (ImportError,) as error:
         raise fail(error) from None
@@ -380,6 +385,8 @@ def evaluate(
     ] = False,
     skip_bad: SkipBadOpt = False,
     as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: ModelPrecisionOpt = None,
 ) -> None:
     """Score a trained model on labelled data it has not seen.
 
@@ -412,6 +419,8 @@ def evaluate(
             skip_unknown=skip_unknown,
             skip_bad=skip_bad,
             progress=progress_bar,
+            device=device,
+            precision=precision,
         )
     except USER_ERRORS as error:
         raise fail(error) from None
@@ -485,6 +494,8 @@ def cv(
     warn_only: WarnOnlyOpt = False,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists and is not empty.")] = False,
     as_json: JsonOpt = False,
+    device: DeviceOpt = "auto",
+    precision: PrecisionOpt = "fp32",
 ) -> None:
     """Leave-speakers-out cross-validation: the development protocol.
 
@@ -512,6 +523,8 @@ def cv(
             allow_single_label_speakers=allow_single_label_speakers,
             force=force,
             progress=progress_bar,
+            device=device,
+            precision=precision,
         )
     except USER_ERRORS as error:
         raise fail(error) from None

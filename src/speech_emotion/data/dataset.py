@@ -19,6 +19,7 @@ from speech_emotion.data.audio import MIN_DURATION, audio_hash, load_audio
 from speech_emotion.data.decode_limits import DecodeLimits
 from speech_emotion.data.labels import LabelSchema
 from speech_emotion.data.manifest import Manifest, Problem
+from speech_emotion.data.prefetch import map_ahead
 from speech_emotion.data.sources import CorpusSource, as_sources, read_corpora
 from speech_emotion.errors import AudioError, CorpusError
 
@@ -83,7 +84,7 @@ def load_dataset(
     progress: Callable[[int], None] | None = None,
     limits: DecodeLimits | None = None,
 ) -> Dataset:
-    """Read, label, decode and hash one corpus or several.
+    """Read, label, decode and hash one corpus or several (files decoded in worker threads, kept in order).
 
     Args:
         data: a corpus folder or CSV/TSV manifest, or a list of them (``PATH`` or
@@ -116,15 +117,23 @@ def load_dataset(
     if not allow_single_label_speakers:
         check_speaker_labels([u.speaker for u in labelled.manifest], labelled.y, schema.classes)
     hashes, durations, keep, problems = [], [], [], list(manifest.problems)
-    for row, utterance in enumerate(labelled.manifest):
+
+    def hash_file(path: str) -> tuple[str, float] | AudioError:
+        """Content hash and duration of one file (decoded in a worker thread), or its error."""
         try:
-            signal, sampling_rate = load_audio(utterance.path, min_duration=min_duration, limits=limits)
+            signal, sampling_rate = load_audio(path, min_duration=min_duration, limits=limits)
         except AudioError as error:
-            problems.append(Problem(error.path, error.reason))
+            return error
+        return audio_hash(signal), len(signal) / sampling_rate
+
+    paths = [utterance.path for utterance in labelled.manifest]
+    for row, outcome in enumerate(map_ahead(hash_file, paths)):
+        if isinstance(outcome, AudioError):
+            problems.append(Problem(outcome.path, outcome.reason))
         else:
             keep.append(row)
-            hashes.append(audio_hash(signal))
-            durations.append(len(signal) / sampling_rate)
+            hashes.append(outcome[0])
+            durations.append(outcome[1])
         if progress:
             progress(1)
     if problems and not skip_bad:

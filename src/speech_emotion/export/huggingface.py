@@ -391,6 +391,7 @@ def export_huggingface(
     evaluate: bool = True,
     store=None,
     progress: Progress = no_progress,
+    device: str = "auto",
 ) -> dict:
     """Write a folder that ``transformers.pipeline("audio-classification", model=out)`` loads offline.
 
@@ -409,19 +410,28 @@ def export_huggingface(
         evaluate: score the export on the run's test speakers (needs the corpus).
         store: feature store for cached features (default: ``FeatureStore()``).
         progress: progress bars (the CLI passes Rich ones).
+        device: where the model's own encoder runs for the check (``auto``, ``cpu``, ``cuda``,
+            ``cuda:N``); the stock model (refit and ``pipeline()`` check) runs on the CPU, as
+            the exported folder's pipeline does by default.
 
     Returns:
         A summary: files, method, and the figures written to the card.
 
     Raises:
         BundleError: a head that a stock class cannot represent, an encoder family without
-            a stock class (eGeMAPS), a speaker-normalised model, a run without its corpus.
+            a stock class (eGeMAPS), a speaker-normalised model, a model trained on bf16
+            features, a run without its corpus.
         FileNotFoundError: the corpus is not where the run says (pass ``data``).
     """
     started = time.perf_counter()
     model, out = Path(model), Path(out)
-    predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
+    predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch", device=device)
     bundle = predictor.backend.bundle
+    if predictor.precision != "fp32":
+        raise BundleError(
+            f"{bundle.path}: the model was trained on {predictor.precision} features, and a stock pipeline computes "
+            "fp32 ones; train it with --precision fp32 to export it"
+        )
     family = bundle.meta.encoder.family
     if family not in ("ssl", "whisper"):
         raise BundleError(

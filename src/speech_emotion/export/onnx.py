@@ -33,6 +33,7 @@ import numpy as np
 
 from speech_emotion.atomic import write_json
 from speech_emotion.errors import BundleError
+from speech_emotion.features.devices import check_device
 from speech_emotion.features.encoders.onnx import ENCODER_FILE, MEL_FILTERS_FILE
 from speech_emotion.inference.backends import HEAD_FILE, file_sha256
 from speech_emotion.model.metadata import META_FILE, ONNX_FORMAT, ONNX_VERSION
@@ -49,7 +50,14 @@ FP32_TOLERANCE = 1e-4
 """Largest accepted difference between fp32 ONNX and PyTorch probabilities on the export check."""
 
 
-def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = None, encoder: str | None = None) -> dict:
+def export_onnx(
+    model: str | Path,
+    out: str | Path,
+    *,
+    quantize: str | None = None,
+    encoder: str | None = None,
+    device: str = "auto",
+) -> dict:
     """Export a trained model (encoder + head) to an ONNX Runtime folder.
 
     The export is checked before it is written: probabilities of a few synthetic signals
@@ -60,15 +68,18 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
         out: the folder to write (replaced if it exists).
         quantize: ``None`` for fp32, ``"int8"`` for dynamic int8 quantization of the encoder.
         encoder: where the model's encoder is now, if it moved.
+        device: ``"auto"`` or ``"cpu"``: the model is traced on the CPU (an ONNX file holds no
+            device; run the export on a GPU with ``Predictor.from_pretrained(out, device="cuda")``
+            and onnxruntime-gpu); ``cuda`` is refused rather than ignored.
 
     Returns:
         A summary: family, files and sizes, quantization, opset, and the check's largest
         probability difference from PyTorch.
 
     Raises:
-        ValueError: an unknown ``quantize``.
-        BundleError: the model cannot be exported (eGeMAPS encoder, speaker-normalised head),
-            or the fp32 export disagrees with PyTorch.
+        ValueError: an unknown ``quantize``, or a CUDA ``device``.
+        BundleError: the model cannot be exported (eGeMAPS encoder, speaker-normalised head,
+            features computed in bf16), or the fp32 export disagrees with PyTorch.
 
     Example:
         >>> export_onnx("./no/such/run", "/tmp/x", quantize="int4")
@@ -78,13 +89,24 @@ def export_onnx(model: str | Path, out: str | Path, *, quantize: str | None = No
     """
     if quantize not in QUANTIZATIONS:
         raise ValueError(f"quantize: expected None (fp32) or 'int8', got {quantize!r}")
+    if check_device(device) not in ("auto", "cpu"):
+        raise ValueError(
+            f"device {device!r}: an ONNX export is traced on the CPU (the file holds no device); pass --device cpu or "
+            "auto, and run the export on a GPU with onnxruntime-gpu (`ser predict OUT FILES --device cuda`)"
+        )
     import torch
 
+    from speech_emotion.inference.backends import trained_precision
     from speech_emotion.inference.predictor import Predictor
 
     started = time.perf_counter()
     out = Path(out)
-    predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch")
+    predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch", device="cpu")
+    if trained_precision(predictor.meta) != "fp32":
+        raise BundleError(
+            f"{predictor.path}: the model was trained on {trained_precision(predictor.meta)} features, and an ONNX "
+            "export computes fp32 ones; train it with --precision fp32 to export it"
+        )
     bundle, torch_encoder = predictor.backend.bundle, predictor.encoder
     family = bundle.meta.encoder.family
     if family not in ("whisper", "ssl"):
@@ -356,6 +378,6 @@ def _check_against_torch(folder: Path, predictor: Any) -> float:
         t = np.arange(int(seconds * 16000)) / 16000
         signals.append((0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32))
     expected = predictor.predict_features(np.stack(predictor.encoder.features(signals)))
-    backend = OnnxBackend(folder)
+    backend = OnnxBackend(folder, device="cpu")
     got = backend.predict_features(np.stack(backend.encoder.features(signals)))
     return float(np.abs(got - expected).max())

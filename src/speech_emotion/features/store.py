@@ -26,13 +26,14 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from speech_emotion.data.audio import load_audio
+from speech_emotion.data.prefetch import DECODE_WORKERS, map_ahead
 from speech_emotion.features.signal import check_encoder_input
 from speech_emotion.progress import Progress, no_progress
 
@@ -350,15 +351,17 @@ def extract_features(
     batch_seconds: float | None = None,
     chunk_size: int = 64,
     content: Mapping[str, Any] | None = None,
+    decode_workers: int = DECODE_WORKERS,
 ) -> np.ndarray:
     """Features of many utterances, read from the store where cached, computed otherwise.
 
     Items whose key (audio hash, encoder fingerprint, preprocessing, format version) is in
     the store are read back without touching their signal, so a warm cache never decodes
-    audio when ``signals`` holds loaders. The other items are loaded ``chunk_size`` at a time,
-    encoded with ``encoder.features`` (sorted and batched there) and written to the store
-    chunk by chunk, so an interrupted run keeps what it finished. Items with the same key
-    (identical audio) are computed once.
+    audio when ``signals`` holds loaders. The other items are loaded ``chunk_size`` at a time
+    (in ``decode_workers`` threads, the next chunk while this one is encoded), encoded with
+    ``encoder.features`` (sorted and batched there) and written to the store chunk by chunk,
+    so an interrupted run keeps what it finished. Items with the same key (identical audio)
+    are computed once. The key never holds the device the encoder runs on.
 
     Args:
         encoder: An :class:`~speech_emotion.features.encoders.Encoder` (anything with
@@ -373,6 +376,7 @@ def extract_features(
         chunk_size: Signals loaded and encoded per store write.
         content: What the signals are when they are not the clips themselves (e.g. an augmentation,
             :meth:`~speech_emotion.features.augment.Augmentation.to_dict`): part of every key.
+        decode_workers: Threads that call the loaders ahead of the encoder.
 
     Returns:
         float32 array of shape ``(n_items, encoder.n_layers, encoder.dim)``, in input order.
@@ -440,23 +444,25 @@ def extract_features(
     if progress is not None and n_cached:
         progress(n_cached)
 
-    for start in range(0, len(missing), chunk_size):
-        keys = missing[start : start + chunk_size]
-        loaded = [_load_signal(encoder, signals, audio_hashes, indices_by_key[key][0]) for key in keys]
-        results = encoder.features(loaded, batch_seconds=batch_seconds, progress=progress)
-        if len(results) != len(keys):
-            raise ValueError(f"{encoder!r}: returned {len(results)} feature arrays for {len(keys)} signals")
-        n_duplicates = 0
-        for key, result in zip(keys, results):
-            result = np.asarray(result, dtype=np.float32)
-            if result.shape != shape:
-                raise ValueError(f"{encoder!r}: expected features of shape {shape}, got {result.shape}")
-            output[indices_by_key[key]] = result
-            n_duplicates += len(indices_by_key[key]) - 1
-            if store is not None:
-                store.put(key, result)
-        if progress is not None and n_duplicates:
-            progress(n_duplicates)
+    firsts = [indices_by_key[key][0] for key in missing]
+    chunks = _loaded_chunks(encoder, signals, audio_hashes, firsts, chunk_size=chunk_size, workers=decode_workers)
+    with contextlib.closing(chunks):  # an error stops the decoding threads
+        for start, loaded in zip(range(0, len(missing), chunk_size), chunks):
+            keys = missing[start : start + chunk_size]
+            results = encoder.features(loaded, batch_seconds=batch_seconds, progress=progress)
+            if len(results) != len(keys):
+                raise ValueError(f"{encoder!r}: returned {len(results)} feature arrays for {len(keys)} signals")
+            n_duplicates = 0
+            for key, result in zip(keys, results):
+                result = np.asarray(result, dtype=np.float32)
+                if result.shape != shape:
+                    raise ValueError(f"{encoder!r}: expected features of shape {shape}, got {result.shape}")
+                output[indices_by_key[key]] = result
+                n_duplicates += len(indices_by_key[key]) - 1
+                if store is not None:
+                    store.put(key, result)
+            if progress is not None and n_duplicates:
+                progress(n_duplicates)
     return output
 
 
@@ -488,6 +494,32 @@ def encode_dataset(
 def _decode(path: str, audio_hash: str, augmentation: Augmentation | None) -> np.ndarray:
     signal = load_audio(path)[0]
     return augmentation.apply(signal, audio_hash) if augmentation is not None else signal
+
+
+def _loaded_chunks(
+    encoder: Encoder,
+    signals: Sequence[SignalSource],
+    audio_hashes: Sequence[str],
+    indices: Sequence[int],
+    *,
+    chunk_size: int,
+    workers: int,
+) -> Iterator[list[np.ndarray]]:
+    """The signals at ``indices``, loaded and checked in ``workers`` threads, ``chunk_size`` at a time, in order.
+
+    Up to two chunks are in flight, so the next chunk decodes while the encoder works on this one.
+    """
+    loads = map_ahead(
+        lambda index: _load_signal(encoder, signals, audio_hashes, index),
+        indices,
+        workers=workers,
+        ahead=max(2 * chunk_size, workers),
+    )
+    try:
+        for start in range(0, len(indices), chunk_size):
+            yield [next(loads) for _ in indices[start : start + chunk_size]]
+    finally:
+        loads.close()
 
 
 def _load_signal(encoder: Encoder, signals: Sequence, audio_hashes: Sequence[str], index: int) -> np.ndarray:
@@ -525,6 +557,7 @@ def extract_frame_states(
     progress: Callable[[int], None] | None = None,
     batch_seconds: float | None = None,
     chunk_size: int = 64,
+    decode_workers: int = DECODE_WORKERS,
 ) -> tuple[list[np.ndarray], np.ndarray]:
     """What fine-tuning the top ``top`` layers keeps fixed, read from the store where cached.
 
@@ -547,6 +580,7 @@ def extract_frame_states(
         progress: Called with the number of items finished.
         batch_seconds: Padded audio seconds per forward pass.
         chunk_size: Signals loaded and encoded per store write.
+        decode_workers: Threads that call the loaders ahead of the encoder.
 
     Returns:
         ``(states, pooled)``: a list of ``dtype`` arrays ``(n_frames_i, hidden_size)`` and a
@@ -607,23 +641,25 @@ def extract_frame_states(
     if progress is not None and n_cached:
         progress(n_cached)
 
-    for start in range(0, len(missing), chunk_size):
-        chunk = missing[start : start + chunk_size]
-        loaded = [_load_signal(encoder, signals, audio_hashes, by_key[keys][0]) for keys in chunk]
-        results = encoder.frozen_states(loaded, top=top, batch_seconds=batch_seconds, progress=progress)
-        n_duplicates = 0
-        for keys, (frames, vector) in zip(chunk, results):
-            frames = np.ascontiguousarray(frames, dtype=dtype)
-            if keys in kept_pooled:
-                vector = kept_pooled[keys]
-            elif store is not None:
-                store.put(keys[0], vector)
-            if store is not None:
-                store.put(keys[1], frames, kind="frames")
-            pooled[by_key[keys]] = vector
-            for i in by_key[keys]:
-                states[i] = frames
-            n_duplicates += len(by_key[keys]) - 1
-        if progress is not None and n_duplicates:
-            progress(n_duplicates)
+    firsts = [by_key[keys][0] for keys in missing]
+    chunks = _loaded_chunks(encoder, signals, audio_hashes, firsts, chunk_size=chunk_size, workers=decode_workers)
+    with contextlib.closing(chunks):  # an error stops the decoding threads
+        for start, loaded in zip(range(0, len(missing), chunk_size), chunks):
+            chunk = missing[start : start + chunk_size]
+            results = encoder.frozen_states(loaded, top=top, batch_seconds=batch_seconds, progress=progress)
+            n_duplicates = 0
+            for keys, (frames, vector) in zip(chunk, results):
+                frames = np.ascontiguousarray(frames, dtype=dtype)
+                if keys in kept_pooled:
+                    vector = kept_pooled[keys]
+                elif store is not None:
+                    store.put(keys[0], vector)
+                if store is not None:
+                    store.put(keys[1], frames, kind="frames")
+                pooled[by_key[keys]] = vector
+                for i in by_key[keys]:
+                    states[i] = frames
+                n_duplicates += len(by_key[keys]) - 1
+            if progress is not None and n_duplicates:
+                progress(n_duplicates)
     return states, pooled  # type: ignore[return-value]

@@ -142,6 +142,8 @@ def adapt(
     force: bool = False,
     store: FeatureStore | None = None,
     progress: Progress = no_progress,
+    device: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """Write a copy of ``model`` adapted to the domain of ``data`` (its unlabelled audio).
 
@@ -159,6 +161,8 @@ def adapt(
             ``speaker`` column or from ``speaker_pattern``.
         speaker_pattern: a regex finding the speaker id in each file name.
         name: what to call the domain in ``model.json`` (default: the folder's name).
+        device: where the encoder runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        precision: ``fp32``/``bf16``; default: the model's own (another one does not match its features).
 
     Returns:
         The ``adaptation`` section written into the new ``model.json``.
@@ -172,7 +176,7 @@ def adapt(
     from speech_emotion.model.bundle import save_bundle
 
     out = Path(out)
-    predictor = Predictor.from_pretrained(model, backend="torch")
+    predictor = Predictor.from_pretrained(model, backend="torch", device=device, precision=precision)
     bundle = predictor.backend.bundle
     if bundle.meta.speaker_norm or bundle.head.config.hf_compatible:
         raise BundleError(

@@ -95,6 +95,8 @@ def evaluate(
     skip_bad: bool = False,
     store=None,
     progress: Progress = no_progress,
+    device: str = "auto",
+    precision: str | None = None,
 ) -> dict:
     """Accuracy, UAR, macro-F1, per-class figures and confusion on held-out data.
 
@@ -110,6 +112,8 @@ def evaluate(
         skip_unknown: leave out labels the model's schema does not map (listed under
             ``skipped_labels``) instead of failing.
         skip_bad: leave out files that will not load (listed under ``skipped``).
+        device: where the encoder runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``), when ``model`` is a path.
+        precision: ``fp32``/``bf16``, when ``model`` is a path; default: the model's own.
 
     Returns:
         ``{"accuracy", "uar", "macro_f1", "n", "labels", "per_class", "confusion",
@@ -123,7 +127,9 @@ def evaluate(
     """
     if per_speaker and not adapt:
         raise ValueError("per_speaker=True scores an adapted model: pass adapt=True too")
-    predictor = model if isinstance(model, Predictor) else Predictor.from_pretrained(model)
+    predictor = (
+        model if isinstance(model, Predictor) else Predictor.from_pretrained(model, device=device, precision=precision)
+    )
     if adapt and (predictor.backend_name != "torch" or predictor.meta.speaker_norm):
         raise BundleError(
             f"{predictor.path}: adapt=True needs a PyTorch bundle trained without --speaker-norm (an ONNX export "

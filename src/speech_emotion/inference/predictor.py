@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from speech_emotion.data.audio import SAMPLING_RATE, check_signal, load_audio
-from speech_emotion.errors import AudioError
+from speech_emotion.data.prefetch import DECODE_WORKERS, DecodedFile, decode_ahead
 from speech_emotion.inference.backends import OnnxBackend, TorchBackend
 from speech_emotion.model.metadata import BundleMeta, model_kind
 
@@ -46,6 +45,9 @@ class Predictor:
         encoder: ``features(signals)`` → pooled per-layer features (used by ``ser evaluate``).
         classes: class names in index order.
         backend_name: ``"torch"`` or ``"onnx"``.
+        device: where the encoder runs, as resolved: ``"cpu"``, ``"cuda:0"``, … (PyTorch), or
+            the ONNX Runtime provider (``"CPUExecutionProvider"``, ``"CUDAExecutionProvider:0"``).
+        precision: ``"fp32"`` or ``"bf16"``.
     """
 
     def __init__(self, backend: TorchBackend | OnnxBackend):
@@ -55,6 +57,8 @@ class Predictor:
         self.encoder = backend.encoder
         self.classes = list(self.meta.classes)
         self.backend_name = backend.name
+        self.device: str = backend.device
+        self.precision: str = backend.precision
 
     @classmethod
     def from_pretrained(
@@ -64,6 +68,8 @@ class Predictor:
         encoder: str | None = None,
         allow_encoder_mismatch: bool = False,
         backend: str = "auto",
+        device: str = "auto",
+        precision: str | None = None,
     ) -> "Predictor":
         """Load a run folder, a bundle folder, or an ONNX export.
 
@@ -77,11 +83,18 @@ class Predictor:
                 the one the head was trained on (predictions are then unreliable).
             backend: ``"auto"`` (ONNX Runtime for an ONNX export, PyTorch otherwise),
                 ``"torch"`` or ``"onnx"`` to insist on one.
+            device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"`` or
+                ``"cuda:N"``. For an ONNX export, ``cuda`` means ONNX Runtime's CUDA provider
+                (onnxruntime-gpu), and is an error without it.
+            precision: ``"fp32"`` or ``"bf16"``; default: the precision the model was trained
+                on (``preprocessing`` in ``model.json``; fp32 when it says nothing). Another one
+                is a preprocessing mismatch (bf16 features are not fp32 features).
 
         Raises:
-            BundleError: bundle invalid, encoder not found, fingerprint mismatch, or an ONNX
-                file that differs from the one recorded in ``model.json``.
-            ValueError: an unknown ``backend``, or one that does not fit the folder.
+            BundleError: bundle invalid, encoder not found, fingerprint or preprocessing
+                mismatch, or an ONNX file that differs from the one recorded in ``model.json``.
+            ValueError: an unknown ``backend``, or one that does not fit the folder; a device
+                that is not here (CUDA where there is none); a refused precision.
 
         Example:
             >>> Predictor.from_pretrained("./no/such/run")
@@ -103,7 +116,15 @@ class Predictor:
                 "PyTorch"
             )
         loader = OnnxBackend.load if onnx else TorchBackend.load
-        return cls(loader(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch))
+        return cls(
+            loader(
+                model,
+                encoder=encoder,
+                allow_encoder_mismatch=allow_encoder_mismatch,
+                device=device,
+                precision=precision,
+            )
+        )
 
     def preprocess(self, inputs: str | Path | np.ndarray, sampling_rate: int | None = None) -> np.ndarray:
         """A file path or an array → mono float32 signal at 16 kHz.
@@ -207,24 +228,27 @@ class Predictor:
         batch_size: int = BATCH_FILES,
         min_confidence: float | None = None,
         speaker: str | None = None,
+        decode_workers: int = DECODE_WORKERS,
     ) -> Iterator[dict]:
-        """Predict audio files in batches, decoding the next batch while this one is computed.
+        """Predict audio files in batches; worker threads decode and resample the next files meanwhile.
 
         Args:
             paths: audio files in any format :func:`~speech_emotion.data.audio.load_audio`
-                reads (any rate and channel count); consumed lazily, one batch ahead.
+                reads (any rate and channel count); consumed lazily, at most two batches ahead.
             batch_size: files decoded and predicted together (the encoder sorts each batch
                 by length).
             min_confidence: below this top probability ``label`` is ``None`` and
                 ``uncertain`` true.
             speaker: who speaks in every file (see :meth:`predict_features`).
+            decode_workers: threads that decode and resample ahead of the encoder
+                (:func:`~speech_emotion.data.prefetch.decode_ahead`); results keep input order.
 
         Yields:
             One dict per path, in input order: ``{"path", "label", "probabilities"}``, or
             ``{"path", "error"}`` for a file that will not load (the others go on).
 
         Raises:
-            ValueError: ``batch_size`` below 1.
+            ValueError: ``batch_size`` or ``decode_workers`` below 1.
 
         Example:
             >>> import numpy as np, soundfile as sf, tempfile, os
@@ -240,37 +264,23 @@ class Predictor:
         """
         if batch_size < 1:
             raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
-        batches = _batches(paths, batch_size)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ser-decode") as pool:
-            first = next(batches, None)
-            pending = pool.submit(_decode_batch, first) if first is not None else None
-            while pending is not None:
-                decoded = pending.result()
-                following = next(batches, None)
-                pending = pool.submit(_decode_batch, following) if following is not None else None
-                signals = [signal for _, signal, _ in decoded if signal is not None]
-                results = iter(self.predict(signals, min_confidence=min_confidence, speaker=speaker) if signals else [])
-                for path, signal, error in decoded:
-                    yield {"path": path, "error": error} if signal is None else {"path": path, **next(results)}
-
-
-def _batches(paths: Iterable[str | Path], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for path in paths:
-        batch.append(str(path))
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _decode_batch(paths: list[str]) -> list[tuple[str, np.ndarray | None, str | None]]:
-    """``(path, signal, None)`` or ``(path, None, reason)`` per file."""
-    decoded = []
-    for path in paths:
+        decoded = decode_ahead(paths, workers=decode_workers, ahead=max(2 * batch_size, decode_workers))
         try:
-            decoded.append((path, load_audio(path)[0], None))
-        except AudioError as error:
-            decoded.append((path, None, error.reason))
-    return decoded
+            while batch := [file for _, file in zip(range(batch_size), decoded)]:
+                yield from self.predict_decoded(batch, min_confidence=min_confidence, speaker=speaker)
+        finally:
+            decoded.close()  # stop the decoding threads when the caller stops early
+
+    def predict_decoded(
+        self, files: Sequence[DecodedFile], *, min_confidence: float | None = None, speaker: str | None = None
+    ) -> list[dict]:
+        """One row per decoded file, in order: ``{"path", "label", "probabilities"}`` or ``{"path", "error"}``.
+
+        The files that decoded are predicted together (one call to :meth:`predict`; ``speaker`` as there).
+        """
+        signals = [file.signal for file in files if file.signal is not None]
+        results = iter(self.predict(signals, min_confidence=min_confidence, speaker=speaker) if signals else [])
+        return [
+            {"path": file.path, "error": file.error} if file.signal is None else {"path": file.path, **next(results)}
+            for file in files
+        ]

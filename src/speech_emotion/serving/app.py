@@ -118,6 +118,8 @@ def create_app(
     host: str = "127.0.0.1",
     allowed_hosts: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
+    device: str = "auto",
+    precision: str | None = None,
 ) -> FastAPI:
     """A FastAPI app that serves one model.
 
@@ -133,6 +135,8 @@ def create_app(
             their ``Host`` header (see :mod:`speech_emotion.serving.guards`).
         allowed_hosts: more host names to answer to (``"*"``: any).
         cors_origins: origins allowed to call the API from a web page (none by default).
+        device: where the encoder runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``; only with a path).
+        precision: ``fp32``/``bf16`` (only with a path); default: the model's own.
 
     Returns:
         The app; run it with uvicorn, or test it with ``fastapi.testclient.TestClient``.
@@ -145,7 +149,9 @@ def create_app(
     if isinstance(model, (str, Path)):
         from speech_emotion.inference.predictor import Predictor
 
-        predictor = Predictor.from_pretrained(model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch)
+        predictor = Predictor.from_pretrained(
+            model, encoder=encoder, allow_encoder_mismatch=allow_encoder_mismatch, device=device, precision=precision
+        )
     else:
         predictor = model
     limits = limits or ServeLimits()

@@ -32,6 +32,8 @@ def create_app_from_env() -> FastAPI:
         host=config.get("host", "127.0.0.1"),
         allowed_hosts=config.get("allowed_hosts", ()),
         cors_origins=config.get("cors_origins", ()),
+        device=config.get("device", "auto"),
+        precision=config.get("precision"),
     )
     warm_up(app.state.predictor)
     return app
@@ -49,11 +51,16 @@ def run_server(
     log_level: str = "info",
     allowed_hosts: Sequence[str] = (),
     cors_origins: Sequence[str] = (),
+    device: str = "auto",
+    precision: str | None = None,
 ) -> None:
     """Serve ``model`` with uvicorn until interrupted.
 
     With ``workers`` > 1 each worker process loads its own copy of the model (memory grows
-    with ``workers``); the bundle is checked here first so that a bad path fails at once.
+    with ``workers``; on ``cuda`` every copy sits on the same GPU); the bundle, the spelling of
+    ``device`` and ``precision`` are checked here first so that a bad path fails at once.
+    ``device`` and ``precision`` are those of
+    :meth:`~speech_emotion.inference.predictor.Predictor.from_pretrained`.
     Requests must name ``host`` (or a loopback name, or one of ``allowed_hosts``) in their
     ``Host`` header; browsers may call the API only from its own page or ``cors_origins``
     (see :mod:`speech_emotion.serving.guards`).
@@ -61,15 +68,19 @@ def run_server(
     Raises:
         BundleError: the model or its encoder cannot be loaded.
         ValueError: the model cannot label single clips (see :func:`warm_up`), or an entry of
-            ``cors_origins`` is not an origin.
+            ``cors_origins`` is not an origin; the device is not here; the precision is refused.
     """
     import uvicorn
 
     check_origins(cors_origins)  # here, not in each worker
     limits = limits or ServeLimits()
     if workers > 1:
+        from speech_emotion.features.devices import check_device, check_precision
         from speech_emotion.model.metadata import BundleMeta
 
+        check_device(device)
+        if precision is not None:
+            check_precision(precision)
         BundleMeta.read(model)  # a PyTorch bundle or an ONNX export: each worker loads it with Predictor
         os.environ[CONFIG_ENV] = json.dumps(
             {
@@ -80,6 +91,8 @@ def run_server(
                 "host": host,
                 "allowed_hosts": list(allowed_hosts),
                 "cors_origins": list(cors_origins),
+                "device": device,
+                "precision": precision,
             }
         )
         import inspect
@@ -109,6 +122,8 @@ def run_server(
         host=host,
         allowed_hosts=allowed_hosts,
         cors_origins=cors_origins,
+        device=device,
+        precision=precision,
     )
     warm_up(app.state.predictor)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

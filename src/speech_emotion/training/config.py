@@ -17,9 +17,9 @@ Example:
     Traceback (most recent call last):
     ...
     ValueError: config.json: unknown key 'epochs'; expected only format, version, speech_emotion, data, corpus,
-    labels, labels_file, speaker_pattern, encoder, encoder_path, test_speakers, val_speakers, split_file,
-    allow_speaker_overlap, allow_single_label_speakers, skip_bad, train, train_resolved, tracking_uri (was it
-    written by a newer speech-emotion?)
+    labels, labels_file, speaker_pattern, encoder, encoder_path, precision, test_speakers, val_speakers,
+    split_file, allow_speaker_overlap, allow_single_label_speakers, skip_bad, train, train_resolved, tracking_uri
+    (was it written by a newer speech-emotion?)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from typing import Any
 
 from speech_emotion.data.sources import CorpusSource, as_sources
 from speech_emotion.features.augment import Augmentation
+from speech_emotion.features.devices import PRECISIONS, check_precision
 from speech_emotion.model.metadata import MIXINGS, EncoderRef, HeadConfig
 from speech_emotion.version import __version__
 
@@ -245,6 +246,9 @@ class RunConfig:
             schema dict), or None for every raw label.
         labels_file: the absolute path of ``labels`` when it names a file.
         encoder: the encoder reference as given and, for a local folder, its absolute path.
+        precision: ``"fp32"`` or ``"bf16"``: the precision the encoder computes features in
+            (bf16 features are not fp32 features, so it is part of the run; the device it runs
+            on is not, since it does not change the answer).
         test_speakers, val_speakers: speakers asked for each part (None: no test part; a
             seeded sixth for validation, drawn from every corpus).
         split_file: a split saved by ``ser data split`` (kept whole).
@@ -259,6 +263,7 @@ class RunConfig:
     sources: tuple[CorpusSource, ...]
     encoder: EncoderRef
     train: TrainConfig = field(default_factory=TrainConfig)
+    precision: str = "fp32"
     labels: str | dict | None = None
     labels_file: str | None = None
     test_speakers: tuple[str, ...] | None = None
@@ -270,6 +275,15 @@ class RunConfig:
     tracking_uri: str | None = None
     speech_emotion: str = __version__
 
+    def __post_init__(self) -> None:
+        if check_precision(self.precision) != self.precision:
+            raise ValueError(f"precision: expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision != "fp32" and self.train.finetune:
+            raise ValueError(
+                f"--precision {self.precision} applies to the frozen encoder's forward pass; fine-tuning "
+                f"(--finetune top-{self.train.finetune}) trains in fp32: drop --precision"
+            )
+
     @classmethod
     def create(
         cls,
@@ -280,6 +294,7 @@ class RunConfig:
         train: TrainConfig | None = None,
         corpus: str | None = None,
         speaker_pattern: str | None = None,
+        precision: str = "fp32",
         **options: Any,
     ) -> RunConfig:
         """A run's config from the values a user gives (paths made absolute, label files found).
@@ -304,6 +319,7 @@ class RunConfig:
             sources=tuple(source.absolute() for source in sources),
             encoder=EncoderRef(reference=str(encoder), path=path),
             train=train or TrainConfig(),
+            precision=check_precision(precision),
             labels=labels,
             labels_file=labels_file,
             **options,
@@ -332,6 +348,7 @@ class RunConfig:
             "speaker_pattern": single.speaker_pattern if single else None,
             "encoder": self.encoder.reference,
             "encoder_path": self.encoder.path,
+            "precision": self.precision,
             "test_speakers": list(self.test_speakers) if self.test_speakers is not None else None,
             "val_speakers": list(self.val_speakers) if self.val_speakers is not None else None,
             "split_file": self.split_file,
@@ -378,6 +395,7 @@ class RunConfig:
             sources=sources,
             encoder=EncoderRef(reference=spec["encoder"], path=spec.get("encoder_path")),
             train=train,
+            precision=str(spec.get("precision", "fp32")),  # written since version 2 files added it; fp32 before
             labels=spec.get("labels"),
             labels_file=spec.get("labels_file"),
             test_speakers=tuple(speakers["test_speakers"]) if speakers["test_speakers"] is not None else None,
@@ -422,6 +440,7 @@ _CONFIG_KEYS = [
     "speaker_pattern",
     "encoder",
     "encoder_path",
+    "precision",
     "test_speakers",
     "val_speakers",
     "split_file",

@@ -52,6 +52,8 @@ def cross_validate(
     force: bool = False,
     store=None,
     progress: Progress = no_progress,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """Cross-validation of the frozen-encoder recipe: speaker folds, or the cross-corpus matrix.
 
@@ -63,6 +65,8 @@ def cross_validate(
         out: folder for ``cv.json``, ``config.json`` and, for the matrix, ``report.html`` with its heat map.
         config: head hyper-parameters, seed (also seeds the fold assignment), ``speaker_norm``,
             ``balance``, ``domain_norm`` (default :class:`TrainConfig()`).
+        device: where the encoder runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``).
+        precision: ``fp32`` or ``bf16``; recorded in ``config.json`` (bf16 features are not fp32 features).
 
     Returns:
         Speaker folds: ``{"folds": [{test_speakers, val_speakers, accuracy, uar, macro_f1, ...}],
@@ -72,9 +76,12 @@ def cross_validate(
     Raises:
         SplitError: too few speakers for the folds, or one corpus for the matrix.
     """
+    from speech_emotion.features.devices import check_precision, resolve_device
     from speech_emotion.features.encoders import load_encoder
 
     started = time.perf_counter()
+    precision = check_precision(precision)
+    resolve_device(device)  # a missing GPU fails before anything is written
     sources = [source.absolute() for source in as_sources(data, corpus=corpus, speaker_pattern=speaker_pattern)]
     asked = config or TrainConfig()
     config = asked.resolved(n_corpora=len(sources))
@@ -87,6 +94,7 @@ def cross_validate(
                 "speech_emotion": __version__,
                 "data": [source.to_dict() for source in sources],
                 "encoder": encoder,
+                "precision": precision,
                 "folds": None if leave_corpus_out else folds,
                 "leave_corpus_out": leave_corpus_out,
                 "labels": labels,
@@ -107,7 +115,7 @@ def cross_validate(
         raise SplitError(
             f"--leave-corpus-out needs at least two corpora; got only {corpora[0] if len(corpora) else 'none'}"
         )
-    loaded = load_encoder(encoder)
+    loaded = load_encoder(encoder, device=device, precision=precision)
     X = encode_dataset(dataset, loaded, store=store, progress=progress)
     augmented = [
         encode_dataset(dataset, loaded, store=store, progress=progress, augmentation=Augmentation.parse(a))

@@ -106,11 +106,18 @@ def unfreeze_top(encoder: "Encoder", n: int) -> list[str]:
     return [name for name, parameter in module.named_parameters() if parameter.requires_grad]
 
 
-def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = None) -> "FinetunableEncoder":
+def load_finetune_encoder(
+    encoder: EncoderRef, n: int, world: World | None = None, *, device: str = "auto"
+) -> "FinetunableEncoder":
     """Load a run's encoder on this rank's device and check that top-``n`` fits it.
 
+    Args:
+        device: ``auto``: this rank's device (``cuda:LOCAL_RANK`` when CUDA is present, else the
+            CPU); otherwise that device (one process only).
+
     Raises:
-        ValueError: eGeMAPS (nothing to fine-tune), or ``n`` larger than the encoder's layers.
+        ValueError: eGeMAPS (nothing to fine-tune), ``n`` larger than the encoder's layers, or a
+            device that is not here.
     """
     from speech_emotion.features.encoders import load_encoder
 
@@ -119,7 +126,8 @@ def load_finetune_encoder(encoder: EncoderRef, n: int, world: World | None = Non
             "--finetune: encoder 'egemaps' (openSMILE functionals) has no trainable layers, nothing to fine-tune; "
             "fine-tune a Whisper or wav2vec 2.0-family encoder, or drop --finetune to train the head alone"
         )
-    loaded = check_finetunable(load_encoder(encoder.source, device=str((world or World()).device)))
+    where = str((world or World()).device) if device == "auto" else device
+    loaded = check_finetunable(load_encoder(encoder.source, device=where))
     loaded.top_layers(n)  # checks n against the number of layers
     return loaded
 

@@ -66,6 +66,8 @@ class RunContext:
         on_epoch: called with each epoch's metrics.
         on_step: see :data:`StepHook`.
         world: this process's place in a torchrun job.
+        device: where the encoder runs (``auto``, ``cpu``, ``cuda``, ``cuda:N``); the precision
+            is the run's (``config.precision``).
     """
 
     out: Path
@@ -77,6 +79,7 @@ class RunContext:
     on_epoch: Callable[[dict], None] | None = None
     on_step: StepHook | None = None
     world: World = field(default_factory=World)
+    device: str = "auto"
 
     @property
     def recipe(self) -> TrainConfig:
@@ -159,7 +162,8 @@ def fit_frozen(ctx: RunContext, dataset: Dataset, split: Split) -> Fitted:
     started = time.perf_counter()
     recipe = ctx.recipe
     ctx.status.stage("encoding", total=len(dataset))
-    encoder = load_encoder(ctx.config.encoder.source)
+    encoder = load_encoder(ctx.config.encoder.source, device=ctx.device, precision=ctx.config.precision)
+    log.info("encoding on %s in %s", encoder.device, encoder.precision)
     X = encode_dataset(dataset, encoder, store=ctx.store, progress=ctx.tracked)
     encoded = time.perf_counter()
     corpora = np.asarray([u.corpus for u in dataset.manifest])
@@ -303,7 +307,7 @@ def fit_finetuned(ctx: RunContext, dataset: Dataset, split: Split, encoder=None)
     started = time.perf_counter()
     recipe, world = ctx.recipe, ctx.world
     if encoder is None:
-        encoder = load_finetune_encoder(ctx.config.encoder, recipe.finetune, world)
+        encoder = load_finetune_encoder(ctx.config.encoder, recipe.finetune, world, device=ctx.device)
     base = EncoderRef.of(encoder, reference=ctx.config.encoder.reference, path=ctx.config.encoder.path)
     ctx.status.stage("decoding", total=len(dataset))  # again: fine-tuning needs the clips themselves
     with ctx.tracked("loading audio", len(dataset)) as advance:

@@ -81,6 +81,8 @@ def train(
     on_epoch: Callable[[dict], None] | None = None,
     on_step: StepHook | None = None,
     tracking_uri: str | None = None,
+    device: str = "auto",
+    precision: str = "fp32",
 ) -> dict:
     """Train a head (or fine-tune the encoder's top layers with it) and write the run folder.
 
@@ -101,12 +103,18 @@ def train(
         progress: progress bars; on_epoch: called with each epoch's metrics; on_step: see
             :data:`~speech_emotion.training.modes.StepHook`.
         tracking_uri: MLflow URI (default ``$MLFLOW_TRACKING_URI``; none: no tracking).
+        device: where the encoder runs: ``auto`` (CUDA when present), ``cpu``, ``cuda``,
+            ``cuda:N``. Not recorded in the run's config (it does not change the answer);
+            under torchrun each process takes the GPU of its ``LOCAL_RANK`` (keep ``auto``).
+        precision: ``fp32`` or ``bf16`` (frozen encoder only), recorded in ``config.json``
+            and in the bundle's ``preprocessing``.
 
     Returns:
         The contents of ``results.json``.
 
     Raises:
         FileExistsError: ``out`` is not empty and ``force`` is false.
+        ValueError: a device that is not here, a refused precision, bf16 with fine-tuning.
         CorpusError, LabelError, SplitError, LeakageError, SanityError: see their messages.
     """
     from speech_emotion.tracking import tracking_uri as resolve_uri
@@ -120,11 +128,13 @@ def train(
             f"WORLD_SIZE={world.size}: several processes (torchrun) train only in fine-tune mode; the frozen head "
             "trains in seconds in one process: run `ser train` without torchrun, or add --finetune top-N"
         )
+    check_run_device(device, world)
     run_config = RunConfig.create(
         data,
         encoder=encoder,
         labels=labels,
         train=config,
+        precision=precision,
         corpus=corpus,
         speaker_pattern=speaker_pattern,
         test_speakers=test_speakers,
@@ -141,7 +151,7 @@ def train(
     if config.finetune:  # refuse an encoder that cannot be fine-tuned before the run folder exists
         from speech_emotion.training.finetune import load_finetune_encoder
 
-        preloaded = load_finetune_encoder(run_config.encoder, config.finetune, world)
+        preloaded = load_finetune_encoder(run_config.encoder, config.finetune, world, device=device)
     with process_group(world):
         barrier(world)  # every rank has checked --out before rank 0 writes into it
         if world.is_main:
@@ -158,6 +168,7 @@ def train(
             on_epoch=on_epoch,
             on_step=on_step,
             world=world,
+            device=device,
         )
         results = _execute(context, encoder=preloaded)
         barrier(world)  # every rank returns once rank 0 has written the run folder
@@ -172,6 +183,7 @@ def resume(
     on_epoch: Callable[[dict], None] | None = None,
     on_step: StepHook | None = None,
     tracking_uri: str | None = None,
+    device: str = "auto",
 ) -> dict:
     """Continue a run that was killed or failed, from ``RUN/config.json`` and its newest checkpoint.
 
@@ -184,6 +196,8 @@ def resume(
         run: the run folder made by :func:`train`.
         tracking_uri: MLflow URI; default: the one the run was started with, else
             ``$MLFLOW_TRACKING_URI``. The MLflow run of ``RUN/tracking.json`` is continued.
+        device: where the encoder runs; any device may continue a run (the features in the
+            store serve every device), the precision comes from ``config.json``.
 
     Returns:
         The contents of ``results.json``.
@@ -219,6 +233,7 @@ def resume(
         write_json(run / CONFIG_FILE, config.to_dict())
     resumed = int(status.get("resumed", 0)) + 1
     log.info("resuming %s (resumed %d time(s) before)", run, resumed - 1)
+    check_run_device(device)
     context = RunContext(
         out=run,
         config=config,
@@ -227,8 +242,26 @@ def resume(
         progress=progress,
         on_epoch=on_epoch,
         on_step=on_step,
+        device=device,
     )
     return _execute(context)
+
+
+def check_run_device(device: str, world=None) -> None:
+    """Refuse, before anything is written, a device that is not here, or a fixed one under torchrun.
+
+    Raises:
+        ValueError: an unknown device, CUDA where there is none, or a device other than ``auto``
+            in a job of several processes (each takes the GPU of its ``LOCAL_RANK``).
+    """
+    from speech_emotion.features.devices import check_device, resolve_device
+
+    if world is not None and world.size > 1 and check_device(device) != "auto":
+        raise ValueError(
+            f"--device {device}: under torchrun (WORLD_SIZE={world.size}) each process runs on the GPU of its "
+            "LOCAL_RANK (or the CPU without CUDA); drop --device"
+        )
+    resolve_device(device)
 
 
 class _SilentStatus(RunStatus):

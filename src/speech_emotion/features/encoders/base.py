@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from speech_emotion.data.audio import SAMPLING_RATE
+from speech_emotion.features.devices import DEFAULT_BATCH_FRAMES
 from speech_emotion.features.signal import check_encoder_input, plan_batches, pool_mean_std, split_segments
 
 if TYPE_CHECKING:
@@ -41,16 +42,25 @@ class Encoder:
         preprocessing: JSON-able description of what is done to the input (computed from
             the current settings, e.g. ``max_window_s``); part of the feature-store key.
         min_samples: Shortest signal, in samples, that gives at least one frame.
-        default_batch_seconds: Padded audio seconds per forward pass when ``features`` is
-            called without ``batch_seconds``.
+        device: The torch device the model runs on (a parameter of the encoder: the same code
+            runs on every device, and no device is part of the feature-store key).
+        precision: ``"fp32"`` or ``"bf16"`` (autocast on the forward pass; recorded in
+            ``preprocessing`` because bf16 features are not fp32 features).
+        samples_per_frame: Input samples per hidden-state frame (320: 20 ms at 16 kHz).
+        batch_frames: Padded hidden-state frames (tokens) per forward pass when ``features`` is
+            called without ``batch_seconds``; by default the budget of the device type
+            (:data:`~speech_emotion.features.devices.DEFAULT_BATCH_FRAMES`).
+        default_batch_seconds: ``batch_frames`` in padded seconds of 16 kHz audio.
         can_pad: Whether segments of different lengths may share a batch (padding masked out).
     """
 
     family: str = ""
     sampling_rate: int = SAMPLING_RATE
     max_window_s: float = 30.0
-    default_batch_seconds: float = 30.0
     min_samples: int = 1
+    precision: str = "fp32"
+    samples_per_frame: int = 320
+    batch_frames: int = DEFAULT_BATCH_FRAMES["cpu"]
 
     reference: str
     n_layers: int
@@ -64,6 +74,15 @@ class Encoder:
         raise NotImplementedError
 
     @property
+    def default_batch_seconds(self) -> float:
+        """Padded audio seconds per forward pass by default: ``batch_frames`` frames of ``samples_per_frame``."""
+        return self.batch_frames * self.samples_per_frame / self.sampling_rate
+
+    def _precision_fields(self) -> dict[str, Any]:
+        """What ``preprocessing`` records of the precision: nothing for fp32 (keys as they always were), else it."""
+        return {} if self.precision == "fp32" else {"precision": self.precision}
+
+    @property
     def can_pad(self) -> bool:
         """Whether segments of different lengths may share a batch (the padding masked out)."""
         return True
@@ -71,7 +90,8 @@ class Encoder:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(reference={self.reference!r}, n_layers={self.n_layers}, "
-            f"dim={self.dim}, fingerprint={self.fingerprint[:12]}…)"
+            f"dim={self.dim}, fingerprint={self.fingerprint[:12]}…, device={str(getattr(self, 'device', 'cpu'))!r}, "
+            f"precision={self.precision!r})"
         )
 
     # -- public API ----------------------------------------------------------------------------
@@ -91,7 +111,7 @@ class Encoder:
         Args:
             signals: 1-D float arrays at 16 kHz (converted to float32).
             batch_seconds: Padded audio seconds per forward pass (default
-                ``default_batch_seconds``). Larger uses more memory.
+                ``default_batch_seconds``, from the device's frame budget). Larger uses more memory.
             progress: Called with the number of signals finished after each batch.
 
         Returns:

@@ -10,7 +10,8 @@ asks :func:`check_finetunable` first.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,23 @@ import torch
 from speech_emotion.features.encoders.base import Encoder
 from speech_emotion.features.encoders.pooling import pool_frames
 from speech_emotion.features.signal import pool_mean_std
+
+
+@contextlib.contextmanager
+def fp32_convolutions() -> Iterator[None]:
+    """cuDNN convolutions in full fp32 inside the block (no TF32), the previous setting restored after.
+
+    Example:
+        >>> with fp32_convolutions():
+        ...     torch.backends.cudnn.allow_tf32
+        False
+    """
+    previous = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32 = previous
 
 
 def check_finetunable(encoder: Encoder) -> FinetunableEncoder:
@@ -64,6 +82,20 @@ class FinetunableEncoder(Encoder):
     def feature_extractor(self) -> Any:
         """The transformers feature extractor loaded beside the model (``preprocessor_config.json``)."""
         raise NotImplementedError
+
+    def precision_context(self) -> contextlib.AbstractContextManager:
+        """What the network's forward pass runs under, for :attr:`precision` on :attr:`device`.
+
+        ``bf16``: autocast to bfloat16 on the encoder's device. ``fp32`` on CUDA: cuDNN
+        convolutions kept in full fp32 (torch lets them use TF32 on Ampere and later GPUs, about
+        1e-3 relative error, more than the stated CPU/GPU tolerance); otherwise nothing changes.
+        Log-mel spectrograms, input normalisation and pooling stay fp32 either way.
+        """
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        if self.device.type == "cuda":
+            return fp32_convolutions()
+        return contextlib.nullcontext()
 
     def top_layers(self, n: int) -> list[torch.nn.Module]:
         """The modules of the top ``n`` transformer layers (with the final layer norm that follows them).
@@ -127,9 +159,6 @@ class FinetunableEncoder(Encoder):
     """Whether :meth:`top_pooled_features` can run the top layers alone from cached hidden states
     (Whisper, wav2vec 2.0, HuBERT, data2vec-audio; not WavLM, whose first layer computes a
     position bias the others reuse)."""
-
-    samples_per_frame: int = 320
-    """Input samples per hidden-state frame (20 ms at 16 kHz for Whisper and wav2vec 2.0-family models)."""
 
     def frozen_state_index(self, top: int) -> int:
         """Index, in the hidden states (0: embedding output), of the state that enters the first of the top ``top``

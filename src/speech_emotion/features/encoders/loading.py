@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from speech_emotion.data.audio import SAMPLING_RATE
+from speech_emotion.features.devices import check_precision, resolve_device
 from speech_emotion.features.encoders.base import Encoder
 from speech_emotion.features.encoders.egemaps import EgemapsEncoder
 from speech_emotion.features.encoders.fingerprint import model_fingerprint
@@ -38,7 +39,7 @@ def _remedy() -> str:
     )
 
 
-def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
+def load_encoder(reference: str, *, device: str | torch.device = "auto", precision: str = "fp32") -> Encoder:
     """Load a frozen encoder by reference.
 
     ``reference`` is ``"egemaps"``, a local folder saved by ``save_pretrained``, or a
@@ -48,9 +49,16 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
     ``SSL_MODEL_TYPES`` gives an :class:`SSLEncoder`. Whisper checkpoints may hold only the
     encoder (``encoder.*`` tensors) or a full sequence-to-sequence model.
 
+    The device changes where the model runs, never its fingerprint or ``preprocessing`` (so
+    never a feature-store key); ``precision="bf16"`` is recorded in ``preprocessing``.
+
     Args:
         reference: ``"egemaps"``, a folder, or a hub id.
-        device: Torch device for the model, e.g. ``"cpu"`` or ``"cuda"``.
+        device: ``"auto"`` (CUDA when present, else the CPU), ``"cpu"``, ``"cuda"``,
+            ``"cuda:N"`` (:func:`~speech_emotion.features.devices.resolve_device`), or a
+            ``torch.device``. eGeMAPS runs on the CPU only.
+        precision: ``"fp32"`` or ``"bf16"`` (autocast on the forward pass); fp16 is refused
+            (:func:`~speech_emotion.features.devices.check_precision`).
 
     Returns:
         An :class:`Encoder` in eval mode.
@@ -58,7 +66,9 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
     Raises:
         FileNotFoundError: ``reference`` is a path and no such folder exists.
         ValueError: The folder or hub id cannot be loaded (not a model folder, not available
-            offline, weights missing) or its ``model_type`` is not supported.
+            offline, weights missing) or its ``model_type`` is not supported; the device is
+            unknown or absent (CUDA asked for where there is none); the precision is refused;
+            eGeMAPS asked for on CUDA or in bf16.
         ImportError: ``"egemaps"`` without the opensmile package.
 
     Example:
@@ -88,12 +98,16 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
     if not isinstance(reference, (str, os.PathLike)):
         raise TypeError(f"reference: expected a str (folder, hub id or 'egemaps'), got {type(reference).__name__}")
     reference = os.fspath(reference)
+    precision = check_precision(precision)
+    torch_device = resolve_device(str(device))
     if reference.strip().lower() == "egemaps":
+        on_cpu = torch_device.type == "cpu" or str(device) == "auto"  # auto: the CPU is where openSMILE runs
+        if not on_cpu or precision != "fp32":
+            raise ValueError(
+                f"encoder 'egemaps' runs on the CPU in fp32 only (openSMILE), got device {str(device)!r} and precision "
+                f"{precision!r}; pass --device cpu (or auto) and --precision fp32"
+            )
         return EgemapsEncoder(reference=reference)
-    try:
-        torch_device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device: expected a torch device such as 'cpu' or 'cuda', got {device!r}") from exc
 
     path = Path(reference).expanduser()
     if path.exists():
@@ -128,9 +142,9 @@ def load_encoder(reference: str, *, device: str = "cpu") -> Encoder:
 
     model_type = getattr(config, "model_type", None)
     if model_type == "whisper":
-        return _load_whisper(reference, source, config, torch_device)
+        return _load_whisper(reference, source, config, torch_device, precision)
     if model_type in SSL_MODEL_TYPES:
-        return _load_ssl(reference, source, config, torch_device)
+        return _load_ssl(reference, source, config, torch_device, precision)
     raise ValueError(
         f"{reference}: model_type {model_type!r} is not a supported speech encoder; expected 'whisper' "
         f"or one of {', '.join(repr(t) for t in SSL_MODEL_TYPES)}, or use 'egemaps'"
@@ -168,7 +182,7 @@ def _check_missing(reference: str, missing: Sequence[str], prefix: str) -> None:
         )
 
 
-def _load_whisper(reference: str, source: str, config: Any, device: torch.device) -> WhisperEncoder:
+def _load_whisper(reference: str, source: str, config: Any, device: torch.device, precision: str) -> WhisperEncoder:
     from transformers import WhisperFeatureExtractor, WhisperForAudioClassification
 
     extractor = _load_feature_extractor(reference, source)
@@ -188,16 +202,22 @@ def _load_whisper(reference: str, source: str, config: Any, device: torch.device
             f"{reference}: could not load Whisper weights ({type(exc).__name__}: {exc}); {_remedy()}"
         ) from exc
     _check_missing(reference, info.get("missing_keys", []), "encoder.")
-    encoder = model.encoder.to(device).eval()
+    encoder = model.encoder.eval()
     encoder.requires_grad_(False)
     del model
+    # Hashed before it moves: the fingerprint is the weights', whatever device they run on.
     fingerprint = model_fingerprint(family="whisper", source=source, config=config, extractor=extractor, module=encoder)
     return WhisperEncoder(
-        reference=reference, model=encoder, feature_extractor=extractor, fingerprint=fingerprint, device=device
+        reference=reference,
+        model=encoder.to(device),
+        feature_extractor=extractor,
+        fingerprint=fingerprint,
+        device=device,
+        precision=precision,
     )
 
 
-def _load_ssl(reference: str, source: str, config: Any, device: torch.device) -> SSLEncoder:
+def _load_ssl(reference: str, source: str, config: Any, device: torch.device, precision: str) -> SSLEncoder:
     from transformers import AutoModel
 
     extractor = _load_feature_extractor(reference, source)
@@ -210,11 +230,16 @@ def _load_ssl(reference: str, source: str, config: Any, device: torch.device) ->
         ) from exc
     missing = list(info.get("missing_keys", []))
     _check_missing(reference, missing, "")
-    model = model.to(device).eval()
+    model = model.eval()
     model.requires_grad_(False)
     fingerprint = model_fingerprint(
         family="ssl", source=source, config=config, extractor=extractor, module=model, skip=missing
     )
     return SSLEncoder(
-        reference=reference, model=model, feature_extractor=extractor, fingerprint=fingerprint, device=device
+        reference=reference,
+        model=model.to(device),
+        feature_extractor=extractor,
+        fingerprint=fingerprint,
+        device=device,
+        precision=precision,
     )

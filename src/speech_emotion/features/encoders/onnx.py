@@ -47,8 +47,8 @@ or ``ACTIVE`` (spin). It must be set before torch is imported to reach torch's O
 ONNX Runtime reads it for every session (``allow_spinning``)."""
 
 
-def onnx_session(path: str | Path, threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session for ``path``, set up for inference on a shared machine.
+def onnx_session(path: str | Path, threads: int | None = None, providers: Sequence[Any] | None = None) -> Any:
+    """An ONNX Runtime session for ``path`` (CPU by default), set up for inference on a shared machine.
 
     Graph optimisations on, one inter-op thread, ``threads`` intra-op threads (ONNX Runtime's
     choice when None), and idle threads that sleep unless ``OMP_WAIT_POLICY=ACTIVE``.
@@ -56,6 +56,8 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     Args:
         path: An ``.onnx`` file.
         threads: Intra-op threads, or None for ONNX Runtime's default (one per physical core).
+        providers: Execution providers in order of preference (default: the CPU's alone);
+            see :func:`~speech_emotion.inference.backends.onnx_providers`.
 
     Returns:
         An ``onnxruntime.InferenceSession``.
@@ -71,7 +73,9 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
     options.log_severity_level = 3
     if os.environ.get(WAIT_POLICY, "PASSIVE").strip().upper() != "ACTIVE":
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        str(path), sess_options=options, providers=list(providers) if providers else ["CPUExecutionProvider"]
+    )
 
 
 def whisper_log_mel(
@@ -146,9 +150,18 @@ class OnnxEncoder:
         meta: Its ``model.json``, already checked (``onnx``, ``encoder`` and ``preprocessing`` sections).
         fingerprint: sha256 of ``encoder.onnx``.
         threads: ONNX Runtime intra-op threads (None: ONNX Runtime's choice).
+        providers: ONNX Runtime execution providers (default: the CPU's).
     """
 
-    def __init__(self, folder: Path, meta: dict, *, fingerprint: str, threads: int | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        meta: dict,
+        *,
+        fingerprint: str,
+        threads: int | None = None,
+        providers: Sequence[Any] | None = None,
+    ):
         folder = Path(folder)
         onnx_meta = meta["onnx"]
         encoder_meta = meta["encoder"]
@@ -167,7 +180,7 @@ class OnnxEncoder:
         # int8 dynamic quantization scales activations by each batch's range: one clip per
         # forward pass keeps a clip's result independent of the clips it is batched with.
         self.one_per_batch = self.quantization != "none"
-        self._session = onnx_session(folder / ENCODER_FILE, threads)
+        self._session = onnx_session(folder / ENCODER_FILE, threads, providers)
         self._input_names = [i.name for i in self._session.get_inputs()]
         if self.family == "whisper":
             self._n_fft = int(self.preprocessing["n_fft"])

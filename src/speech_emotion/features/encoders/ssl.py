@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from speech_emotion.data.audio import SAMPLING_RATE
+from speech_emotion.features.devices import batch_frames_for, check_precision
 from speech_emotion.features.encoders.finetunable import FinetunableEncoder
 from speech_emotion.features.encoders.transformers_logging import quiet_transformers
 from speech_emotion.features.signal import ssl_frames, ssl_min_samples
@@ -39,7 +40,6 @@ class SSLEncoder(FinetunableEncoder):
     """
 
     family = "ssl"
-    default_batch_seconds = 30.0
 
     def __init__(
         self,
@@ -49,10 +49,13 @@ class SSLEncoder(FinetunableEncoder):
         feature_extractor: Any,
         fingerprint: str,
         device: torch.device,
+        precision: str = "fp32",
     ):
         self.reference = reference
         self.fingerprint = fingerprint
         self.device = device
+        self.precision = check_precision(precision)
+        self.batch_frames = batch_frames_for(device.type)
         self._model = model
         self._extractor = feature_extractor
         config = model.config
@@ -74,6 +77,7 @@ class SSLEncoder(FinetunableEncoder):
             "pooling": "mean+std",
             "std_ddof": 0,
             "implementation": "ssl/1",
+            **self._precision_fields(),
         }
 
     @property
@@ -85,7 +89,8 @@ class SSLEncoder(FinetunableEncoder):
 
     @torch.inference_mode()
     def _forward_segments(self, segments: list[np.ndarray]) -> list[np.ndarray]:
-        stacked, n_frames = self._hidden_states(segments)
+        with self.precision_context():
+            stacked, n_frames = self._hidden_states(segments)
         array = stacked.float().cpu().numpy()
         return [array[i, :, : int(n_frames[i])] for i in range(len(segments))]
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from speech_emotion.data.audio import SAMPLING_RATE
+from speech_emotion.features.devices import batch_frames_for, check_precision
 from speech_emotion.features.encoders.finetunable import FinetunableEncoder
 
 
@@ -31,7 +32,6 @@ class WhisperEncoder(FinetunableEncoder):
     """
 
     family = "whisper"
-    default_batch_seconds = 30.0
 
     def __init__(
         self,
@@ -41,10 +41,13 @@ class WhisperEncoder(FinetunableEncoder):
         feature_extractor: Any,
         fingerprint: str,
         device: torch.device,
+        precision: str = "fp32",
     ):
         self.reference = reference
         self.fingerprint = fingerprint
         self.device = device
+        self.precision = check_precision(precision)
+        self.batch_frames = batch_frames_for(device.type)
         self._model = model
         self._extractor = feature_extractor
         config = model.config
@@ -76,6 +79,7 @@ class WhisperEncoder(FinetunableEncoder):
             "pooling": "mean+std",
             "std_ddof": 0,
             "implementation": "whisper-variable-length/1",
+            **self._precision_fields(),
         }
 
     def log_mel(self, signal: np.ndarray) -> torch.Tensor:
@@ -114,7 +118,8 @@ class WhisperEncoder(FinetunableEncoder):
     @torch.inference_mode()
     def _encode_mels(self, mels: list[torch.Tensor]) -> list[np.ndarray]:
         """Run the encoder on log-mel spectrograms of different lengths (one batch)."""
-        stacked, lengths = self._hidden_states(mels)
+        with self.precision_context():
+            stacked, lengths = self._hidden_states(mels)
         array = stacked.float().cpu().numpy()  # (batch, layers, positions, hidden)
         return [array[i, :, : int(lengths[i])] for i in range(len(mels))]
 
