@@ -94,7 +94,7 @@ class _FrequencyPredictor(Predictor):
     def __init__(self):
         pass
 
-    def _forward(self, signals):
+    def _forward(self, signals, speaker=None):
         return np.array([[np.argmax(np.abs(np.fft.rfft(s))) * 16000 / len(s)] for s in signals])
 
 
