@@ -18,6 +18,7 @@ from speech_emotion.cli.device_options import (
     GpusPerWorkerOpt,
     PrecisionOpt,
     WorkersOpt,
+    check_engine_options,
 )
 from speech_emotion.cli.train import EncoderOpt
 
@@ -88,14 +89,7 @@ def fill(
     from speech_emotion.data.inputs import expand_inputs
     from speech_emotion.features.store import FeatureStore
 
-    ray_only = {
-        "--address": address is not None,
-        "--workers": workers != 1,
-        "--num-gpus-per-worker": bool(num_gpus_per_worker),
-        "--cpus-per-worker": cpus_per_worker != 1.0,
-    }
-    if engine is Engine.local and any(ray_only.values()):
-        raise fail(f"{', '.join(name for name, given in ray_only.items() if given)} apply to --engine ray only")
+    check_engine_options(engine, address, workers, num_gpus_per_worker, cpus_per_worker)
     store = FeatureStore()
     try:
         files = expand_inputs(data)

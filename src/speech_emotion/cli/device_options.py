@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from speech_emotion.cli.console import fail
 from speech_emotion.features.devices import DEVICES_HELP, check_device, check_precision
 
 
@@ -109,3 +110,17 @@ CpusPerWorkerOpt = Annotated[
         min=0.05,
     ),
 ]
+
+
+def check_engine_options(
+    engine: Engine, address: Optional[str], workers: int, num_gpus_per_worker: float, cpus_per_worker: float
+) -> None:
+    """Refuse Ray's options given with ``--engine local``, naming them (they would be ignored)."""
+    ray_only = {
+        "--address": address is not None,
+        "--workers": workers != 1,
+        "--num-gpus-per-worker": bool(num_gpus_per_worker),
+        "--cpus-per-worker": cpus_per_worker != 1.0,
+    }
+    if engine is Engine.local and any(ray_only.values()):
+        raise fail(f"{', '.join(name for name, given in ray_only.items() if given)} apply to --engine ray only")

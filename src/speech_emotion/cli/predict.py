@@ -22,6 +22,7 @@ from speech_emotion.cli.device_options import (
     GpusPerWorkerOpt,
     ModelPrecisionOpt,
     WorkersOpt,
+    check_engine_options,
 )
 from speech_emotion.data.inputs import expand_inputs
 from speech_emotion.errors import AudioError, BundleError, TimelineLimitError, printable_path
@@ -291,14 +292,7 @@ def predict(
         raise fail("--window, --hop, --max-windows and --no-vad apply to --timeline only; add --timeline")
     if timeline and speaker is not None:
         raise fail("--speaker applies to whole-file predictions, not to --timeline; drop one of them")
-    ray_only = {
-        "--address": address is not None,
-        "--workers": workers != 1,
-        "--num-gpus-per-worker": bool(num_gpus_per_worker),
-        "--cpus-per-worker": cpus_per_worker != 1.0,
-    }
-    if engine is Engine.local and any(ray_only.values()):
-        raise fail(f"{', '.join(name for name, given in ray_only.items() if given)} apply to --engine ray only")
+    check_engine_options(engine, address, workers, num_gpus_per_worker, cpus_per_worker)
     if timeline:
         from speech_emotion.inference.timeline import MAX_WINDOWS, check_timeline_options
 
