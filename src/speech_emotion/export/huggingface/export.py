@@ -65,8 +65,9 @@ def export_huggingface(
 
     Raises:
         BundleError: a head that a stock class cannot represent, an encoder family without
-            a stock class (eGeMAPS), a speaker-normalised model, a model trained on bf16
-            features, a run without its corpus.
+            a stock class (eGeMAPS), a speaker-normalised model, a model adapted per speaker
+            (``ser adapt --per-speaker``), a model trained on bf16 features, a run without its
+            corpus.
         FileNotFoundError: the corpus is not where the run says (pass ``data``).
     """
     started = time.perf_counter()
@@ -88,6 +89,15 @@ def export_huggingface(
         raise BundleError(
             f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over "
             "single clips cannot do; retrain without --speaker-norm"
+        )
+    if bundle.speakers:
+        adapted_from = bundle.meta.adaptation.get("adapted_from")
+        raise BundleError(
+            f"{bundle.path}: the model keeps statistics of {len(bundle.speakers)} speaker(s) (ser adapt "
+            "--per-speaker), which a pipeline over single clips is never told to use, so an export would drop them; "
+            "export the model it was adapted from"
+            + (f" ({adapted_from})" if adapted_from else "")
+            + ", or keep this one for `ser predict --speaker`"
         )
     store = store if store is not None else FeatureStore()
     run_folder = find_run_folder(model, bundle.path)
