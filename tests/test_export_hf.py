@@ -18,6 +18,7 @@ from speech_emotion.data.audio import load_audio
 from speech_emotion.errors import BundleError
 from speech_emotion.export.huggingface import EXPORT_INFO, export_huggingface, hf_head_weights
 from speech_emotion.features.store import FeatureStore
+from speech_emotion.inference.adapt import adapt
 from speech_emotion.model.head import EmotionHead, HeadConfig
 from speech_emotion.training.config import TrainConfig
 from speech_emotion.training.pipeline import train
@@ -233,6 +234,24 @@ def test_whisper_export_refits_for_the_pipeline(whisper_run, tmp_path, store):
     assert accuracy == pytest.approx(check["pipeline"]["accuracy"])
     card = (out / "README.md").read_text()
     assert "30 s" in card and "refit" in card and "`pipeline()` (this folder)" in card
+
+
+def test_export_refuses_a_model_adapted_per_speaker(whisper_run, tmp_path, store):
+    """Speaker statistics need ``ser predict --speaker``; a pipeline over single clips would drop them silently.
+
+    The adapted bundle sits inside the run folder, where the export finds the run and its corpus:
+    only the speaker statistics stand in the way (the ONNX refusal is in test_multicorpus.py).
+    """
+    run = tmp_path / "run"
+    shutil.copytree(whisper_run, run)
+    corpus = json.loads((run / "config.json").read_text())["data"]
+    adapt(run, corpus, out=run / "adapted", per_speaker=True, speaker_pattern=r"-([0-9]+)\.wav$", store=store)
+    result = runner.invoke(app, ["export", str(run / "adapted"), "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert "keeps statistics of 4 speaker(s) (ser adapt --per-speaker)" in message
+    assert "export would drop them" in message and "export the model it was adapted from" in message
+    assert not (tmp_path / "hf").exists()
 
 
 def test_whisper_export_needs_the_run_and_its_corpus(whisper_run, tmp_path):

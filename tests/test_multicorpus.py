@@ -159,6 +159,10 @@ def test_adapt_per_speaker(multi_run, other_corpus, tmp_path):
     assert unnamed.exit_code == 1 and "--per-speaker needs to know who speaks" in " ".join(unnamed.stderr.split())
     exported = runner.invoke(app, ["export", str(out), "--format", "onnx", "--out", str(tmp_path / "onnx")])
     assert exported.exit_code == 1 and "export would drop" in " ".join(exported.stderr.split())
+    to_hf = runner.invoke(app, ["export", str(out), "--format", "hf", "--out", str(tmp_path / "hf")])
+    message = " ".join(to_hf.stderr.split())
+    assert to_hf.exit_code == 1 and "4 speaker(s) (ser adapt --per-speaker)" in message, to_hf.output
+    assert "export would drop them" in message and not (tmp_path / "hf").exists()
 
 
 def test_leave_one_corpus_out_matrix(synth_corpus, other_corpus, tiny_wav2vec2, tmp_path):
