@@ -134,7 +134,7 @@ def model_card(info: dict, meta: dict, run: RunData | None) -> str:
             "trained on the latter does not transfer, so this export refits a linear head (softmax layer weights, "
             "standardisation folded into the projector, classifier) on the run's training audio encoded exactly as the "
             f"pipeline encodes it: {refit['n_train']} clips of speakers {', '.join(refit['train_speakers'])}, "
-            "early-stopped on "
+            f"its L2 penalty ({refit['config']['weight_decay']:g}) chosen and its epochs stopped on "
             f"the validation UAR of {refit['n_val']} clips of speakers {', '.join(refit['val_speakers'])} (best epoch "
             f"{refit['best_epoch']}; validation accuracy {_pct(refit['val']['accuracy'])}, UAR "
             f"{_pct(refit['val']['uar'])}). "

@@ -171,6 +171,12 @@ def export_huggingface(
 
 def _summary(info: dict, out: Path) -> dict:
     summary = {"architecture": info["architecture"], "classes": ", ".join(info["classes"]), "method": info["method"]}
+    refit = info.get("refit")
+    if refit:
+        summary["refit"] = (
+            f"L2 penalty {refit['config']['weight_decay']:g} (validation UAR {refit['val']['uar']:.1%}, speakers "
+            f"{', '.join(refit['val_speakers'])})"
+        )
     check = info.get("check")
     if check:
         summary["checked on"] = f"{check['n']} clips, {check['clips']}"

@@ -5,8 +5,8 @@ and averages all 1,500 encoder frames without a mask, while speech_emotion encod
 their own length; a head trained on the latter does not transfer. So the export encodes the
 run's training and validation clips exactly as the pipeline will (:class:`PipelineWhisperEncoder`,
 cached in the feature store under its own key), fits an ``hf_compatible`` linear head on them
-with the run's hyper-parameters, class weights and early stopping on the validation UAR
-(:func:`refit_whisper`), and copies it exactly
+with the run's hyper-parameters and class weights, its L2 penalty chosen and its epochs stopped
+on the validation UAR (:func:`refit_whisper`), and copies it exactly
 (:func:`~speech_emotion.export.huggingface.head.hf_head_weights`).
 """
 
@@ -30,6 +30,12 @@ from speech_emotion.training.loop import fit_head
 
 WHISPER_BATCH = 4
 """30 s-padded clips per forward pass when encoding for the Whisper refit and check."""
+
+REFIT_PENALTIES = (1.0, 0.1, 0.01, 0.001)
+"""L2 penalties (``TrainConfig.weight_decay``) tried for the refitted head, strongest first; the best validation
+UAR wins. The recipe's 1.0 under-fits the 30-s-padded features of Whisper-base on RAVDESS (validation accuracy
+63-64%, and 7-12 points below ``ser predict`` on held-out actors); weaker penalties win on validation
+(docs/hf-export.md)."""
 
 
 class PipelineWhisperEncoder:
@@ -86,38 +92,49 @@ class PipelineWhisperEncoder:
 
 
 def refit_whisper(hf_model, extractor, predictor, run: RunData, store, progress: Progress) -> tuple[dict, dict]:
-    """Fit an hf_compatible linear head on the run's train part, early-stopped on val, pipeline-encoded."""
+    """Fit an hf_compatible linear head on the run's train part (penalty and epochs chosen on val), pipeline-encoded."""
     pipeline_encoder = PipelineWhisperEncoder(hf_model, extractor, predictor.encoder.fingerprint)
     X = {}
     for part in ("train", "val"):
         loaders = [_loader(run.dataset.paths[i]) for i in run.rows[part]]
         with progress(f"encoding {part} clips as the pipeline does (30 s padded)", len(loaders)) as advance:
             X[part] = extract_features(pipeline_encoder, loaders, run.hashes(part), store, progress=advance)
-    # The run's hyper-parameters (seed, lr, epochs, patience, alarms), as a linear hf_compatible head.
+    # The run's hyper-parameters (seed, lr, epochs, patience), as a linear hf_compatible head.
     recorded = {k: v for k, v in (predictor.meta.train or {}).items() if k in TrainConfig.__dataclass_fields__}
     recorded.update(hidden=0, hf_compatible=True, augment=(), balance="class", domain_norm="none")
     for key, plain in (("speaker_norm", False), ("mixing", "softmax")):
         if key in recorded:
             recorded[key] = plain
-    config = TrainConfig(**recorded)
+    # A weakly penalised candidate may fit the small training set perfectly (the zero-loss alarm, which
+    # the run's labels and split already passed): the validation UAR judges it instead.
+    recorded["stop_on_alarm"] = False
     classes = predictor.classes
-    with progress("fitting the exported head", config.max_epochs) as advance:
-        fit = fit_head(
-            X["train"],
-            run.y("train"),
-            X["val"],
-            run.y("val"),
-            n_classes=len(classes),
-            config=config,
-            classes=classes,
-            on_epoch=lambda record: advance(1),
-        )
+    best, search = None, []
+    with progress("choosing the exported head's L2 penalty on validation speakers", len(REFIT_PENALTIES)) as advance:
+        for weight_decay in REFIT_PENALTIES:
+            config = TrainConfig(**recorded | {"weight_decay": weight_decay})
+            fit = fit_head(
+                X["train"],
+                run.y("train"),
+                X["val"],
+                run.y("val"),
+                n_classes=len(classes),
+                config=config,
+                classes=classes,
+            )
+            val_uar = float(fit.history[fit.best_epoch - 1]["val_uar"])
+            search.append({"weight_decay": weight_decay, "val_uar": round(val_uar, 4), "best_epoch": fit.best_epoch})
+            if best is None or val_uar > best[0]:  # ties go to the stronger penalty, tried first
+                best = (val_uar, fit, config)
+            advance(1)
+    _, fit, config = best
     val = classification_metrics(run.y("val"), predict_logits(fit.head, X["val"]).argmax(axis=1), classes)
     refit = {
         "n_train": int(len(X["train"])),
         "n_val": int(len(X["val"])),
         "train_speakers": run.speakers("train"),
         "val_speakers": run.speakers("val"),
+        "search": search,
         "best_epoch": fit.best_epoch,
         "config": config.to_dict(),
         "layer_weights": [round(float(w), 4) for w in fit.head.layer_weights().detach()],
