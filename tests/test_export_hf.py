@@ -244,7 +244,7 @@ def test_whisper_export_refits_for_the_pipeline(whisper_run, tmp_path, store):
     assert "30 s" in card and "refit" in card and "`pipeline()` (this folder)" in card
 
 
-def test_export_refuses_a_model_adapted_per_speaker(whisper_run, tmp_path, store):
+def test_export_refuses_an_adapted_model(whisper_run, tmp_path, store):
     """Speaker statistics need ``ser predict --speaker``; a pipeline over single clips would drop them silently.
 
     The adapted bundle sits inside the run folder, where the export finds the run and its corpus:
@@ -260,6 +260,14 @@ def test_export_refuses_a_model_adapted_per_speaker(whisper_run, tmp_path, store
     assert "keeps statistics of 4 speaker(s) (ser adapt --per-speaker)" in message
     assert "export would drop them" in message and "export the model it was adapted from" in message
     assert not (tmp_path / "hf").exists()
+
+    # Adapted to a domain only: the refit on the training audio would drop it just as silently.
+    adapt(run, corpus, out=run / "domain", name="studio-b", store=store)
+    result = runner.invoke(app, ["export", str(run / "domain"), "--format", "hf", "--out", str(tmp_path / "hf")])
+    assert result.exit_code == 1, result.output
+    message = " ".join(result.stderr.split())
+    assert "adapted to the domain 'studio-b'" in message and "would drop the adaptation" in message
+    assert "--format onnx" in message and not (tmp_path / "hf").exists()
 
 
 def test_whisper_export_needs_the_run_and_its_corpus(whisper_run, tmp_path):

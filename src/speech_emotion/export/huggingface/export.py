@@ -90,14 +90,19 @@ def export_huggingface(
             f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over "
             "single clips cannot do; retrain without --speaker-norm"
         )
+    adapted_from = bundle.meta.adaptation.get("adapted_from")
+    original = "export the model it was adapted from" + (f" ({adapted_from})" if adapted_from else "")
     if bundle.speakers:
-        adapted_from = bundle.meta.adaptation.get("adapted_from")
         raise BundleError(
             f"{bundle.path}: the model keeps statistics of {len(bundle.speakers)} speaker(s) (ser adapt "
-            "--per-speaker), which a pipeline over single clips is never told to use, so an export would drop them; "
-            "export the model it was adapted from"
-            + (f" ({adapted_from})" if adapted_from else "")
-            + ", or keep this one for `ser predict --speaker`"
+            f"--per-speaker), which a pipeline over single clips is never told to use, so an export would drop them; "
+            f"{original}, or keep this one for `ser predict --speaker`"
+        )
+    if family == "whisper" and bundle.meta.adaptation.get("adapted"):
+        raise BundleError(
+            f"{bundle.path}: the model is adapted to the domain {bundle.meta.adaptation.get('domain')!r} (ser adapt), "
+            "and a Whisper export refits its head on the run's training audio, so it would drop the adaptation; "
+            f"{original}, or use --format onnx, which keeps it"
         )
     store = store if store is not None else FeatureStore()
     run_folder = find_run_folder(model, bundle.path)
