@@ -96,35 +96,15 @@ def export_onnx(
         )
     import torch
 
-    from speech_emotion.inference.backends import trained_precision
+    from speech_emotion.export.exportable import check_exportable
     from speech_emotion.inference.predictor import Predictor
 
     started = time.perf_counter()
     out = Path(out)
     predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch", device="cpu")
-    if trained_precision(predictor.meta) != "fp32":
-        raise BundleError(
-            f"{predictor.path}: the model was trained on {trained_precision(predictor.meta)} features, and an ONNX "
-            "export computes fp32 ones; train it with --precision fp32 to export it"
-        )
+    check_exportable(predictor, target="ONNX")
     bundle, torch_encoder = predictor.backend.bundle, predictor.encoder
     family = bundle.meta.encoder.family
-    if family not in ("whisper", "ssl"):
-        raise BundleError(
-            f"{bundle.path}: encoder family {family!r} cannot be exported to ONNX (openSMILE is not a neural network); "
-            "train on a Whisper or wav2vec 2.0-family encoder to export"
-        )
-    if bundle.meta.speaker_norm:
-        raise BundleError(
-            f"{bundle.path}: the model standardises features per speaker (--speaker-norm) and cannot label single "
-            "clips; "
-            "retrain without --speaker-norm to export it"
-        )
-    if bundle.speakers:
-        raise BundleError(
-            f"{bundle.path}: the model keeps statistics of {len(bundle.speakers)} speaker(s) (ser adapt "
-            "--per-speaker), which an export would drop; export the model adapted without --per-speaker"
-        )
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

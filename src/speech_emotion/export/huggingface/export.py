@@ -11,6 +11,7 @@ from typing import Any
 
 from speech_emotion.atomic import write_json
 from speech_emotion.errors import BundleError
+from speech_emotion.export.exportable import check_exportable
 from speech_emotion.export.huggingface.card import model_card
 from speech_emotion.export.huggingface.check import check_export
 from speech_emotion.export.huggingface.head import hf_head_weights, load_feature_extractor, set_head, stock_model
@@ -74,35 +75,16 @@ def export_huggingface(
     model, out = Path(model), Path(out)
     predictor = Predictor.from_pretrained(model, encoder=encoder, backend="torch", device=device)
     bundle = predictor.backend.bundle
-    if predictor.precision != "fp32":
-        raise BundleError(
-            f"{bundle.path}: the model was trained on {predictor.precision} features, and a stock pipeline computes "
-            "fp32 ones; train it with --precision fp32 to export it"
-        )
+    check_exportable(predictor, target="Hugging Face")
     family = bundle.meta.encoder.family
-    if family not in ("ssl", "whisper"):
-        raise BundleError(
-            f"{bundle.path}: encoder family {family!r} has no stock transformers classification class; "
-            "train on a wav2vec 2.0-family or Whisper encoder to export to Hugging Face (or use --format onnx)"
-        )
-    if bundle.meta.speaker_norm:
-        raise BundleError(
-            f"{bundle.path}: the model standardises features per speaker (--speaker-norm), which a pipeline over "
-            "single clips cannot do; retrain without --speaker-norm"
-        )
     adapted_from = bundle.meta.adaptation.get("adapted_from")
-    original = "export the model it was adapted from" + (f" ({adapted_from})" if adapted_from else "")
-    if bundle.speakers:
-        raise BundleError(
-            f"{bundle.path}: the model keeps statistics of {len(bundle.speakers)} speaker(s) (ser adapt "
-            f"--per-speaker), which a pipeline over single clips is never told to use, so an export would drop them; "
-            f"{original}, or keep this one for `ser predict --speaker`"
-        )
     if family == "whisper" and bundle.meta.adaptation.get("adapted"):
         raise BundleError(
             f"{bundle.path}: the model is adapted to the domain {bundle.meta.adaptation.get('domain')!r} (ser adapt), "
             "and a Whisper export refits its head on the run's training audio, so it would drop the adaptation; "
-            f"{original}, or use --format onnx, which keeps it"
+            "export the model it was adapted from"
+            + (f" ({adapted_from})" if adapted_from else "")
+            + ", or use --format onnx, which keeps it"
         )
     store = store if store is not None else FeatureStore()
     run_folder = find_run_folder(model, bundle.path)
