@@ -9,7 +9,7 @@ import pytest
 
 from speech_emotion.errors import SanityError
 from speech_emotion.training.config import TrainConfig
-from speech_emotion.training.loop import fit_head
+from speech_emotion.training.loop import EPOCH_ALARM_HINT, fit_head
 from speech_emotion.training.sanity import check_output_size
 
 CONFIG = TrainConfig(max_epochs=30, patience=30, hidden=16, lr=5e-2)
@@ -26,8 +26,9 @@ def test_near_perfect_first_epoch_is_stopped_as_leakage():
     # Validation = training rows with a label written into the features: what leakage looks like.
     y = np.tile([0, 1, 2], 600)
     X = features(y, signal=50.0)
-    with pytest.raises(SanityError, match="perfect_first_epoch.*leakage"):
+    with pytest.raises(SanityError, match="perfect_first_epoch.*leakage") as stopped:
         fit_head(X, y, X, y, n_classes=3, config=CONFIG)
+    assert str(stopped.value).endswith(EPOCH_ALARM_HINT)  # and says how to go on when the data is this easy
 
 
 def test_all_labels_collapsed_to_one_class_is_stopped():

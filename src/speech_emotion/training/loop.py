@@ -44,6 +44,10 @@ from speech_emotion.training.sanity import (
 
 log = logging.getLogger(__name__)
 
+EPOCH_ALARM_HINT = (
+    "If the data is known to be this easy (or a large head can memorise it), --warn-only (stop_on_alarm=False) "
+    "reports such alarms and trains on."
+)
 LBFGS_ITERATIONS = 20  # per epoch; each epoch starts a fresh L-BFGS memory, so checkpoints need no optimizer state
 
 
@@ -306,7 +310,7 @@ def close_epoch(
     if on_epoch:
         on_epoch(record)
     if stop_on_alarm:
-        raise_errors(epoch_alarms)
+        raise_errors(epoch_alarms, hint=EPOCH_ALARM_HINT)
 
 
 def _adamw_epoch(

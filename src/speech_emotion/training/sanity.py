@@ -128,11 +128,11 @@ def check_predictions(predictions: np.ndarray, classes: list[str], part: str, ep
     ]
 
 
-def raise_errors(alarms: list[Alarm]) -> None:
-    """Raise :class:`SanityError` for the first alarm of severity ``error``."""
+def raise_errors(alarms: list[Alarm], *, hint: str = "") -> None:
+    """Raise :class:`SanityError` for the first alarm of severity ``error`` (its message ending with ``hint``)."""
     for alarm in alarms:
         if alarm.severity == "error":
-            raise SanityError(f"sanity check '{alarm.check}' failed: {alarm.message}")
+            raise SanityError(f"sanity check '{alarm.check}' failed: {alarm.message}" + (f" {hint}" if hint else ""))
 
 
 def check_before_training(n_outputs: int, parts: dict[str, np.ndarray], classes: list[str]) -> list[Alarm]:
