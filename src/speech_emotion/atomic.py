@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -38,6 +39,14 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, obj) -> None:
     """Indented JSON, written atomically."""
     write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def replace_folder(staging: str | Path, out: str | Path) -> None:
+    """Move a fully written ``staging`` folder to ``out``, replacing what was there (the caller asked to)."""
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    Path(staging).rename(out)
 
 
 def append_line(path: str | Path, obj) -> None:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from speech_emotion.atomic import write_json
+from speech_emotion.atomic import replace_folder, write_json
 from speech_emotion.errors import BundleError
 from speech_emotion.features.devices import check_device
 from speech_emotion.features.encoders.onnx import ENCODER_FILE, MEL_FILTERS_FILE
@@ -144,9 +144,7 @@ def export_onnx(
                 f"{bundle.path}: the ONNX export's probabilities differ from PyTorch's by up to {check:.2e} "
                 f"(> {FP32_TOLERANCE:g}) on synthetic signals; this is a bug in the exporter, please report it"
             )
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_folder(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from speech_emotion.atomic import replace_folder
 from speech_emotion.data.audio import audio_hash, load_audio
 from speech_emotion.data.corpora import AUDIO_EXTENSIONS, compile_speaker_pattern, find_audio, speaker_from_name
 from speech_emotion.errors import AudioError, BundleError
@@ -225,7 +226,5 @@ def adapt(
         domain=(stats.mean, stats.scale),
         speakers=speaker_stats,
     )
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)
+    replace_folder(staging, out)
     return written.adaptation

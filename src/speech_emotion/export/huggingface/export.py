@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from speech_emotion.atomic import write_json
+from speech_emotion.atomic import replace_folder, write_json
 from speech_emotion.errors import BundleError
 from speech_emotion.export.exportable import check_exportable
 from speech_emotion.export.huggingface.card import model_card
@@ -147,9 +147,7 @@ def export_huggingface(
         info["export_s"] = round(time.perf_counter() - started, 1)
         write_json(staging / EXPORT_INFO, info)
         (staging / CARD).write_text(model_card(info, bundle.meta.to_dict(), run), encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        replace_folder(staging, out)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from speech_emotion.features.devices import batch_frames_for, check_precision
 from speech_emotion.features.encoders.base import Encoder
 from speech_emotion.features.encoders.pooling import pool_frames
 from speech_emotion.features.signal import pool_mean_std
@@ -67,6 +68,29 @@ class FinetunableEncoder(Encoder):
     :meth:`save_pretrained` and the hooks ``_top_layers``, ``_segment_states``,
     ``_segment_frames`` and ``_run_top``.
     """
+
+    def __init__(
+        self,
+        *,
+        reference: str,
+        model: torch.nn.Module,
+        feature_extractor: Any,
+        fingerprint: str,
+        device: torch.device,
+        precision: str,
+        hidden_size: int,
+        n_layers: int,
+    ):
+        self.reference = reference
+        self.fingerprint = fingerprint
+        self.device = device
+        self.precision = check_precision(precision)
+        self.batch_frames = batch_frames_for(device.type)
+        self._model = model
+        self._extractor = feature_extractor
+        self.hidden_size = hidden_size
+        self.n_layers = n_layers  # the embedding output and each transformer layer
+        self.dim = 2 * hidden_size  # mean and std pooled
 
     @property
     def n_transformer_layers(self) -> int:

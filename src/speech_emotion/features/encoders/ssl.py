@@ -11,7 +11,6 @@ import numpy as np
 import torch
 
 from speech_emotion.data.audio import SAMPLING_RATE
-from speech_emotion.features.devices import batch_frames_for, check_precision
 from speech_emotion.features.encoders.finetunable import FinetunableEncoder
 from speech_emotion.features.encoders.transformers_logging import quiet_transformers
 from speech_emotion.features.signal import ssl_frames, ssl_min_samples
@@ -51,17 +50,17 @@ class SSLEncoder(FinetunableEncoder):
         device: torch.device,
         precision: str = "fp32",
     ):
-        self.reference = reference
-        self.fingerprint = fingerprint
-        self.device = device
-        self.precision = check_precision(precision)
-        self.batch_frames = batch_frames_for(device.type)
-        self._model = model
-        self._extractor = feature_extractor
         config = model.config
-        self.hidden_size = int(config.hidden_size)
-        self.n_layers = int(config.num_hidden_layers) + 1
-        self.dim = 2 * self.hidden_size
+        super().__init__(
+            reference=reference,
+            model=model,
+            feature_extractor=feature_extractor,
+            fingerprint=fingerprint,
+            device=device,
+            precision=precision,
+            hidden_size=int(config.hidden_size),
+            n_layers=int(config.num_hidden_layers) + 1,
+        )
         self._feat_extract_norm = str(getattr(config, "feat_extract_norm", "layer"))
         self._model_type = str(config.model_type)
         self.min_samples = ssl_min_samples(config.conv_kernel, config.conv_stride)

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from speech_emotion.data.audio import SAMPLING_RATE
-from speech_emotion.features.devices import batch_frames_for, check_precision
 from speech_emotion.features.encoders.finetunable import FinetunableEncoder
 
 
@@ -43,17 +42,17 @@ class WhisperEncoder(FinetunableEncoder):
         device: torch.device,
         precision: str = "fp32",
     ):
-        self.reference = reference
-        self.fingerprint = fingerprint
-        self.device = device
-        self.precision = check_precision(precision)
-        self.batch_frames = batch_frames_for(device.type)
-        self._model = model
-        self._extractor = feature_extractor
         config = model.config
-        self.hidden_size = int(config.d_model)
-        self.n_layers = int(config.encoder_layers) + 1
-        self.dim = 2 * self.hidden_size
+        super().__init__(
+            reference=reference,
+            model=model,
+            feature_extractor=feature_extractor,
+            fingerprint=fingerprint,
+            device=device,
+            precision=precision,
+            hidden_size=int(config.d_model),
+            n_layers=int(config.encoder_layers) + 1,
+        )
         self._n_fft = int(feature_extractor.n_fft)
         self._hop_length = int(feature_extractor.hop_length)
         self._n_mels = int(feature_extractor.feature_size)
