@@ -49,7 +49,6 @@ def held_out_scores(name: str, args: argparse.Namespace, work: Path) -> dict:
     """Train on every corpus but ``name``; score ``name`` unadapted, adapted from N clips, and from all."""
     from speech_emotion.inference.adapt import adapt
     from speech_emotion.inference.evaluate import evaluate
-    from speech_emotion.training.config import TrainConfig
     from speech_emotion.training.pipeline import train
 
     held_out = CORPORA[name]
@@ -59,7 +58,7 @@ def held_out_scores(name: str, args: argparse.Namespace, work: Path) -> dict:
         encoder=str(args.encoder),
         labels=args.labels,
         out=run,
-        config=TrainConfig(**dict(args.train_option)),
+        config=args.config,
         device=args.device,
         force=True,
     )
@@ -94,7 +93,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--json", action="store_true", help="Print one JSON object instead of the table.")
     args = parser.parse_args()
-    args.train_option = [_typed(option) for option in args.train_option]
+    from speech_emotion.training.config import TrainConfig
+
+    try:
+        args.config = TrainConfig.from_dict(dict(_typed(o) for o in args.train_option), where="--train-option")
+    except ValueError as error:
+        parser.error(str(error))
 
     with tempfile.TemporaryDirectory(prefix="ser-adapt-bench-") as work:
         rows = {name: held_out_scores(name, args, Path(work)) for name in args.held_out}
@@ -112,13 +116,12 @@ def main() -> None:
 
 
 def _typed(option: str) -> tuple[str, object]:
-    """``key=value`` as a (key, value) pair, the value read as JSON when it parses (numbers, lists)."""
+    """``key=value`` as a (key, value) pair, the value read as JSON when it parses (numbers, lists, booleans)."""
     key, _, value = option.partition("=")
     try:
-        value = json.loads(value)
+        return key, json.loads(value)
     except json.JSONDecodeError:
-        pass
-    return key, tuple(value) if isinstance(value, list) else value
+        return key, value
 
 
 def _value(cell) -> float:
